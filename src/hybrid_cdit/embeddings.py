@@ -1,0 +1,132 @@
+"""Conditioning embedders and output layer of the CDiT.
+
+Parameter names and shapes follow NWM's ``models.py`` so that NWM state dicts load as they are:
+``TimestepEmbedder.mlp.{0,2}``, ``ActionEmbedder.{x_emb,y_emb,angle_emb}``,
+``FinalLayer.{linear,adaLN_modulation.1}``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """adaLN modulation ``x * (1 + scale) + shift`` as one fused op.
+
+    Args:
+        x: ``(N, L, D)`` tokens.
+        shift, scale: ``(N, D)`` per-sample modulation.
+
+    Returns:
+        ``(N, L, D)``.
+    """
+    return torch.addcmul(shift.unsqueeze(1), x, scale.unsqueeze(1) + 1)
+
+
+def gated_residual(x: Tensor, gate: Tensor, branch: Tensor) -> Tensor:
+    """adaLN-Zero residual ``x + gate * branch``; ``x, branch (N, L, D)``, ``gate (N, D)``."""
+    return torch.addcmul(x, gate.unsqueeze(1), branch)
+
+
+def linear_at(seq: nn.Sequential, index: int) -> nn.Linear:
+    """The ``nn.Linear`` at ``seq[index]`` (typed access for initialisation and dtype look-ups)."""
+    layer = seq[index]
+    if not isinstance(layer, nn.Linear):
+        raise TypeError(f"expected nn.Linear at index {index}, got {type(layer).__name__}")
+    return layer
+
+
+def zero_linear(layer: nn.Linear) -> None:
+    """Set a linear layer's weight and bias to zero (adaLN-Zero initialisation)."""
+    nn.init.zeros_(layer.weight)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+
+
+def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal features ``[cos(t * f_i), sin(t * f_i)]`` of scalars.
+
+    Args:
+        t: ``(N,)`` values, possibly fractional.
+        dim: output width; an odd width is zero-padded by one column.
+        max_period: the lowest frequency is ``1 / max_period``.
+
+    Returns:
+        ``(N, dim)`` float32 features.
+    """
+    half = dim // 2
+    exponent = torch.arange(half, dtype=torch.float32, device=t.device) / half
+    freqs = torch.exp(-math.log(max_period) * exponent)
+    angles = t.float()[:, None] * freqs[None]
+    embedding = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+    if dim % 2:
+        embedding = nn.functional.pad(embedding, (0, 1))
+    return embedding
+
+
+class TimestepEmbedder(nn.Module):
+    """Scalar (diffusion step, relative time, one action component) -> vector.
+
+    ``(N,)`` -> sinusoidal ``(N, frequency_embedding_size)`` -> MLP -> ``(N, hidden_size)``.
+    """
+
+    def __init__(self, hidden_size: int, frequency_embedding_size: int = 256) -> None:
+        super().__init__()
+        self.frequency_embedding_size = frequency_embedding_size
+        self.mlp = nn.Sequential(
+            nn.Linear(frequency_embedding_size, hidden_size, bias=True),
+            nn.SiLU(),
+            nn.Linear(hidden_size, hidden_size, bias=True),
+        )
+
+    def forward(self, t: Tensor) -> Tensor:
+        """``t (N,)`` -> ``(N, hidden_size)``."""
+        features = sinusoidal_embedding(t, self.frequency_embedding_size)
+        out: Tensor = self.mlp(features.to(linear_at(self.mlp, 0).weight.dtype))
+        return out
+
+
+class ActionEmbedder(nn.Module):
+    """NWM navigation action ``(dx, dy, dyaw)`` -> vector, one embedder per component.
+
+    ``x_emb`` and ``y_emb`` are ``hidden_size // 3`` wide, ``angle_emb`` takes the rest; the three
+    are concatenated to ``(N, hidden_size)``.
+    """
+
+    def __init__(self, hidden_size: int, frequency_embedding_size: int = 256) -> None:
+        super().__init__()
+        third = hidden_size // 3
+        self.x_emb = TimestepEmbedder(third, frequency_embedding_size)
+        self.y_emb = TimestepEmbedder(third, frequency_embedding_size)
+        self.angle_emb = TimestepEmbedder(hidden_size - 2 * third, frequency_embedding_size)
+
+    def embedders(self) -> tuple[TimestepEmbedder, TimestepEmbedder, TimestepEmbedder]:
+        """The per-component embedders ``(x_emb, y_emb, angle_emb)``."""
+        return self.x_emb, self.y_emb, self.angle_emb
+
+    def forward(self, y: Tensor) -> Tensor:
+        """``y (N, 3)`` -> ``(N, hidden_size)``."""
+        return torch.cat([self.x_emb(y[:, 0]), self.y_emb(y[:, 1]), self.angle_emb(y[:, 2])], -1)
+
+
+class FinalLayer(nn.Module):
+    """adaLN-modulated layer norm and linear map from tokens to patch pixels.
+
+    ``(N, L, D)`` tokens and ``(N, D)`` conditioning -> ``(N, L, patch_size**2 * out_channels)``.
+    """
+
+    def __init__(self, hidden_size: int, patch_size: int, out_channels: int) -> None:
+        super().__init__()
+        self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels, bias=True)
+        self.adaLN_modulation = nn.Sequential(
+            nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size, bias=True)
+        )
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
+        out: Tensor = self.linear(modulate(self.norm_final(x), shift, scale))
+        return out

@@ -1,0 +1,218 @@
+"""NWM's Conditional Diffusion Transformer with NWM's parameter names, shapes and numerics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from timm.layers.patch_embed import PatchEmbed
+from torch import Tensor, nn
+
+from .._validation import check_positive_int, check_shape
+from ..blocks import CDiTBlock
+from ..embeddings import ActionEmbedder, FinalLayer, TimestepEmbedder, linear_at, zero_linear
+
+
+class CDiT(nn.Module):
+    """Conditional Diffusion Transformer (Bar et al., *Navigation World Models*, CVPR 2025).
+
+    Predicts the next latent frame ``x`` of a trajectory from ``context_size`` past latent frames
+    ``x_cond``, a navigation action ``y = (dx, dy, dyaw)``, the diffusion step ``t`` and the
+    relative time ``rel_t`` between the last context frame and the target.
+
+    ``state_dict()`` has exactly the keys and shapes of NWM's ``models.CDiT``, so checkpoints of
+    either load into the other with ``strict=True``.
+
+    Args:
+        input_size: latent height and width ``H = W``.
+        context_size: number of context frames.
+        patch_size: patch side ``p``; ``input_size`` must be a multiple of it.
+        in_channels: latent channels ``C``.
+        hidden_size: token width ``D``.
+        depth: number of ``CDiTBlock`` layers.
+        num_heads: attention heads; must divide ``hidden_size``.
+        mlp_ratio: MLP hidden width over ``hidden_size``.
+        learn_sigma: predict the variance too (output ``2C`` channels, as NWM's diffusion wants).
+    """
+
+    def __init__(
+        self,
+        input_size: int = 32,
+        context_size: int = 2,
+        patch_size: int = 2,
+        in_channels: int = 4,
+        hidden_size: int = 1152,
+        depth: int = 28,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        learn_sigma: bool = True,
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("input_size", input_size),
+            ("context_size", context_size),
+            ("patch_size", patch_size),
+            ("in_channels", in_channels),
+            ("hidden_size", hidden_size),
+            ("depth", depth),
+            ("num_heads", num_heads),
+        ):
+            check_positive_int(name, value)
+        if input_size % patch_size:
+            raise ValueError(
+                f"input_size must be a multiple of patch_size ({patch_size}), got {input_size}"
+            )
+        if hidden_size % num_heads:
+            raise ValueError(
+                f"hidden_size must be divisible by num_heads ({num_heads}), got {hidden_size}"
+            )
+        if not mlp_ratio > 0:
+            raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio!r}")
+        self.input_size = input_size
+        self.context_size = context_size
+        self.patch_size = patch_size
+        self.in_channels = in_channels
+        self.hidden_size = hidden_size
+        self.depth = depth
+        self.num_heads = num_heads
+        self.mlp_ratio = float(mlp_ratio)
+        self.learn_sigma = bool(learn_sigma)
+        self.out_channels = in_channels * 2 if learn_sigma else in_channels
+
+        self.x_embedder = PatchEmbed(input_size, patch_size, in_channels, hidden_size, bias=True)
+        self.t_embedder = TimestepEmbedder(hidden_size)
+        self.y_embedder = ActionEmbedder(hidden_size)
+        num_patches = self.x_embedder.num_patches
+        self.pos_embed = nn.Parameter(torch.zeros(context_size + 1, num_patches, hidden_size))
+        self.blocks = nn.ModuleList(self._make_blocks())
+        self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
+        self.time_embedder = TimestepEmbedder(hidden_size)
+        self.initialize_weights()
+
+    def _make_blocks(self) -> list[nn.Module]:
+        return [
+            CDiTBlock(self.hidden_size, self.num_heads, self.mlp_ratio) for _ in range(self.depth)
+        ]
+
+    @property
+    def num_patches(self) -> int:
+        """Tokens per frame, ``(input_size / patch_size) ** 2``."""
+        return int(self.x_embedder.num_patches)
+
+    def cdit_blocks(self) -> list[CDiTBlock]:
+        """The transformer blocks, typed."""
+        return [block for block in self.blocks if isinstance(block, CDiTBlock)]
+
+    def get_config(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this model."""
+        return {
+            "input_size": self.input_size,
+            "context_size": self.context_size,
+            "patch_size": self.patch_size,
+            "in_channels": self.in_channels,
+            "hidden_size": self.hidden_size,
+            "depth": self.depth,
+            "num_heads": self.num_heads,
+            "mlp_ratio": self.mlp_ratio,
+            "learn_sigma": self.learn_sigma,
+        }
+
+    def initialize_weights(self) -> None:
+        """NWM's initialisation: xavier linears, zero adaLN and output layers (adaLN-Zero)."""
+
+        def _basic_init(module: nn.Module) -> None:
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+        self.apply(_basic_init)
+        nn.init.normal_(self.pos_embed, std=0.02)
+        proj = self.x_embedder.proj
+        nn.init.xavier_uniform_(proj.weight.view(proj.weight.shape[0], -1))
+        if proj.bias is not None:
+            nn.init.zeros_(proj.bias)
+        for embedder in (self.t_embedder, self.time_embedder, *self.y_embedder.embedders()):
+            nn.init.normal_(linear_at(embedder.mlp, 0).weight, std=0.02)
+            nn.init.normal_(linear_at(embedder.mlp, 2).weight, std=0.02)
+        for block in self.cdit_blocks():
+            zero_linear(linear_at(block.adaLN_modulation, -1))
+        zero_linear(linear_at(self.final_layer.adaLN_modulation, -1))
+        zero_linear(self.final_layer.linear)
+
+    def check_inputs(self, x: Tensor, t: Tensor, y: Tensor, x_cond: Tensor, rel_t: Tensor) -> None:
+        """Raise ``ValueError`` naming the first argument whose shape does not fit the model."""
+        size, channels = self.input_size, self.in_channels
+        check_shape("x", x, [("N", None), ("C", channels), ("H", size), ("W", size)])
+        n = x.shape[0]
+        check_shape("t", t, [("N", n)])
+        check_shape("y", y, [("N", n), ("action", 3)])
+        check_shape(
+            "x_cond",
+            x_cond,
+            [
+                ("N", n),
+                ("context_size", self.context_size),
+                ("C", channels),
+                ("H", size),
+                ("W", size),
+            ],
+        )
+        check_shape("rel_t", rel_t, [("N", n)])
+
+    def embed_frames(self, x: Tensor, x_cond: Tensor) -> tuple[Tensor, Tensor]:
+        """Patch-embed target and context frames and add their position embeddings.
+
+        Returns:
+            ``(N, L, D)`` target tokens and ``(N, context_size * L, D)`` context tokens.
+        """
+        tokens = self.x_embedder(x) + self.pos_embed[self.context_size]
+        context = self.x_embedder(x_cond.flatten(0, 1)).unflatten(0, x_cond.shape[:2])
+        context = context + self.pos_embed[: self.context_size]
+        return tokens, context.flatten(1, 2)
+
+    def embed_condition(self, t: Tensor, y: Tensor, rel_t: Tensor) -> Tensor:
+        """``c = emb(t) + emb(rel_t) + emb(y)``, ``(N, D)``."""
+        c: Tensor = self.t_embedder(t) + self.time_embedder(rel_t) + self.y_embedder(y)
+        return c
+
+    def normalize_context(self, context: Tensor) -> Tensor:
+        """Layer norm without affine parameters shared by every block (NWM's ``norm_cond``)."""
+        normed: Tensor = F.layer_norm(context, (self.hidden_size,), eps=1e-6)
+        return normed
+
+    def unpatchify(self, x: Tensor) -> Tensor:
+        """``(N, L, p*p*C_out)`` -> ``(N, C_out, H, W)``."""
+        side = self.input_size // self.patch_size
+        images: Tensor = rearrange(
+            x,
+            "n (h w) (p q c) -> n c (h p) (w q)",
+            h=side,
+            w=side,
+            p=self.patch_size,
+            q=self.patch_size,
+        )
+        return images
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor, x_cond: Tensor, rel_t: Tensor) -> Tensor:
+        """Denoiser output for the target frame.
+
+        Args:
+            x: ``(N, C, H, W)`` noised target latent.
+            t: ``(N,)`` diffusion timesteps.
+            y: ``(N, 3)`` action ``(dx, dy, dyaw)``.
+            x_cond: ``(N, context_size, C, H, W)`` context latents.
+            rel_t: ``(N,)`` relative time of the target.
+
+        Returns:
+            ``(N, 2C, H, W)`` with ``learn_sigma`` (noise and variance), else ``(N, C, H, W)``.
+        """
+        self.check_inputs(x, t, y, x_cond, rel_t)
+        tokens, context = self.embed_frames(x, x_cond)
+        context = self.normalize_context(context)
+        c = self.embed_condition(t, y, rel_t)
+        for block in self.blocks:
+            tokens = block(tokens, c, context)
+        return self.unpatchify(self.final_layer(tokens, c))
