@@ -1,5 +1,65 @@
-"""Long-term memory: per-sample buffers, pose-based retrieval and the ``MemoryContext``."""
+"""Long-term memory: per-sample buffers, pose-based retrieval, pose utilities and the
+``MemoryContext`` a model attends to.
 
+This package knows nothing of models, blocks or attention: it works on plain tensors.
+"""
+
+from .buffer import MemoryBuffer
 from .context import MemoryContext
+from .poses import (
+    POSE_DIMS,
+    check_pose,
+    compose_pose,
+    heading_vector,
+    minecraft_to_pose5,
+    pose_positions,
+    poses_from_actions,
+    relative_pose,
+    to_pose5,
+    wrap_angle,
+)
+from .retrieval import (
+    STRATEGIES,
+    FovParams,
+    Selection,
+    Strategy,
+    build_context,
+    check_strategy,
+    distance_scores,
+    fov_scores,
+    fov_select,
+    gather_slots,
+    pose_scores,
+    retrieve,
+    select_memory,
+    select_top_k,
+)
 
-__all__ = ["MemoryContext"]
+__all__ = [
+    "POSE_DIMS",
+    "STRATEGIES",
+    "FovParams",
+    "MemoryBuffer",
+    "MemoryContext",
+    "Selection",
+    "Strategy",
+    "build_context",
+    "check_pose",
+    "check_strategy",
+    "compose_pose",
+    "distance_scores",
+    "fov_scores",
+    "fov_select",
+    "gather_slots",
+    "heading_vector",
+    "minecraft_to_pose5",
+    "pose_positions",
+    "pose_scores",
+    "poses_from_actions",
+    "relative_pose",
+    "retrieve",
+    "select_memory",
+    "select_top_k",
+    "to_pose5",
+    "wrap_angle",
+]

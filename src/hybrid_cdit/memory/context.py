@@ -9,7 +9,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._validation import check_finite, check_shape
+from .._validation import check_finite, check_positive_int, check_shape
+
+
+def all_finite(tensor: Tensor) -> bool:
+    """Whether every element of ``tensor`` is finite, at the cost of one reduction.
+
+    A sum is finite when every term is (NaN and inf propagate); only when it is not (which also
+    happens when finite values overflow) does the exact elementwise test run.
+    """
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return True
+    if bool(torch.isfinite(tensor.sum())):
+        return True
+    return bool(torch.isfinite(tensor).all())
 
 
 @dataclass(eq=False)
@@ -29,7 +42,8 @@ class MemoryContext:
             slots scored under the similarity threshold: they never influence the output.
         query_pose: ``(B, P)`` the pose of the frame being predicted.
 
-    Validation runs on construction and raises ``ValueError`` naming the field.
+    Validation runs on construction and raises ``ValueError`` naming the field; every tensor
+    must be finite, masked slots included (an attention weight of zero times NaN is NaN).
     """
 
     frames: Tensor
@@ -61,6 +75,58 @@ class MemoryContext:
             raise ValueError(f"mask must have dtype torch.bool, got {self.mask.dtype}")
         check_shape("query_pose", self.query_pose, [("B", b), ("P", pose_dim)])
         check_finite("query_pose", self.query_pose)
+        # Masked slots must be finite too: attention weights of zero times NaN are still NaN.
+        for name in ("frames", "poses", "scores"):
+            if not all_finite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite, got non-finite values (NaN or inf)")
+
+    @classmethod
+    def empty(
+        cls,
+        batch_size: int,
+        k: int,
+        frame_shape: tuple[int, int, int],
+        pose_dim: int = 3,
+        query_pose: Tensor | None = None,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> MemoryContext:
+        """A context with every slot masked: zero frames ``(B, k, C, H, W)``, zero poses
+        ``(B, k, P)``, zero scores and an all-False mask.
+
+        Args:
+            batch_size: ``B``.
+            k: slots per sample.
+            frame_shape: ``(C, H, W)``.
+            pose_dim: ``P``, 3 or 5.
+            query_pose: ``(B, P)``; zeros when None.
+            device: where the tensors live (``query_pose``'s device when given, else CPU).
+            dtype: floating dtype of frames, poses, scores and query pose.
+        """
+        check_positive_int("batch_size", batch_size)
+        check_positive_int("k", k)
+        if (
+            not isinstance(frame_shape, tuple | list)
+            or len(frame_shape) != 3
+            or not all(
+                isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in frame_shape
+            )
+        ):
+            raise ValueError(
+                f"frame_shape must be a tuple of three positive ints (C, H, W), got {frame_shape!r}"
+            )
+        if query_pose is not None and device is None:
+            device = query_pose.device
+        if query_pose is None:
+            query_pose = torch.zeros(batch_size, pose_dim, device=device, dtype=dtype)
+        return cls(
+            frames=torch.zeros(batch_size, k, *frame_shape, device=device, dtype=dtype),
+            poses=torch.zeros(batch_size, k, pose_dim, device=device, dtype=dtype),
+            scores=torch.zeros(batch_size, k, device=device, dtype=dtype),
+            mask=torch.zeros(batch_size, k, dtype=torch.bool, device=device),
+            query_pose=query_pose.to(device=device, dtype=dtype),
+        )
 
     @property
     def batch_size(self) -> int:

@@ -1,0 +1,431 @@
+"""``MemoryBuffer``: preallocated, per-sample long-term memory of clean latents and their poses."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from .._validation import check_finite, check_positive_int, check_shape, check_tensor
+from .context import MemoryContext, all_finite
+from .poses import POSE_DIMS
+from .retrieval import FovParams, Strategy, build_context, select_memory
+
+__all__ = ["MemoryBuffer"]
+
+_STATE_KEYS = ("frames", "poses", "steps", "valid", "last_used", "next_step", "clock")
+
+
+def _to_device(name: str, device: torch.device | str) -> torch.device:
+    """``torch.device(device)``, raising ``ValueError`` naming ``name`` when it is not one."""
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(
+            f"{name} must be a torch.device or device string, got {device!r}"
+        ) from error
+
+
+def _is_integer(tensor: Tensor) -> bool:
+    return not (tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool)
+
+
+class MemoryBuffer:
+    """One independent memory of at most ``capacity`` frames for each of ``B`` samples.
+
+    Storage is preallocated: ``frames (B, capacity, C, H, W)``, ``poses (B, capacity, P)``, an
+    integer step per frame, a validity mask and a least-recently-used clock. A write fills the
+    sample's lowest empty slot, or else evicts its least recently used frame; a write or a
+    retrieval refreshes a frame (within one retrieval the best-ranked frame counts as the most
+    recent use). The storage lives on ``device`` (pinned host memory when ``device`` is the CPU
+    and CUDA is available), and only the retrieved frames travel to the model's device.
+
+    Every method is batched over samples; sample ``i``'s memory never influences sample ``j``.
+    Bad arguments raise ``ValueError`` before anything changes.
+
+    Args:
+        batch_size: ``B``.
+        capacity: frames per sample (50, the seed's default).
+        frame_shape: ``(C, H, W)`` of the stored latents.
+        pose_dim: ``P``: 3 ``(x, y, yaw)`` or 5 ``(x, y, z, pitch, yaw)``.
+        device: storage device.
+        dtype: floating dtype of the stored frames and poses.
+    """
+
+    def __init__(
+        self,
+        batch_size: int,
+        capacity: int = 50,
+        *,
+        frame_shape: Sequence[int],
+        pose_dim: int = 5,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self._batch_size = check_positive_int("batch_size", batch_size)
+        self._capacity = check_positive_int("capacity", capacity)
+        if (
+            not isinstance(frame_shape, Sequence)
+            or len(frame_shape) != 3
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in frame_shape)
+            or min(frame_shape) < 1
+        ):
+            raise ValueError(
+                f"frame_shape must be three positive ints (C, H, W), got {frame_shape!r}"
+            )
+        self._frame_shape = (int(frame_shape[0]), int(frame_shape[1]), int(frame_shape[2]))
+        if pose_dim not in POSE_DIMS:
+            raise ValueError(
+                f"pose_dim must be 3 (x, y, yaw) or 5 (x, y, z, pitch, yaw), got {pose_dim!r}"
+            )
+        self._pose_dim = int(pose_dim)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+        self._dtype = dtype
+        self._device = _to_device("device", device)
+        b, n = self._batch_size, self._capacity
+        self._frames = torch.zeros(b, n, *self._frame_shape, dtype=dtype, device=self._device)
+        self._poses = torch.zeros(b, n, self._pose_dim, dtype=dtype, device=self._device)
+        self._steps = torch.zeros(b, n, dtype=torch.long, device=self._device)
+        self._valid = torch.zeros(b, n, dtype=torch.bool, device=self._device)
+        self._last_used = torch.zeros(b, n, dtype=torch.long, device=self._device)
+        self._next_step = torch.zeros(b, dtype=torch.long, device=self._device)
+        self._clock = 0
+        self._version = 0
+        self._staging: dict[int, Tensor] = {}
+        self._pinned = False
+        self._pin()
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def batch_size(self) -> int:
+        """``B``."""
+        return self._batch_size
+
+    @property
+    def capacity(self) -> int:
+        """Frames per sample."""
+        return self._capacity
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)``."""
+        return self._frame_shape
+
+    @property
+    def pose_dim(self) -> int:
+        """``P``."""
+        return self._pose_dim
+
+    @property
+    def device(self) -> torch.device:
+        """Storage device."""
+        return self._device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Storage dtype of frames and poses."""
+        return self._dtype
+
+    @property
+    def counts(self) -> Tensor:
+        """``(B,)`` long: frames stored per sample (never above ``capacity``)."""
+        return self._valid.sum(1)
+
+    @property
+    def version(self) -> int:
+        """Increases on every ``add``, ``reset`` and ``load_state_dict`` (not on retrieval), so a
+        retrieval cached under an older version is stale."""
+        return self._version
+
+    def __repr__(self) -> str:
+        return (
+            f"MemoryBuffer(batch_size={self._batch_size}, capacity={self._capacity}, "
+            f"frame_shape={self._frame_shape}, pose_dim={self._pose_dim}, "
+            f"device={self._device}, dtype={self._dtype}, counts={self.counts.tolist()})"
+        )
+
+    # ------------------------------------------------------------------ validation
+
+    def _check_where(self, where: object) -> Tensor:
+        """``(B,)`` bool on the storage device; all True when ``where`` is None."""
+        if where is None:
+            return torch.ones(self._batch_size, dtype=torch.bool, device=self._device)
+        mask = check_shape("where", where, [("B", self._batch_size)])
+        if mask.dtype != torch.bool:
+            raise ValueError(f"where must have dtype torch.bool, got {mask.dtype}")
+        return mask.to(self._device)
+
+    def _check_step(self, step: object) -> Tensor | None:
+        if step is None:
+            return None
+        if isinstance(step, int) and not isinstance(step, bool):
+            return torch.full((self._batch_size,), step, dtype=torch.long, device=self._device)
+        if not isinstance(step, Tensor):
+            raise ValueError(
+                f"step must be None, an int or a (B={self._batch_size},) integer tensor, "
+                f"got {type(step).__name__}"
+            )
+        tensor = check_shape("step", step, [("B", self._batch_size)])
+        if not _is_integer(tensor):
+            raise ValueError(f"step must have an integer dtype, got {tensor.dtype}")
+        return tensor.to(device=self._device, dtype=torch.long)
+
+    def _check_rows_finite(self, name: str, tensor: Tensor, rows: Tensor) -> None:
+        if not tensor.is_floating_point():
+            raise ValueError(f"{name} must have a floating-point dtype, got {tensor.dtype}")
+        if not all_finite(tensor[rows.to(tensor.device)]):
+            raise ValueError(
+                f"{name} must be finite in the rows that write, got non-finite values (NaN or inf)"
+            )
+
+    # ------------------------------------------------------------------ writing
+
+    def add(
+        self,
+        frames: Tensor,
+        poses: Tensor,
+        step: int | Tensor | None = None,
+        where: Tensor | None = None,
+    ) -> None:
+        """Store one clean frame per writing sample (a detached copy).
+
+        Args:
+            frames: ``(B, C, H, W)`` clean latents (never noised ones).
+            poses: ``(B, P)`` their absolute poses.
+            step: the frames' step (timestamp): None uses each sample's counter (one after the
+                last step it stored, 0 at first), an int applies to all samples, a ``(B,)``
+                integer tensor gives one per sample.
+            where: optional ``(B,)`` bool, True for the samples that write; None means all.
+                Rows of samples that do not write are ignored (they need not be finite).
+        """
+        b, (c, h, w) = self._batch_size, self._frame_shape
+        check_shape("frames", frames, [("B", b), ("C", c), ("H", h), ("W", w)])
+        check_shape("poses", poses, [("B", b), ("P", self._pose_dim)])
+        steps = self._check_step(step)
+        writers = self._check_where(where)
+        rows = writers.nonzero().squeeze(1)
+        self._check_rows_finite("frames", frames, rows)
+        self._check_rows_finite("poses", poses, rows)
+
+        # Slot per sample: the lowest empty slot, else the least recently used one.
+        slot_ids = torch.arange(self._capacity, device=self._device)
+        key = torch.where(self._valid, self._last_used, slot_ids - self._capacity - 1)
+        slots = key.argmin(1)[rows]
+        new_steps = (self._next_step if steps is None else steps)[rows]
+        self._clock += 1
+        self._frames[rows, slots] = frames.detach()[rows.to(frames.device)].to(
+            device=self._device, dtype=self._dtype
+        )
+        self._poses[rows, slots] = poses.detach()[rows.to(poses.device)].to(
+            device=self._device, dtype=self._dtype
+        )
+        self._steps[rows, slots] = new_steps
+        self._valid[rows, slots] = True
+        self._last_used[rows, slots] = self._clock
+        self._next_step[rows] = new_steps + 1
+        self._version += 1
+
+    def reset(self, where: Tensor | None = None) -> None:
+        """Empty the memory of the samples selected by ``where`` ``(B,)`` bool (all if None)."""
+        rows = self._check_where(where).nonzero().squeeze(1)
+        self._frames[rows] = 0
+        self._poses[rows] = 0
+        self._steps[rows] = 0
+        self._valid[rows] = False
+        self._last_used[rows] = 0
+        self._next_step[rows] = 0
+        self._version += 1
+
+    # ------------------------------------------------------------------ reading
+
+    def retrieve(
+        self,
+        query_pose: Tensor,
+        k: int = 8,
+        *,
+        strategy: Strategy | str = "distance",
+        threshold: float = 0.7,
+        device: torch.device | str | None = None,
+        generator: torch.Generator | None = None,
+        query_step: Tensor | None = None,
+        scale: float = 10.0,
+        fov: FovParams | None = None,
+    ) -> MemoryContext:
+        """Retrieve ``k`` frames per sample for ``query_pose``.
+
+        Selection is :func:`~hybrid_cdit.memory.select_memory` over the stored poses (ties go
+        to the more recent step, then the lower slot). The retrieved, unmasked frames become the
+        most recently used ones; the content and :attr:`version` do not change.
+
+        Args:
+            query_pose: ``(B, P)`` pose of the frame being predicted.
+            k: slots per sample, ``>= 1``; may exceed what is stored (extra slots are masked).
+            strategy: ``"distance"``, ``"fov"`` or ``"pose"``.
+            threshold: slots scored under it are masked.
+            device: where the returned context lives; None keeps the storage device.
+            generator: point sampler of ``"fov"``.
+            query_step: ``(B,)`` integer step of the query for ``"fov"``'s recency penalty;
+                defaults to each sample's step counter.
+            scale: distance scale of ``"distance"`` and ``"pose"``.
+            fov: :class:`~hybrid_cdit.memory.FovParams` of ``"fov"``.
+
+        Returns:
+            ``MemoryContext``: ``frames (B, k, C, H, W)``, ``poses (B, k, P)``, ``scores`` and
+            ``mask (B, k)``, ``query_pose (B, P)``. A masked slot holds zeros or one of the
+            sample's own frames scored under the threshold: honour the mask.
+        """
+        query = check_shape(
+            "query_pose", query_pose, [("B", self._batch_size), ("P", self._pose_dim)]
+        )
+        target = self._device if device is None else _to_device("device", device)
+        selection = select_memory(
+            self._poses,
+            query.to(device=self._device),
+            k,
+            valid=self._valid,
+            steps=self._steps,
+            strategy=strategy,
+            threshold=threshold,
+            query_step=self._next_step if query_step is None else query_step,
+            scale=scale,
+            fov=fov,
+            generator=generator,
+        )
+        indices, mask = selection.indices, selection.mask
+        k = int(indices.shape[1])
+        rows = torch.arange(self._batch_size, device=self._device)[:, None]
+        frames = self._gather_frames(indices, target)
+        poses = self._poses[rows, indices]
+
+        # Refresh the LRU clock of the unmasked picks, best rank most recent.
+        ranks = torch.arange(k, 0, -1, device=self._device).expand_as(indices)
+        hit_rows, hit_cols = mask.nonzero(as_tuple=True)
+        self._last_used[hit_rows, indices[hit_rows, hit_cols]] = (
+            self._clock + ranks[hit_rows, hit_cols]
+        )
+        self._clock += k
+        return build_context(frames, poses, selection, query, assume_finite=True)
+
+    def _gather_frames(self, indices: Tensor, target: torch.device) -> Tensor:
+        """``(B, k, C, H, W)`` frames at ``indices`` ``(B, k)``, on ``target``, one index op."""
+        b, k = indices.shape
+        flat = self._frames.view(b * self._capacity, *self._frame_shape)
+        offsets = torch.arange(b, device=self._device)[:, None] * self._capacity
+        flat_idx = (indices + offsets).reshape(-1)
+        if self._pinned and target.type == "cuda":
+            # Gather into a reused pinned buffer: the host-to-device copy then needs no
+            # pageable bounce; the copy is synchronous, so reusing the buffer is safe.
+            staging = self._staging.get(k)
+            if staging is None:
+                staging = torch.empty(b * k, *self._frame_shape, dtype=self._dtype, pin_memory=True)
+                self._staging[k] = staging
+            torch.index_select(flat, 0, flat_idx, out=staging)
+            out = staging.to(target)
+        else:
+            out = flat.index_select(0, flat_idx).to(target)
+        return out.view(b, k, *self._frame_shape)
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Detached copies of the content: ``frames``, ``poses``, ``steps``, ``valid``,
+        ``last_used``, ``next_step`` and the LRU ``clock`` (0-d), enough to resume a rollout
+        with identical retrievals and evictions."""
+        return {
+            "frames": self._frames.detach().clone(),
+            "poses": self._poses.detach().clone(),
+            "steps": self._steps.clone(),
+            "valid": self._valid.clone(),
+            "last_used": self._last_used.clone(),
+            "next_step": self._next_step.clone(),
+            "clock": torch.tensor(self._clock, dtype=torch.long),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """Restore content saved by :meth:`state_dict` into this buffer's storage.
+
+        The buffer's shape (batch size, capacity, frame shape, pose size) must match. The
+        version increases (it is not restored), so caches keyed on it see the change.
+
+        Raises:
+            ValueError: missing or unexpected keys, wrong shapes or dtypes, non-finite values;
+                nothing is changed then.
+        """
+        if not isinstance(state, Mapping):
+            raise ValueError(f"state must be a mapping of tensors, got {type(state).__name__}")
+        missing = sorted(set(_STATE_KEYS) - set(state))
+        unexpected = sorted(set(state) - set(_STATE_KEYS))
+        if missing or unexpected:
+            raise ValueError(
+                f"state must have exactly the keys {list(_STATE_KEYS)}, got missing {missing} "
+                f"and unexpected {unexpected}"
+            )
+        b, n, (c, h, w) = self._batch_size, self._capacity, self._frame_shape
+        frames = check_shape(
+            "state['frames']",
+            state["frames"],
+            [("B", b), ("capacity", n), ("C", c), ("H", h), ("W", w)],
+        )
+        poses = check_shape(
+            "state['poses']", state["poses"], [("B", b), ("capacity", n), ("P", self._pose_dim)]
+        )
+        for name, tensor in (("frames", frames), ("poses", poses)):
+            if not tensor.is_floating_point():
+                raise ValueError(f"state['{name}'] must be floating-point, got {tensor.dtype}")
+            check_finite(f"state['{name}']", tensor)
+        integer_shapes = {
+            "steps": [("B", b), ("capacity", n)],
+            "last_used": [("B", b), ("capacity", n)],
+            "next_step": [("B", b)],
+            "clock": [],
+        }
+        for name, dims in integer_shapes.items():
+            tensor = check_shape(f"state['{name}']", state[name], dims)
+            if not _is_integer(tensor):
+                raise ValueError(f"state['{name}'] must have an integer dtype, got {tensor.dtype}")
+        valid = check_shape("state['valid']", state["valid"], [("B", b), ("capacity", n)])
+        if valid.dtype != torch.bool:
+            raise ValueError(f"state['valid'] must have dtype torch.bool, got {valid.dtype}")
+        clock = int(check_tensor("state['clock']", state["clock"]).item())
+        last_used = state["last_used"]
+        if bool((last_used > clock).any()):
+            raise ValueError(
+                f"state['last_used'] must not exceed state['clock']={clock}, "
+                f"got max {int(last_used.max())}"
+            )
+
+        self._frames.copy_(frames)
+        self._poses.copy_(poses)
+        self._steps.copy_(state["steps"])
+        self._valid.copy_(valid)
+        self._last_used.copy_(last_used)
+        self._next_step.copy_(state["next_step"])
+        self._clock = clock
+        self._version += 1
+
+    def to(self, device: torch.device | str) -> MemoryBuffer:
+        """Move the storage to ``device`` (pinned when it is the CPU and CUDA is available);
+        returns ``self``. Content and :attr:`version` are unchanged."""
+        target = _to_device("device", device)
+        self._frames = self._frames.to(target)
+        self._poses = self._poses.to(target)
+        self._steps = self._steps.to(target)
+        self._valid = self._valid.to(target)
+        self._last_used = self._last_used.to(target)
+        self._next_step = self._next_step.to(target)
+        self._device = target
+        self._staging.clear()
+        self._pinned = False
+        self._pin()
+        return self
+
+    def _pin(self) -> None:
+        """Pin the host storage when CUDA is available (faster, asynchronous-capable copies)."""
+        if self._device.type != "cpu" or not torch.cuda.is_available():
+            return
+        self._frames = self._frames.pin_memory()
+        self._poses = self._poses.pin_memory()
+        self._pinned = True

@@ -1,0 +1,438 @@
+"""``MemoryBuffer``: per-sample storage, LRU eviction, retrieval, state and input validation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from hybrid_cdit.memory import MemoryBuffer, MemoryContext
+
+FRAME = (1, 2, 2)
+PATTERN = torch.arange(4, dtype=torch.float32).reshape(FRAME) / 4
+
+
+def frames_for(values: list[float]) -> torch.Tensor:
+    """``(B, 1, 2, 2)`` frames whose content encodes ``values`` (exact in float32)."""
+    return torch.tensor(values, dtype=torch.float32)[:, None, None, None] + PATTERN
+
+
+def value_of(frame: torch.Tensor) -> float:
+    return float(frame.reshape(-1)[0])
+
+
+def assert_state_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+# ----------------------------------------------------------------------------- reference model
+
+
+class ReferenceMemory:
+    """Plain-Python memory with the documented rules, one list of slots per sample."""
+
+    def __init__(self, batch: int, capacity: int) -> None:
+        self.batch, self.capacity = batch, capacity
+        self.slots: list[list[dict | None]] = [[None] * capacity for _ in range(batch)]
+        self.next_step = [0] * batch
+        self.clock = 0
+
+    def add(self, values, poses, steps, where) -> None:
+        self.clock += 1
+        for b in range(self.batch):
+            if not where[b]:
+                continue
+            step = self.next_step[b] if steps is None else steps[b]
+            row = self.slots[b]
+            empty = [j for j, s in enumerate(row) if s is None]
+            j = empty[0] if empty else min(range(self.capacity), key=lambda j: row[j]["used"])
+            row[j] = {"value": values[b], "pose": poses[b], "step": step, "used": self.clock}
+            self.next_step[b] = step + 1
+
+    def reset(self, where) -> None:
+        for b in range(self.batch):
+            if where[b]:
+                self.slots[b] = [None] * self.capacity
+                self.next_step[b] = 0
+
+    def retrieve(self, query, k, threshold, scale=10.0):
+        """Per sample: ranked ``(slot, score, unmasked)`` for at most ``k`` stored frames."""
+        out = []
+        for b in range(self.batch):
+            n = 2 if len(query[b]) == 3 else 3
+            ranked = []
+            for j, s in enumerate(self.slots[b]):
+                if s is None:
+                    continue
+                d = math.sqrt(sum((s["pose"][i] - query[b][i]) ** 2 for i in range(n)))
+                ranked.append((j, math.exp(-d / scale), s["step"]))
+            ranked.sort(key=lambda r: (-r[1], -r[2], r[0]))
+            picks = [(j, score, score >= threshold) for j, score, _ in ranked[:k]]
+            for rank, (j, _, unmasked) in enumerate(picks):
+                if unmasked:
+                    self.slots[b][j]["used"] = self.clock + (k - rank)
+            out.append(picks)
+        self.clock += k
+        return out
+
+
+class MemoryBufferMachine(RuleBasedStateMachine):
+    """Random add / retrieve / reset sequences against :class:`ReferenceMemory`."""
+
+    @initialize(
+        batch=st.integers(1, 3), capacity=st.integers(2, 4), pose_dim=st.sampled_from([3, 5])
+    )
+    def setup(self, batch, capacity, pose_dim):
+        self.buffer = MemoryBuffer(batch, capacity, frame_shape=FRAME, pose_dim=pose_dim)
+        self.ref = ReferenceMemory(batch, capacity)
+        self.batch, self.capacity, self.pose_dim = batch, capacity, pose_dim
+        self.serial = 0
+        self.version = self.buffer.version
+
+    def draw_poses(self, data):
+        coordinate = st.integers(-2, 2)
+        yaw = st.sampled_from([0.0, 1.5, -3.0])
+        n = 2 if self.pose_dim == 3 else 3
+        rows = []
+        for _ in range(self.batch):
+            position = [float(data.draw(coordinate)) for _ in range(n)]
+            angles = [data.draw(yaw)] if self.pose_dim == 3 else [0.0, data.draw(yaw)]
+            rows.append(position + angles)
+        return rows
+
+    def draw_where(self, data):
+        if data.draw(st.booleans()):
+            return None
+        return data.draw(st.lists(st.booleans(), min_size=self.batch, max_size=self.batch))
+
+    @rule(data=st.data())
+    def add(self, data):
+        where = self.draw_where(data)
+        poses = self.draw_poses(data)
+        values = []
+        for b in range(self.batch):
+            self.serial += 1
+            values.append(float(b * 1000 + self.serial))
+        mode = data.draw(st.sampled_from(["counter", "int", "tensor"]))
+        if mode == "counter":
+            step, ref_steps = None, None
+        elif mode == "int":
+            step = data.draw(st.integers(0, 50))
+            ref_steps = [step] * self.batch
+        else:
+            ref_steps = data.draw(
+                st.lists(st.integers(0, 50), min_size=self.batch, max_size=self.batch)
+            )
+            step = torch.tensor(ref_steps)
+        mask = None if where is None else torch.tensor(where)
+        self.buffer.add(frames_for(values), torch.tensor(poses), step=step, where=mask)
+        self.ref.add(values, poses, ref_steps, where or [True] * self.batch)
+        self.version += 1
+
+    @rule(data=st.data())
+    def retrieve(self, data):
+        query = self.draw_poses(data)
+        k = data.draw(st.integers(1, self.capacity + 2))
+        threshold = data.draw(st.sampled_from([0.0, 0.75, 0.9]))
+        ctx = self.buffer.retrieve(torch.tensor(query), k, threshold=threshold)
+        expected = self.ref.retrieve(query, k, threshold)
+        assert ctx.frames.shape == (self.batch, k, *FRAME)
+        for b, picks in enumerate(expected):
+            assert ctx.mask[b].tolist() == [u for _, _, u in picks] + [False] * (k - len(picks))
+            for rank, (j, score, _) in enumerate(picks):
+                slot = self.ref.slots[b][j]
+                assert torch.equal(ctx.frames[b, rank], frames_for([slot["value"]])[0])
+                assert ctx.poses[b, rank].tolist() == slot["pose"]
+                assert float(ctx.scores[b, rank]) == pytest.approx(score, abs=1e-6)
+            for rank in range(k):  # no sample ever sees another's frames
+                if ctx.mask[b, rank]:
+                    assert int(value_of(ctx.frames[b, rank])) // 1000 == b
+
+    @rule(data=st.data())
+    def reset(self, data):
+        where = self.draw_where(data)
+        self.buffer.reset(None if where is None else torch.tensor(where))
+        self.ref.reset(where or [True] * self.batch)
+        self.version += 1
+
+    @invariant()
+    def same_contents(self):
+        if not hasattr(self, "buffer"):
+            return
+        state = self.buffer.state_dict()
+        counts = self.buffer.counts
+        assert int(counts.max()) <= self.capacity
+        assert self.buffer.version == self.version
+        for b in range(self.batch):
+            row = self.ref.slots[b]
+            assert int(counts[b]) == sum(s is not None for s in row)
+            assert state["valid"][b].tolist() == [s is not None for s in row]
+            for j, s in enumerate(row):
+                if s is None:
+                    continue
+                assert value_of(state["frames"][b, j]) == s["value"]
+                assert int(s["value"]) // 1000 == b
+                assert state["poses"][b, j].tolist() == s["pose"]
+                assert int(state["steps"][b, j]) == s["step"]
+            # Same least-recently-used order, hence the same future evictions.
+            used = [(s["used"], j) for j, s in enumerate(row) if s is not None]
+            got = [(int(state["last_used"][b, j]), j) for _, j in used]
+            assert [j for _, j in sorted(used)] == [j for _, j in sorted(got)]
+            assert int(state["next_step"][b]) == self.ref.next_step[b]
+
+
+MemoryBufferMachine.TestCase.settings = settings(
+    max_examples=40, stateful_step_count=25, deadline=None
+)
+TestMemoryBufferAgainstReference = MemoryBufferMachine.TestCase
+
+
+# ----------------------------------------------------------------------------- behaviour
+
+
+def filled_buffer(batch: int = 2, capacity: int = 4, pose_dim: int = 3) -> MemoryBuffer:
+    gen = torch.Generator().manual_seed(0)
+    buffer = MemoryBuffer(batch, capacity, frame_shape=FRAME, pose_dim=pose_dim)
+    for i in range(capacity + 2):
+        poses = torch.randn(batch, pose_dim, generator=gen)
+        buffer.add(frames_for([b * 1000.0 + i for b in range(batch)]), poses)
+    return buffer
+
+
+def test_lru_eviction_refreshed_by_retrieval():
+    buffer = MemoryBuffer(1, 2, frame_shape=FRAME, pose_dim=3)
+    buffer.add(frames_for([1.0]), torch.tensor([[0.0, 0.0, 0.0]]))
+    buffer.add(frames_for([2.0]), torch.tensor([[50.0, 0.0, 0.0]]))
+    ctx = buffer.retrieve(torch.tensor([[0.0, 0.0, 0.0]]), 1)  # uses frame 1
+    assert value_of(ctx.frames[0, 0]) == 1.0
+    buffer.add(frames_for([3.0]), torch.tensor([[9.0, 0.0, 0.0]]))  # evicts frame 2
+    stored = sorted(value_of(f) for f in buffer.state_dict()["frames"][0])
+    assert stored == [1.0, 3.0]
+
+
+def test_masked_retrievals_do_not_refresh():
+    buffer = MemoryBuffer(1, 2, frame_shape=FRAME, pose_dim=3)
+    buffer.add(frames_for([1.0]), torch.tensor([[0.0, 0.0, 0.0]]))
+    buffer.add(frames_for([2.0]), torch.tensor([[50.0, 0.0, 0.0]]))
+    ctx = buffer.retrieve(torch.tensor([[100.0, 0.0, 0.0]]), 2, threshold=0.5)
+    assert not bool(ctx.mask.any())
+    buffer.add(frames_for([3.0]), torch.tensor([[0.0, 0.0, 0.0]]))  # evicts the oldest, 1
+    assert sorted(value_of(f) for f in buffer.state_dict()["frames"][0]) == [2.0, 3.0]
+
+
+def test_where_and_step_counter_are_per_sample():
+    buffer = MemoryBuffer(3, 4, frame_shape=FRAME, pose_dim=3)
+    poses = torch.zeros(3, 3)
+    buffer.add(frames_for([0.0, 1000.0, 2000.0]), poses, where=torch.tensor([True, False, True]))
+    buffer.add(frames_for([1.0, 1001.0, 2001.0]), poses, where=torch.tensor([True, True, False]))
+    buffer.add(frames_for([2.0, 1002.0, 2002.0]), poses, step=torch.tensor([7, 8, 9]))
+    buffer.add(frames_for([3.0, 1003.0, 2003.0]), poses)
+    assert buffer.counts.tolist() == [4, 3, 3]
+    state = buffer.state_dict()
+    assert state["steps"].tolist() == [[0, 1, 7, 8], [0, 8, 9, 0], [0, 9, 10, 0]]
+    assert state["next_step"].tolist() == [9, 10, 11]
+    buffer.add(frames_for([4.0, 1004.0, 2004.0]), poses, step=20)
+    assert buffer.state_dict()["next_step"].tolist() == [21, 21, 21]
+
+
+def test_stored_frames_are_detached_copies():
+    buffer = MemoryBuffer(1, 2, frame_shape=FRAME, pose_dim=3)
+    frames = frames_for([5.0]).requires_grad_()
+    poses = torch.zeros(1, 3, requires_grad=True)
+    buffer.add(frames, poses)
+    with torch.no_grad():
+        frames.add_(1.0)
+        poses.add_(1.0)
+    state = buffer.state_dict()
+    assert value_of(state["frames"][0, 0]) == 5.0 and float(state["poses"][0, 0, 0]) == 0.0
+    ctx = buffer.retrieve(torch.zeros(1, 3), 1)
+    assert not ctx.frames.requires_grad and not state["frames"].requires_grad
+
+
+def test_version_changes_on_content_changes_only():
+    buffer = filled_buffer()
+    v = buffer.version
+    buffer.retrieve(torch.zeros(2, 3), 3)
+    assert buffer.version == v
+    buffer.add(frames_for([0.0, 1.0]), torch.zeros(2, 3))
+    assert buffer.version > v
+    v = buffer.version
+    buffer.reset(torch.tensor([True, False]))
+    assert buffer.version > v and buffer.counts.tolist() == [0, 4]
+    v = buffer.version
+    buffer.load_state_dict(buffer.state_dict())
+    assert buffer.version > v
+    v = buffer.version
+    buffer.to("cpu")
+    assert buffer.version == v
+
+
+def test_empty_buffer_retrieves_nothing():
+    buffer = MemoryBuffer(2, 3, frame_shape=FRAME)
+    ctx = buffer.retrieve(torch.zeros(2, 5), 4, strategy="fov")
+    assert isinstance(ctx, MemoryContext)
+    assert ctx.frames.shape == (2, 4, *FRAME) and not bool(ctx.mask.any())
+
+
+@pytest.mark.parametrize("strategy", ["distance", "pose", "fov"])
+def test_state_dict_round_trip_restores_identical_retrievals(strategy):
+    source = filled_buffer(batch=3, capacity=5, pose_dim=5)
+    saved = source.state_dict()
+    query = torch.randn(3, 5, generator=torch.Generator().manual_seed(1))
+    restored = MemoryBuffer(3, 5, frame_shape=FRAME, pose_dim=5)
+    restored.load_state_dict(saved)
+    assert_state_equal(restored.state_dict(), saved)
+    for step in range(4):
+        a = source.retrieve(query, 3, strategy=strategy, threshold=0.0)
+        b = restored.retrieve(query, 3, strategy=strategy, threshold=0.0)
+        for name in ("frames", "poses", "scores", "mask", "query_pose"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+        new = frames_for([float(step)] * 3)
+        source.add(new, query)
+        restored.add(new, query)
+        assert_state_equal(restored.state_dict(), source.state_dict())
+
+
+def test_retrieve_moves_context_to_device_and_to_returns_self():
+    buffer = filled_buffer()
+    ctx = buffer.retrieve(torch.zeros(2, 3, dtype=torch.float64), 2, device="cpu")
+    assert ctx.frames.device.type == "cpu" and ctx.poses.dtype == torch.float32
+    assert buffer.to("cpu") is buffer
+    assert buffer.device == torch.device("cpu")
+
+
+def test_properties_and_repr():
+    buffer = MemoryBuffer(2, frame_shape=(4, 8, 8))
+    assert (buffer.batch_size, buffer.capacity, buffer.frame_shape, buffer.pose_dim) == (
+        2,
+        50,
+        (4, 8, 8),
+        5,
+    )
+    assert buffer.counts.dtype == torch.long and buffer.counts.tolist() == [0, 0]
+    assert "capacity=50" in repr(buffer)
+
+
+def test_rows_that_do_not_write_may_hold_anything():
+    buffer = MemoryBuffer(2, 2, frame_shape=FRAME, pose_dim=3)
+    frames = frames_for([1.0, float("nan")])
+    poses = torch.tensor([[0.0, 0.0, 0.0], [float("inf"), 0.0, 0.0]])
+    buffer.add(frames, poses, where=torch.tensor([True, False]))
+    assert buffer.counts.tolist() == [1, 0]
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+BAD_CALLS = {
+    "add frames rank": (lambda m: m.add(torch.zeros(2, 2, 2), torch.zeros(2, 3)), "frames"),
+    "add frames size": (lambda m: m.add(torch.zeros(2, 1, 2, 3), torch.zeros(2, 3)), "frames"),
+    "add batch": (lambda m: m.add(torch.zeros(3, *FRAME), torch.zeros(3, 3)), "frames"),
+    "add pose dim": (lambda m: m.add(torch.zeros(2, *FRAME), torch.zeros(2, 5)), "poses"),
+    "add nan frames": (
+        lambda m: m.add(torch.full((2, *FRAME), float("nan")), torch.zeros(2, 3)),
+        "frames must be finite",
+    ),
+    "add inf pose": (
+        lambda m: m.add(torch.zeros(2, *FRAME), torch.tensor([[0, 0, 0], [math.inf, 0, 0]])),
+        "poses must be finite",
+    ),
+    "add int frames": (
+        lambda m: m.add(torch.zeros(2, *FRAME, dtype=torch.long), torch.zeros(2, 3)),
+        "frames",
+    ),
+    "add where length": (
+        lambda m: m.add(torch.zeros(2, *FRAME), torch.zeros(2, 3), where=torch.ones(3) > 0),
+        "where",
+    ),
+    "add where dtype": (
+        lambda m: m.add(torch.zeros(2, *FRAME), torch.zeros(2, 3), where=torch.ones(2)),
+        "where",
+    ),
+    "add step shape": (
+        lambda m: m.add(torch.zeros(2, *FRAME), torch.zeros(2, 3), step=torch.zeros(3).long()),
+        "step",
+    ),
+    "add step dtype": (
+        lambda m: m.add(torch.zeros(2, *FRAME), torch.zeros(2, 3), step=torch.zeros(2)),
+        "step",
+    ),
+    "add step type": (
+        lambda m: m.add(torch.zeros(2, *FRAME), torch.zeros(2, 3), step=1.5),
+        "step",
+    ),
+    "retrieve k": (lambda m: m.retrieve(torch.zeros(2, 3), 0), "k"),
+    "retrieve strategy": (
+        lambda m: m.retrieve(torch.zeros(2, 3), strategy="nearest"),
+        r"one of \('distance', 'fov', 'pose'\)",
+    ),
+    "retrieve pose dim": (lambda m: m.retrieve(torch.zeros(2, 5)), "query_pose"),
+    "retrieve batch": (lambda m: m.retrieve(torch.zeros(3, 3)), "query_pose"),
+    "retrieve nan": (
+        lambda m: m.retrieve(torch.tensor([[0.0, 0, 0], [math.nan, 0, 0]])),
+        "query_pose must be finite",
+    ),
+    "retrieve threshold": (
+        lambda m: m.retrieve(torch.zeros(2, 3), threshold=math.nan),
+        "threshold",
+    ),
+    "retrieve fov query_step": (
+        lambda m: m.retrieve(torch.zeros(2, 3), strategy="fov", query_step=torch.zeros(2)),
+        "query_step",
+    ),
+    "retrieve device": (lambda m: m.retrieve(torch.zeros(2, 3), device="nowhere"), "device"),
+    "reset where": (lambda m: m.reset(torch.ones(2)), "where"),
+    "load missing key": (
+        lambda m: m.load_state_dict({k: v for k, v in m.state_dict().items() if k != "clock"}),
+        "missing",
+    ),
+    "load shape": (
+        lambda m: m.load_state_dict({**m.state_dict(), "frames": torch.zeros(2, 4, 1, 2, 3)}),
+        "frames",
+    ),
+    "load nan": (
+        lambda m: m.load_state_dict({**m.state_dict(), "poses": torch.full((2, 4, 3), math.nan)}),
+        "poses",
+    ),
+    "load valid dtype": (
+        lambda m: m.load_state_dict({**m.state_dict(), "valid": torch.ones(2, 4)}),
+        "valid",
+    ),
+    "load clock": (
+        lambda m: m.load_state_dict({**m.state_dict(), "clock": torch.tensor(0)}),
+        "clock",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_CALLS))
+def test_bad_input_raises_and_leaves_the_buffer_unchanged(name):
+    call, match = BAD_CALLS[name]
+    buffer = filled_buffer()
+    before, version = buffer.state_dict(), buffer.version
+    with pytest.raises(ValueError, match=match):
+        call(buffer)
+    assert_state_equal(buffer.state_dict(), before)
+    assert buffer.version == version
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"batch_size": 0, "frame_shape": FRAME}, "batch_size"),
+        ({"batch_size": 1, "capacity": 0, "frame_shape": FRAME}, "capacity"),
+        ({"batch_size": 1, "frame_shape": (1, 2)}, "frame_shape"),
+        ({"batch_size": 1, "frame_shape": (1, 0, 2)}, "frame_shape"),
+        ({"batch_size": 1, "frame_shape": FRAME, "pose_dim": 4}, "pose_dim"),
+        ({"batch_size": 1, "frame_shape": FRAME, "dtype": torch.long}, "dtype"),
+    ],
+)
+def test_constructor_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MemoryBuffer(**kwargs)
