@@ -44,7 +44,12 @@ def check_shape(name: str, value: object, dims: Sequence[Dim]) -> Tensor:
 
 
 def check_finite(name: str, tensor: Tensor) -> Tensor:
-    """Raise ``ValueError`` if ``tensor`` holds NaN or infinite values."""
+    """Raise ``ValueError`` if ``tensor`` holds NaN or infinite values.
+
+    The check reads the values (a device sync), so it is skipped while ``torch.compile`` traces.
+    """
+    if torch.compiler.is_compiling():
+        return tensor
     if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
         raise ValueError(f"{name} must be finite, got non-finite values (NaN or inf)")
     return tensor

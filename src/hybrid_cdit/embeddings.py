@@ -8,6 +8,7 @@ Parameter names and shapes follow NWM's ``models.py`` so that NWM state dicts lo
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -130,3 +131,50 @@ class FinalLayer(nn.Module):
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
         out: Tensor = self.linear(modulate(self.norm_final(x), shift, scale))
         return out
+
+
+class RelativePoseEmbedder(nn.Module):
+    """Relative pose ``(dx, dy, dz, dpitch, dyaw)`` of a memory frame -> vector.
+
+    Positions get sinusoidal features (``max_period`` 1000 in pose units), angles get harmonics
+    ``sin(m a), cos(m a)`` for ``m = 1..angle_harmonics``; an MLP maps them to ``hidden_size``.
+    ``(..., 5)`` -> ``(..., hidden_size)``.
+    """
+
+    def __init__(
+        self, hidden_size: int, position_features: int = 64, angle_harmonics: int = 16
+    ) -> None:
+        super().__init__()
+        self.position_features = position_features
+        self.register_buffer(
+            "harmonics", torch.arange(1, angle_harmonics + 1, dtype=torch.float32), persistent=False
+        )
+        width = 3 * position_features + 2 * 2 * angle_harmonics
+        self.mlp = nn.Sequential(
+            nn.Linear(width, hidden_size, bias=True),
+            nn.SiLU(),
+            nn.Linear(hidden_size, hidden_size, bias=True),
+        )
+
+    def features(self, rel: Tensor) -> Tensor:
+        """``(..., 5)`` -> ``(..., width)`` float32 features."""
+        lead = rel.shape[:-1]
+        flat = rel.reshape(-1, 5).float()
+        positions = [
+            sinusoidal_embedding(flat[:, i], self.position_features, 1000.0) for i in range(3)
+        ]
+        harmonics = cast(Tensor, self.harmonics)
+        angles = flat[:, 3:, None] * harmonics  # (M, 2, harmonics)
+        angular = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1).flatten(1)
+        return torch.cat([*positions, angular], dim=-1).reshape(*lead, -1)
+
+    def forward(self, rel: Tensor) -> Tensor:
+        out: Tensor = self.mlp(self.features(rel).to(linear_at(self.mlp, 0).weight.dtype))
+        return out
+
+    def reset_parameters(self) -> None:
+        """Small normal weights and zero biases, as NWM initialises its timestep embedders."""
+        for index in (0, 2):
+            layer = linear_at(self.mlp, index)
+            nn.init.normal_(layer.weight, std=0.02)
+            nn.init.zeros_(layer.bias)

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from .models import CDiT
+from .models import CDiT, HybridCDiT
 
 VARIANTS: dict[str, dict[str, int]] = {
     "XL/2": {"depth": 28, "hidden_size": 1152, "num_heads": 16, "patch_size": 2, "context_size": 4},
@@ -73,3 +73,6 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
 
 CDiT_models: dict[str, ModelFactory] = register_family("CDiT", CDiT)
 """NWM-style ``{"CDiT-XL/2": factory, ...}``."""
+
+HybridCDiT_models: dict[str, ModelFactory] = register_family("HybridCDiT", HybridCDiT)
+"""NWM-style ``{"HybridCDiT-XL/2": factory, ...}``; memory keywords pass through."""

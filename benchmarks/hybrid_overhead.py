@@ -1,0 +1,150 @@
+"""HybridCDiT against CDiT with the same weights: time ratios of medians, interleaved runs.
+
+    python benchmarks/hybrid_overhead.py            # B/2, 224-pixel images, batch 2, k=8, CPU
+    python benchmarks/hybrid_overhead.py --device cuda --dtype bfloat16 --batch 16
+
+Prints, for the default memory settings and for full-resolution memory tokens
+(``memory_patch_size = patch_size``), hybrid time / CDiT time for: one forward with a fresh
+memory context; 10 forwards sharing one context (a denoising loop); a batch with no active
+sample. Absolute times on shared machines mean little: compare ratios measured side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from hybrid_cdit import CDiT, HybridCDiT, MemoryContext, create_model
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _median_ratio(
+    hybrid: Callable[[], object], cdit: Callable[[], object], repeats: int, device: torch.device
+) -> tuple[float, float, float]:
+    """Interleave the two workloads; return (median hybrid s, median cdit s, ratio of medians)."""
+    times: dict[str, list[float]] = {"h": [], "c": []}
+    for i in range(repeats):
+        order = (("h", hybrid), ("c", cdit)) if i % 2 == 0 else (("c", cdit), ("h", hybrid))
+        for key, fn in order:
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[key].append(time.perf_counter() - start)
+    h, c = statistics.median(times["h"]), statistics.median(times["c"])
+    return h, c, h / c
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--variant", default="B/2")
+    parser.add_argument("--input-size", type=int, default=28)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--k", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--loop", type=int, default=10, help="forwards sharing one context")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    torch.manual_seed(0)
+    cdit = create_model(f"CDiT-{args.variant}", input_size=args.input_size).to(device, dtype).eval()
+    assert isinstance(cdit, CDiT)
+    n, c, s, ctx = args.batch, cdit.in_channels, cdit.input_size, cdit.context_size
+    x = torch.randn(n, c, s, s, device=device, dtype=dtype)
+    t = torch.randint(0, 1000, (n,), device=device)
+    y = torch.randn(n, 3, device=device, dtype=dtype)
+    x_cond = torch.randn(n, ctx, c, s, s, device=device, dtype=dtype)
+    rel_t = torch.rand(n, device=device, dtype=dtype)
+
+    def context(active: bool) -> MemoryContext:
+        return MemoryContext(
+            frames=torch.randn(n, args.k, c, s, s, device=device, dtype=dtype),
+            poses=torch.randn(n, args.k, 3, device=device, dtype=dtype),
+            scores=torch.full((n, args.k), 0.9 if active else 0.1, device=device, dtype=dtype),
+            mask=torch.ones(n, args.k, dtype=torch.bool, device=device),
+            query_pose=torch.zeros(n, 3, device=device, dtype=dtype),
+        )
+
+    print(
+        f"HybridCDiT-{args.variant} vs CDiT-{args.variant}: input {s}, batch {n}, k={args.k}, "
+        f"{device.type} {args.dtype}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
+    print(f"{'memory tokens':<22}{'workload':<34}{'hybrid ms':>10}{'cdit ms':>10}{'ratio':>8}")
+    for label, patch in (("default", None), ("full resolution", cdit.patch_size)):
+        hybrid = HybridCDiT(**cdit.get_config(), memory_patch_size=patch).to(device, dtype).eval()
+        hybrid.load_state_dict(cdit.state_dict(), strict=False)
+        with torch.no_grad():  # a trained-like memory branch: non-zero gates
+            for p in hybrid.memory_parameters():
+                p.normal_(0, 0.02)
+        name = f"{label} (p={hybrid.memory_patch_size})"
+        for workload, h_fn, c_fn, reps in _workloads(
+            hybrid, cdit, (x, t, y, x_cond, rel_t), context, args.loop, args.repeats
+        ):
+            with torch.no_grad():
+                h_fn()
+                c_fn()
+                h, c_, ratio = _median_ratio(h_fn, c_fn, reps, device)
+            print(f"{name:<22}{workload:<34}{h * 1e3:>10.1f}{c_ * 1e3:>10.1f}{ratio:>8.3f}")
+
+
+def _workloads(
+    hybrid: HybridCDiT,
+    cdit: torch.nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    context: Callable[[bool], MemoryContext],
+    loop: int,
+    repeats: int,
+) -> list[tuple[str, Callable[[], None], Callable[[], None], int]]:
+    """(name, hybrid workload, CDiT workload, repetitions) for the three measured cases."""
+    x, t, y, x_cond, rel_t = inputs
+    shared = context(True)
+    inactive = context(False)
+
+    def fresh() -> None:
+        hybrid(x, t, y, x_cond, rel_t, memory=context(True))
+
+    def cdit_fresh() -> None:
+        context(True)  # the same context-building cost on both sides
+        cdit(x, t, y, x_cond, rel_t)
+
+    def denoising_loop() -> None:
+        memory = MemoryContext(
+            shared.frames, shared.poses, shared.scores, shared.mask, shared.query_pose
+        )
+        for i in range(loop):
+            hybrid(x, t - i, y, x_cond, rel_t, memory=memory)
+
+    def cdit_loop() -> None:
+        for i in range(loop):
+            cdit(x, t - i, y, x_cond, rel_t)
+
+    def none_active() -> None:
+        hybrid(x, t, y, x_cond, rel_t, memory=inactive)
+
+    def cdit_once() -> None:
+        cdit(x, t, y, x_cond, rel_t)
+
+    return [
+        ("one forward, fresh context", fresh, cdit_fresh, repeats),
+        (f"{loop} forwards, one context", denoising_loop, cdit_loop, max(3, repeats // 3)),
+        ("no active sample", none_active, cdit_once, repeats),
+    ]
+
+
+if __name__ == "__main__":
+    main()

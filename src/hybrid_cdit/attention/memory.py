@@ -1,0 +1,96 @@
+"""Selective memory attention: target-frame tokens attend to tokens of retrieved memory frames."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from .functional import multihead_attention, split_heads
+
+
+class SelectiveMemoryAttention(nn.Module):
+    """Multi-head attention from hidden tokens to memory tokens on a grid ``ratio`` times coarser.
+
+    With ``ratio = r``, each ``r x r`` group of hidden tokens is gathered into one query
+    (space-to-depth, width ``r*r*D``), attends to memory tokens laid out on the same coarse grid,
+    and the result is spread back to the ``r x r`` tokens by the output projection
+    (depth-to-space). Every hidden token thus gets its own slice of the output projection, so
+    fine detail in a coarse memory token is not averaged away. ``ratio = 1`` is plain attention.
+
+    Memory keys and values do not depend on the diffusion timestep: :meth:`keys_values` can be
+    computed once per memory context and reused across denoising steps.
+
+    Args:
+        dim: token width ``D``.
+        num_heads: attention heads; must divide ``dim``.
+        grid_size: hidden tokens per side ``S``.
+        ratio: memory grid coarseness ``r``; must divide ``grid_size``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, grid_size: int, ratio: int = 1) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+        if grid_size % ratio:
+            raise ValueError(f"ratio must divide grid_size ({grid_size}), got {ratio}")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.grid_size = grid_size
+        self.ratio = ratio
+        group = ratio * ratio
+        self.q_proj = nn.Linear(group * dim, dim, bias=True)
+        self.kv_proj = nn.Linear(dim, 2 * dim, bias=True)
+        self.out_proj = nn.Linear(dim, group * dim, bias=True)
+        self.kv_computations = 0
+        """How many times :meth:`keys_values` ran (the cache test counts it)."""
+
+    def keys_values(self, memory_tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """``(N, M, D)`` layer-normed memory tokens -> keys and values ``(N, H, M, D/H)``."""
+        self.kv_computations += 1
+        k, v = self.kv_proj(memory_tokens).chunk(2, dim=-1)
+        return split_heads(k, self.num_heads), split_heads(v, self.num_heads)
+
+    def forward(self, x: Tensor, keys: Tensor, values: Tensor, key_mask: Tensor) -> Tensor:
+        """Attend from hidden tokens to memory.
+
+        Args:
+            x: ``(N, S*S, D)`` modulated hidden tokens, row-major on the ``S x S`` grid.
+            keys, values: ``(N, H, M, D/H)`` from :meth:`keys_values`.
+            key_mask: ``(N, M)`` bool, True where a memory token may be attended. Rows with no
+                True entry attend to everything; the caller gates those rows to zero.
+
+        Returns:
+            ``(N, S*S, D)``.
+        """
+        r, side = self.ratio, self.grid_size // self.ratio
+        groups = rearrange(x, "n (h a w b) d -> n (h w) (a b d)", h=side, a=r, w=side, b=r)
+        empty = ~key_mask.any(dim=-1, keepdim=True)
+        attended = multihead_attention(
+            self.q_proj(groups), keys, values, self.num_heads, key_mask | empty
+        )
+        out: Tensor = rearrange(
+            self.out_proj(attended), "n (h w) (a b d) -> n (h a w b) d", h=side, w=side, a=r, b=r
+        )
+        return out
+
+    def reset_parameters(self) -> None:
+        """Xavier-uniform weights and zero biases."""
+        for layer in (self.q_proj, self.kv_proj, self.out_proj):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+
+def memory_key_mask(frame_mask: Tensor, tokens_per_frame: int) -> Tensor:
+    """``(N, k)`` frame mask -> ``(N, k * tokens_per_frame)`` token mask."""
+    return torch.repeat_interleave(frame_mask, tokens_per_frame, dim=1)
+
+
+class KVCache(Protocol):
+    """Where memory keys/values are kept between forwards (a :class:`MemoryContext` is one)."""
+
+    def cached(self, owner: Any, key: Any) -> Any: ...
+
+    def store(self, owner: Any, key: Any, value: Any) -> None: ...

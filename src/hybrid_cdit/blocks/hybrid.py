@@ -1,0 +1,106 @@
+"""``HybridCDiTBlock``: a CDiT block with an optional, zero-gated memory attention branch."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from torch import Tensor, nn
+
+from ..attention import KVCache, SelectiveMemoryAttention
+from ..embeddings import gated_residual, linear_at, modulate, zero_linear
+from .cdit import CDiTBlock
+
+
+class MemoryInputs(NamedTuple):
+    """What a memory layer needs, built once per forward by the model.
+
+    Attributes:
+        tokens: ``(N, M, D)`` layer-normed memory tokens (``M = k * tokens per frame``).
+        key_mask: ``(N, M)`` bool, True for tokens of valid memory frames.
+        gate: ``(N,)`` 1 for samples whose memory is active, 0 otherwise (dtype of the tokens).
+        cache: where keys/values are kept across forwards, or None (no caching).
+        cache_key: identifies ``tokens``; a cached entry under another key is stale.
+    """
+
+    tokens: Tensor
+    key_mask: Tensor
+    gate: Tensor
+    cache: KVCache | None = None
+    cache_key: Any = None
+
+
+class HybridCDiTBlock(CDiTBlock):
+    """A :class:`CDiTBlock`, plus, with ``enable_memory``, memory attention between the context
+    cross-attention and the MLP::
+
+        shift, scale, gate = memory_adaLN_modulation(c)        # zero-initialised
+        x = x + gate * active * MemAttn(mod(LN(x), shift, scale), memory)
+
+    The CDiT parameters keep NWM's names; the memory branch's parameter names all contain
+    ``memory``. With the gate at zero the block computes exactly the CDiT block.
+
+    Args:
+        hidden_size, num_heads, mlp_ratio: as :class:`CDiTBlock`.
+        enable_memory: build the memory branch.
+        grid_size: hidden tokens per side ``S``.
+        memory_ratio: how much coarser the memory token grid is (see
+            :class:`SelectiveMemoryAttention`).
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        *,
+        enable_memory: bool = False,
+        grid_size: int = 1,
+        memory_ratio: int = 1,
+    ) -> None:
+        super().__init__(hidden_size, num_heads, mlp_ratio)
+        self.enable_memory = enable_memory
+        if enable_memory:
+            self.memory_norm = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+            self.memory_attn = SelectiveMemoryAttention(
+                hidden_size, num_heads, grid_size, memory_ratio
+            )
+            self.memory_adaLN_modulation = nn.Sequential(
+                nn.SiLU(), nn.Linear(hidden_size, 3 * hidden_size, bias=True)
+            )
+            self.reset_memory_parameters()
+
+    def reset_memory_parameters(self) -> None:
+        """Xavier attention weights and a zero modulation: the branch starts switched off."""
+        if self.enable_memory:
+            self.memory_attn.reset_parameters()
+            zero_linear(linear_at(self.memory_adaLN_modulation, -1))
+
+    def memory_keys_values(self, memory: MemoryInputs) -> tuple[Tensor, Tensor]:
+        """Keys and values of ``memory.tokens``, from ``memory.cache`` when it holds them."""
+        attn = self.memory_attn
+        if memory.cache is None:
+            return attn.keys_values(memory.tokens)
+        key = (memory.cache_key, attn.kv_proj.weight._version, attn.kv_proj.bias._version)
+        kv: tuple[Tensor, Tensor] | None = memory.cache.cached(attn, key)
+        if kv is None:
+            kv = attn.keys_values(memory.tokens)
+            memory.cache.store(attn, key, kv)
+        return kv
+
+    def memory_residual(self, x: Tensor, c: Tensor, memory: MemoryInputs) -> Tensor:
+        """``x (N, L, D)`` plus the gated memory attention branch."""
+        shift, scale, gate = self.memory_adaLN_modulation(c).chunk(3, dim=1)
+        keys, values = self.memory_keys_values(memory)
+        query = modulate(self.memory_norm(x), shift, scale)
+        branch = self.memory_attn(query, keys, values, memory.key_mask)
+        return gated_residual(x, gate * memory.gate[:, None], branch)
+
+    def forward(
+        self, x: Tensor, c: Tensor, context: Tensor, memory: MemoryInputs | None = None
+    ) -> Tensor:
+        """``x (N, L, D)``, ``c (N, D)``, ``context (N, Lc, D)``, memory -> ``(N, L, D)``."""
+        m = self.modulation(c)
+        x = self.attend(x, m, context)
+        if memory is not None and self.enable_memory:
+            x = self.memory_residual(x, c, memory)
+        return self.feed_forward(x, m)

@@ -1,0 +1,501 @@
+"""``HybridCDiT``: NWM's CDiT with pose-indexed memory attention in its later layers."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from timm.layers.patch_embed import PatchEmbed
+from torch import Tensor, nn
+
+from .._validation import check_finite, check_positive_int, check_shape
+from ..blocks import HybridCDiTBlock, MemoryInputs
+from ..embeddings import RelativePoseEmbedder
+from ..memory import STRATEGIES, MemoryBuffer, MemoryContext, relative_pose, to_pose5
+from .cdit import CDiT
+
+
+def is_memory_key(key: str) -> bool:
+    """True for state-dict keys of memory-only parameters (no CDiT key contains ``memory``)."""
+    return "memory" in key
+
+
+def default_memory_layers(depth: int) -> list[int]:
+    """Every second layer of the second half: ``[14, 16, ..., 26]`` for depth 28."""
+    return list(range(depth // 2, depth, 2))
+
+
+class HybridCDiT(CDiT):
+    """A :class:`CDiT` whose later layers also attend to retrieved memory frames.
+
+    The CDiT parameters keep NWM's names and shapes, so a CDiT checkpoint loads with only the
+    memory parameters missing; those start function-preserving (zero output gates), and a
+    freshly loaded model returns the CDiT's output for any memory until the branch is trained.
+
+    Memory comes either as a :class:`MemoryContext` (``memory=``; from any source, e.g. built from
+    trajectory history in a training ``collate_fn``) or, when only ``current_pose`` is given,
+    from the model's own :class:`MemoryBuffer`, filled with clean frames by
+    :meth:`update_memory`. With neither, the model is exactly a CDiT.
+
+    Memory tokens (once per forward, or once per context across denoising steps when gradients
+    are off): each retrieved frame is patch-embedded on a grid ``memory_patch_size`` coarse, gets a
+    learned memory position embedding and an embedding of its pose relative to the query pose,
+    and is layer-normed. Each memory layer attends to them with
+    :class:`~hybrid_cdit.attention.SelectiveMemoryAttention`.
+
+    Activation, per sample: ``activation = max`` of the retrieval scores over the valid (unmasked)
+    slots, 0 with none. A sample is active when ``activation >= memory_activation_threshold``;
+    an inactive sample's memory contribution is exactly zero, and when no sample of a batch is
+    active eager inference skips the memory computation.
+
+    Args:
+        input_size ... learn_sigma: as :class:`CDiT`.
+        memory_enabled: build the memory branch; False gives a CDiT in this class.
+        memory_layers: indices of memory layers; None means every second layer of the second half.
+        memory_buffer_size: capacity of the model's own buffer (frames per sample).
+        memory_top_k: frames retrieved from the model's own buffer.
+        memory_activation_threshold: minimum activation for a sample to use memory; above 1 turns
+            memory off.
+        spatial_similarity_threshold: retrieval score under which a frame is masked.
+        retrieval: strategy of the model's own buffer, one of ``"distance"``, ``"fov"``, ``"pose"``.
+        memory_patch_size: side of the latent patch one memory token covers. Equal to
+            ``patch_size`` means full resolution; a multiple ``r * patch_size`` gives memory frames
+            their own patch embedding with ``r*r`` fewer tokens, and memory attention gathers each
+            ``r x r`` group of hidden tokens into one query and spreads its output back. None picks
+            ``2 * patch_size`` when it divides ``input_size``, else ``patch_size``.
+    """
+
+    def __init__(
+        self,
+        input_size: int = 32,
+        context_size: int = 2,
+        patch_size: int = 2,
+        in_channels: int = 4,
+        hidden_size: int = 1152,
+        depth: int = 28,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        learn_sigma: bool = True,
+        *,
+        memory_enabled: bool = True,
+        memory_layers: Sequence[int] | None = None,
+        memory_buffer_size: int = 50,
+        memory_top_k: int = 8,
+        memory_activation_threshold: float = 0.3,
+        spatial_similarity_threshold: float = 0.7,
+        retrieval: str = "distance",
+        memory_patch_size: int | None = None,
+    ) -> None:
+        check_positive_int("depth", depth)
+        check_positive_int("patch_size", patch_size)
+        check_positive_int("input_size", input_size)
+        check_positive_int("memory_buffer_size", memory_buffer_size)
+        check_positive_int("memory_top_k", memory_top_k)
+        self.memory_enabled = bool(memory_enabled)
+        self.memory_layers = _check_memory_layers(memory_layers, depth)
+        self.memory_buffer_size = memory_buffer_size
+        self.memory_top_k = memory_top_k
+        self.memory_activation_threshold = _check_unit(
+            "memory_activation_threshold", memory_activation_threshold, upper=None
+        )
+        self.spatial_similarity_threshold = _check_unit(
+            "spatial_similarity_threshold", spatial_similarity_threshold, upper=1.0
+        )
+        if retrieval not in STRATEGIES:
+            raise ValueError(f"retrieval must be one of {sorted(STRATEGIES)}, got {retrieval!r}")
+        self.retrieval = retrieval
+        self.memory_patch_size = _check_memory_patch_size(memory_patch_size, patch_size, input_size)
+        super().__init__(
+            input_size,
+            context_size,
+            patch_size,
+            in_channels,
+            hidden_size,
+            depth,
+            num_heads,
+            mlp_ratio,
+            learn_sigma,
+        )
+        self.memory_buffer: MemoryBuffer | None = None
+        self._pending_pose: Tensor | None = None
+        self._retrieved: tuple[int, Tensor, MemoryContext] | None = None
+        if self.memory_enabled:
+            if self.memory_ratio > 1:
+                self.memory_embedder = PatchEmbed(
+                    input_size, self.memory_patch_size, in_channels, hidden_size, bias=True
+                )
+            tokens = (input_size // self.memory_patch_size) ** 2
+            self.memory_pos_embed = nn.Parameter(torch.zeros(tokens, hidden_size))
+            self.memory_pose_embedder = RelativePoseEmbedder(hidden_size)
+            self.reset_memory_parameters()
+        self.register_load_state_dict_post_hook(_reinit_missing_memory)  # type: ignore[no-untyped-call]
+
+    # ----------------------------------------------------------------- construction helpers
+
+    @property
+    def memory_ratio(self) -> int:
+        """How many times coarser the memory token grid is than the hidden token grid."""
+        return self.memory_patch_size // self.patch_size
+
+    @property
+    def memory_tokens_per_frame(self) -> int:
+        """Memory tokens per retrieved frame."""
+        return (self.input_size // self.memory_patch_size) ** 2
+
+    def _make_blocks(self) -> list[nn.Module]:
+        grid = self.input_size // self.patch_size
+        return [
+            HybridCDiTBlock(
+                self.hidden_size,
+                self.num_heads,
+                self.mlp_ratio,
+                enable_memory=self.memory_enabled and i in self.memory_layers,
+                grid_size=grid,
+                memory_ratio=self.memory_ratio,
+            )
+            for i in range(self.depth)
+        ]
+
+    def hybrid_blocks(self) -> list[HybridCDiTBlock]:
+        """The transformer blocks, typed."""
+        return [block for block in self.blocks if isinstance(block, HybridCDiTBlock)]
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "memory_enabled": self.memory_enabled,
+            "memory_layers": list(self.memory_layers),
+            "memory_buffer_size": self.memory_buffer_size,
+            "memory_top_k": self.memory_top_k,
+            "memory_activation_threshold": self.memory_activation_threshold,
+            "spatial_similarity_threshold": self.spatial_similarity_threshold,
+            "retrieval": self.retrieval,
+            "memory_patch_size": self.memory_patch_size,
+        }
+
+    def memory_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of the memory branch (for a separate learning rate, or freezing the rest)."""
+        return (p for name, p in self.named_parameters() if is_memory_key(name))
+
+    def cdit_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters that a plain CDiT has."""
+        return (p for name, p in self.named_parameters() if not is_memory_key(name))
+
+    @torch.no_grad()
+    def reset_memory_parameters(self, keys: Iterable[str] | None = None) -> None:
+        """Put memory parameters in their function-preserving initial state.
+
+        The memory patch embedding starts as the mean of the CDiT's patch embeddings it covers and
+        the memory position embedding as the target frame's, pooled to the memory grid, so memory
+        tokens begin in the space of the hidden tokens; output gates start at zero. Called at
+        construction and after loading a CDiT checkpoint (then only for the missing ``keys``).
+        """
+        if not self.memory_enabled:
+            return
+        wanted = None if keys is None else set(keys)
+
+        def due(prefix: str) -> bool:
+            return wanted is None or any(k.startswith(prefix) for k in wanted)
+
+        for index, block in enumerate(self.hybrid_blocks()):
+            if block.enable_memory and due(f"blocks.{index}.memory"):
+                block.reset_memory_parameters()
+        r, p = self.memory_ratio, self.patch_size
+        if due("memory_pos_embed"):
+            side = self.input_size // p
+            grid = rearrange(self.pos_embed[self.context_size], "(h w) d -> d h w", h=side)
+            pooled = F.avg_pool2d(grid, r) if r > 1 else grid
+            self.memory_pos_embed.copy_(rearrange(pooled, "d h w -> (h w) d"))
+        if r > 1 and due("memory_embedder"):
+            fine = self.x_embedder.proj
+            self.memory_embedder.proj.weight.copy_(fine.weight.repeat(1, 1, r, r) / (r * r))
+            if fine.bias is not None and self.memory_embedder.proj.bias is not None:
+                self.memory_embedder.proj.bias.copy_(fine.bias)
+        if due("memory_pose_embedder"):
+            self.memory_pose_embedder.reset_parameters()
+
+    # ----------------------------------------------------------------------- memory buffer
+
+    def update_memory(
+        self,
+        frame_latent: Tensor,
+        pose: Tensor,
+        *,
+        step: int | Tensor | None = None,
+        where: Tensor | None = None,
+    ) -> None:
+        """Write clean frames into the model's own memory buffer (created on first use).
+
+        Args:
+            frame_latent: ``(B, C, H, W)`` clean latents: observed frames or finished generated
+                frames, never a noised diffusion input.
+            pose: ``(B, P)`` their absolute poses, ``P`` 3 or 5.
+            step: optional time step of the frames (int or ``(B,)``).
+            where: optional ``(B,)`` bool, the samples that write.
+        """
+        if not self.memory_enabled:
+            raise ValueError("update_memory needs memory_enabled=True, got a model without memory")
+        size = self.input_size
+        check_shape(
+            "frame_latent",
+            frame_latent,
+            [("B", None), ("C", self.in_channels), ("H", size), ("W", size)],
+        )
+        batch = frame_latent.shape[0]
+        check_shape("pose", pose, [("B", batch), ("P", None)])
+        buffer = self.memory_buffer
+        if buffer is None:
+            buffer = MemoryBuffer(
+                batch,
+                self.memory_buffer_size,
+                frame_shape=(self.in_channels, size, size),
+                pose_dim=int(pose.shape[-1]),
+            )
+        elif buffer.batch_size != batch:
+            raise ValueError(
+                f"frame_latent must have batch size {buffer.batch_size} (the memory buffer's; "
+                f"call reset_memory() to start a new rollout), got {batch}"
+            )
+        buffer.add(
+            frame_latent.detach().to(buffer.device),
+            pose.detach().to(buffer.device),
+            step=step,
+            where=where,
+        )
+        self.memory_buffer = buffer
+
+    def reset_memory(self) -> None:
+        """Forget the model's own memory buffer and any pending ``update_memory=True`` write."""
+        self.memory_buffer = None
+        self._pending_pose = None
+        self._retrieved = None
+
+    def _commit_previous_frame(self, x_cond: Tensor, current_pose: Tensor | None) -> None:
+        """``update_memory=True``: store the newest context frame at the previous target's pose."""
+        if self.training:
+            warnings.warn(
+                "update_memory=True is ignored in training mode: a training batch is not a "
+                "rollout. Pass memory=MemoryContext(...) built from each sample's history.",
+                UserWarning,
+                stacklevel=3,
+            )
+            return
+        if current_pose is None:
+            raise ValueError("update_memory=True needs current_pose of shape (N, P), got None")
+        pose = current_pose.detach()
+        pending = self._pending_pose
+        if pending is not None and pending.shape == pose.shape:
+            changed = (pending != pose.to(pending)).any(dim=-1)
+            if bool(changed.any()):
+                self.update_memory(x_cond[:, -1], pending, where=changed.to(pending.device))
+        self._pending_pose = pose.clone()
+
+    def _retrieve_own(self, current_pose: Tensor, device: torch.device) -> MemoryContext | None:
+        buffer = self.memory_buffer
+        if buffer is None:
+            return None
+        if current_pose.shape[-1] != buffer.pose_dim:
+            raise ValueError(
+                f"current_pose must have pose dimension {buffer.pose_dim} (the memory buffer's), "
+                f"got {current_pose.shape[-1]}"
+            )
+        pose = current_pose.detach().to(buffer.device)
+        hit = self._retrieved
+        if hit is not None and hit[0] == buffer.version and torch.equal(hit[1], pose):
+            return hit[2]
+        context = buffer.retrieve(
+            pose,
+            self.memory_top_k,
+            strategy=self.retrieval,
+            threshold=self.spatial_similarity_threshold,
+            device=device,
+        )
+        self._retrieved = (buffer.version, pose.clone(), context)
+        return context
+
+    # ---------------------------------------------------------------------- memory tokens
+
+    def check_memory(self, memory: MemoryContext, batch: int) -> None:
+        """Raise ``ValueError`` when ``memory`` does not fit this model and batch."""
+        if not isinstance(memory, MemoryContext):
+            raise TypeError(f"memory must be a MemoryContext, got {type(memory).__name__}")
+        size = self.input_size
+        check_shape(
+            "memory.frames",
+            memory.frames,
+            [("N", batch), ("k", None), ("C", self.in_channels), ("H", size), ("W", size)],
+        )
+
+    def activation(self, memory: MemoryContext) -> Tensor:
+        """Per-sample activation score ``(N,)``: the best valid retrieval score, 0 with none."""
+        best = torch.where(memory.mask, memory.scores, torch.zeros_like(memory.scores))
+        return best.amax(dim=1).clamp(0.0, 1.0)
+
+    def active_samples(self, memory: MemoryContext) -> Tensor:
+        """``(N,)`` bool: samples whose memory is used."""
+        valid = memory.mask.any(dim=1)
+        return valid & (self.activation(memory) >= self.memory_activation_threshold)
+
+    def memory_tokens(self, memory: MemoryContext) -> tuple[Tensor, Tensor]:
+        """Layer-normed memory tokens ``(N, k*M, D)`` and their key mask ``(N, k*M)``.
+
+        Masked slots are zeroed (frames) and put at the query pose (poses) first, so their
+        content never reaches the output.
+        """
+        n, k = memory.mask.shape
+        keep = memory.mask[:, :, None, None, None]
+        frames = torch.where(keep, memory.frames, torch.zeros_like(memory.frames))
+        flat = frames.flatten(0, 1)
+        embedder = self.memory_embedder if self.memory_ratio > 1 else self.x_embedder
+        tokens = embedder(flat) + self.memory_pos_embed
+        query = to_pose5(memory.query_pose)[:, None]
+        poses = torch.where(memory.mask[..., None], to_pose5(memory.poses), query)
+        rel = relative_pose(poses, query)
+        tokens = tokens.unflatten(0, (n, k)) + self.memory_pose_embedder(rel)[:, :, None]
+        normed = F.layer_norm(tokens.flatten(1, 2), (self.hidden_size,), eps=1e-6)
+        key_mask = torch.repeat_interleave(memory.mask, self.memory_tokens_per_frame, dim=1)
+        return normed, key_mask
+
+    def _token_version(self) -> tuple[int, ...]:
+        embedder = self.memory_embedder if self.memory_ratio > 1 else self.x_embedder
+        params = [
+            *embedder.parameters(),
+            self.memory_pos_embed,
+            *self.memory_pose_embedder.parameters(),
+        ]
+        return tuple(p._version for p in params)
+
+    def memory_inputs(self, memory: MemoryContext, x: Tensor) -> MemoryInputs | None:
+        """Build what the memory layers need, or None when nothing is to be attended."""
+        caching = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        if memory.frames.device != x.device or memory.frames.dtype != x.dtype:
+            moved = memory.cached(self, ("moved", x.device, x.dtype)) if caching else None
+            if moved is None:
+                moved = memory.to(x.device, x.dtype)
+                if caching:
+                    memory.store(self, ("moved", x.device, x.dtype), moved)
+            memory = moved
+        active = self.active_samples(memory)
+        if not self.training and not torch.compiler.is_compiling() and not bool(active.any()):
+            return None
+        if not caching:
+            tokens, key_mask = self.memory_tokens(memory)
+            return MemoryInputs(tokens, key_mask, active.to(x.dtype))
+        version = self._token_version()
+        entry = memory.cached(self, "tokens")
+        if entry is None or entry[0] != version:
+            entry = (version, *self.memory_tokens(memory))
+            memory.store(self, "tokens", entry)
+        return MemoryInputs(entry[1], entry[2], active.to(x.dtype), memory, version)
+
+    def _memory_parameter_anchor(self) -> Tensor:
+        """``0 * sum(memory parameters)``: keeps every memory parameter in the autograd graph
+        when a training step uses no memory, so DDP needs no ``find_unused_parameters``."""
+        return sum((p.sum() for p in self.memory_parameters()), torch.zeros(())) * 0.0
+
+    # ---------------------------------------------------------------------------- forward
+
+    def forward(
+        self,
+        x: Tensor,
+        t: Tensor,
+        y: Tensor,
+        x_cond: Tensor,
+        rel_t: Tensor,
+        *,
+        memory: MemoryContext | None = None,
+        current_pose: Tensor | None = None,
+        update_memory: bool = False,
+    ) -> Tensor:
+        """Denoiser output for the target frame, using memory where it is active.
+
+        Args:
+            x, t, y, x_cond, rel_t: as :meth:`CDiT.forward`.
+            memory: retrieved memory for this batch; takes precedence over the model's buffer.
+            current_pose: ``(N, P)`` pose of the target frame; without ``memory`` the model
+                retrieves from its own buffer with it.
+            update_memory: rollout helper for integration code that calls forward once per
+                denoising step: when ``current_pose`` differs from the previous call's, the
+                newest context frame ``x_cond[:, -1]`` (by then the finished, clean previous
+                frame) is written to the buffer at the previous call's pose. The noised input
+                ``x`` is never written. Ignored in training mode (with a warning).
+
+        Returns:
+            ``(N, 2C, H, W)`` with ``learn_sigma``, else ``(N, C, H, W)``.
+        """
+        self.check_inputs(x, t, y, x_cond, rel_t)
+        n = x.shape[0]
+        if current_pose is not None:
+            check_shape("current_pose", current_pose, [("N", n), ("P", None)])
+            if current_pose.shape[-1] not in (3, 5):
+                raise ValueError(
+                    f"current_pose must have pose dimension 3 or 5, got {current_pose.shape[-1]}"
+                )
+            check_finite("current_pose", current_pose)
+        if memory is not None:
+            self.check_memory(memory, n)
+        if not self.memory_enabled:
+            return super().forward(x, t, y, x_cond, rel_t)
+        if update_memory:
+            self._commit_previous_frame(x_cond, current_pose)
+        if memory is None and current_pose is not None:
+            memory = self._retrieve_own(current_pose, x.device)
+        inputs = None if memory is None else self.memory_inputs(memory, x)
+
+        tokens, context = self.embed_frames(x, x_cond)
+        context = self.normalize_context(context)
+        c = self.embed_condition(t, y, rel_t)
+        for block in self.hybrid_blocks():
+            tokens = block(tokens, c, context, inputs)
+        out = self.unpatchify(self.final_layer(tokens, c))
+        if inputs is None and self.training and torch.is_grad_enabled():
+            out = out + self._memory_parameter_anchor().to(out.dtype)
+        return out
+
+
+def _check_memory_layers(layers: Sequence[int] | None, depth: int) -> list[int]:
+    if layers is None:
+        return default_memory_layers(depth)
+    chosen = list(layers)
+    bad = [i for i in chosen if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < depth]
+    if bad:
+        raise ValueError(f"memory_layers must be layer indices in [0, {depth - 1}], got {chosen}")
+    if len(set(chosen)) != len(chosen):
+        raise ValueError(f"memory_layers must not repeat a layer, got {chosen}")
+    return sorted(chosen)
+
+
+def _check_unit(name: str, value: float, upper: float | None) -> float:
+    number = float(value)
+    if not number >= 0.0 or (upper is not None and number > upper):
+        bound = f"[0, {upper}]" if upper is not None else ">= 0"
+        raise ValueError(f"{name} must be a number {bound}, got {value!r}")
+    return number
+
+
+def _check_memory_patch_size(size: int | None, patch_size: int, input_size: int) -> int:
+    if size is None:
+        return 2 * patch_size if input_size % (2 * patch_size) == 0 else patch_size
+    if isinstance(size, bool) or not isinstance(size, int) or size < patch_size:
+        raise ValueError(
+            f"memory_patch_size must be an int >= patch_size ({patch_size}), got {size!r}"
+        )
+    if size % patch_size or input_size % size:
+        raise ValueError(
+            f"memory_patch_size must be a multiple of patch_size ({patch_size}) that divides "
+            f"input_size ({input_size}), got {size}"
+        )
+    return size
+
+
+def _reinit_missing_memory(module: nn.Module, incompatible: Any) -> None:
+    """Load hook: memory parameters missing from a loaded state dict (a CDiT checkpoint) are put
+    back in their function-preserving state, derived from the CDiT weights just loaded."""
+    if isinstance(module, HybridCDiT):
+        missing = [k for k in incompatible.missing_keys if is_memory_key(k)]
+        if missing:
+            module.reset_memory_parameters(missing)

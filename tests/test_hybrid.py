@@ -1,0 +1,380 @@
+"""HybridCDiT: CDiT compatibility, function preservation, per-sample memory semantics."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from hybrid_cdit import CDiT, HybridCDiT, HybridCDiT_models, create_model
+from hybrid_cdit.models import is_memory_key
+
+from .hybrid_helpers import TINY, make_inputs, make_memory, randomise, replace, trained_like_hybrid
+
+
+def _memory_free(model: HybridCDiT, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**inputs)
+
+
+# ------------------------------------------------------------------ CDiT compatibility
+
+
+def test_cdit_checkpoint_loads_with_only_memory_keys_missing(nwm_config, nwm_checkpoint):
+    model = HybridCDiT(**nwm_config)
+    result = model.load_state_dict(nwm_checkpoint["ema"], strict=False)
+    assert result.unexpected_keys == []
+    assert result.missing_keys
+    assert all(is_memory_key(k) for k in result.missing_keys)
+    assert set(result.missing_keys) == {k for k in model.state_dict() if is_memory_key(k)}
+    assert not any(is_memory_key(k) for k in nwm_checkpoint["ema"])
+
+
+@pytest.mark.parametrize("memory_patch_size", [None, 2, 4])
+def test_function_preservation_with_full_active_memory(
+    nwm_config, nwm_checkpoint, nwm_io, nwm_inputs, memory_patch_size
+):
+    model = HybridCDiT(**nwm_config, memory_patch_size=memory_patch_size).eval()
+    model.load_state_dict(nwm_checkpoint["ema"], strict=False)
+    memory = make_memory(n=3, k=8, cfg=nwm_config)
+    assert bool(model.active_samples(memory).all())
+    x, t, y, x_cond, rel_t = nwm_inputs
+    with torch.no_grad():
+        out = model(x, t, y, x_cond, rel_t, memory=memory)
+    torch.testing.assert_close(out, nwm_io["out_ema"], atol=1e-5, rtol=0)
+
+
+def test_memory_disabled_is_a_cdit(nwm_config, nwm_checkpoint, nwm_io, nwm_inputs):
+    model = HybridCDiT(**nwm_config, memory_enabled=False).eval()
+    model.load_state_dict(nwm_checkpoint["ema"], strict=True)
+    assert set(model.state_dict()) == set(CDiT(**nwm_config).state_dict())
+    with torch.no_grad():
+        out = model(*nwm_inputs, memory=make_memory(cfg=nwm_config))
+    torch.testing.assert_close(out, nwm_io["out_ema"], atol=1e-5, rtol=0)
+
+
+def test_no_memory_and_no_pose_is_the_cdit():
+    model = trained_like_hybrid()
+    cdit = CDiT(**TINY).eval()
+    cdit.load_state_dict({k: v for k, v in model.state_dict().items() if not is_memory_key(k)})
+    inputs = make_inputs()
+    with torch.no_grad():
+        assert torch.equal(model(**inputs), cdit(**inputs))
+
+
+def test_default_memory_layers_follow_the_seed_table():
+    with torch.device("meta"):
+        layers = {
+            name: create_model(name, input_size=28).memory_layers
+            for name in ("HybridCDiT-XL/2", "HybridCDiT-L/2", "HybridCDiT-B/2", "HybridCDiT-S/2")
+        }
+    assert layers["HybridCDiT-XL/2"] == list(range(14, 27, 2))
+    assert layers["HybridCDiT-L/2"] == list(range(12, 23, 2))
+    assert layers["HybridCDiT-B/2"] == [6, 8, 10]
+    assert layers["HybridCDiT-S/2"] == [6, 8, 10]
+
+
+def test_memory_modules_exist_only_in_memory_layers():
+    model = HybridCDiT(**{**TINY, "depth": 4}, memory_layers=[1, 3])
+    with_memory = {
+        int(k.split(".")[1])
+        for k in model.state_dict()
+        if k.startswith("blocks.") and is_memory_key(k)
+    }
+    assert with_memory == {1, 3}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"memory_layers": [0, 2]}, "memory_layers"),
+        ({"memory_layers": [-1]}, "memory_layers"),
+        ({"memory_layers": [1, 1]}, "memory_layers"),
+        ({"memory_patch_size": 3}, "memory_patch_size"),
+        ({"memory_patch_size": 16}, "memory_patch_size"),
+        ({"memory_patch_size": 1}, "memory_patch_size"),
+        ({"retrieval": "nearest"}, "retrieval"),
+        ({"spatial_similarity_threshold": 1.5}, "spatial_similarity_threshold"),
+        ({"memory_activation_threshold": -0.1}, "memory_activation_threshold"),
+        ({"memory_top_k": 0}, "memory_top_k"),
+    ],
+)
+def test_invalid_memory_settings_raise(kwargs, needle):
+    with pytest.raises(ValueError, match=needle):
+        HybridCDiT(**TINY, **kwargs)
+
+
+def test_constructor_arguments_are_attributes():
+    model = HybridCDiT(
+        **TINY,
+        memory_top_k=5,
+        memory_buffer_size=7,
+        retrieval="pose",
+        memory_activation_threshold=0.4,
+        spatial_similarity_threshold=0.6,
+        memory_patch_size=4,
+        memory_layers=[1],
+    )
+    config = model.get_config()
+    for name, value in config.items():
+        assert getattr(model, name) == value
+    assert HybridCDiT(**config).get_config() == config
+
+
+def test_seed_integration_snippet_runs_unchanged():
+    config = {"model": "CDiT-S/2"}
+    num_cond, latent_size = 2, 8
+    model = HybridCDiT_models[config["model"].replace("CDiT", "HybridCDiT")](
+        context_size=num_cond,
+        input_size=latent_size,
+        in_channels=4,
+        memory_enabled=True,
+        memory_buffer_size=10,
+        memory_layers=[8, 10],
+    ).eval()
+    inputs = make_inputs(n=2, cfg={"in_channels": 4, "input_size": 8, "context_size": 2})
+    with torch.no_grad():
+        out = model(**inputs, current_pose=torch.zeros(2, 5), update_memory=True)
+    assert out.shape == (2, 8, 8, 8)
+
+
+# ------------------------------------------------------------------ memory semantics
+
+
+def test_different_memory_gives_different_output():
+    model = trained_like_hybrid()
+    inputs = make_inputs()
+    with torch.no_grad():
+        a = model(**inputs, memory=make_memory(seed=1))
+        b = model(**inputs, memory=make_memory(seed=2))
+        free = model(**inputs)
+    for i in range(3):
+        assert not torch.allclose(a[i], b[i])
+        assert not torch.allclose(a[i], free[i])
+
+
+def test_all_masked_sample_gets_exactly_memory_free_output():
+    model = trained_like_hybrid()
+    inputs = make_inputs()
+    memory = make_memory()
+    mask = memory.mask.clone()
+    mask[1] = False
+    with torch.no_grad():
+        out = model(**inputs, memory=replace(memory, mask=mask))
+    free = _memory_free(model, inputs)
+    assert torch.equal(out[1], free[1])
+    assert not torch.allclose(out[0], free[0])
+
+
+def test_fully_masked_batch_gives_memory_free_output():
+    model = trained_like_hybrid()
+    inputs = make_inputs()
+    memory = make_memory()
+    with torch.no_grad():
+        out = model(**inputs, memory=replace(memory, mask=torch.zeros_like(memory.mask)))
+    assert torch.equal(out, _memory_free(model, inputs))
+
+
+def test_sample_under_activation_threshold_is_memory_free():
+    model = trained_like_hybrid()
+    inputs = make_inputs()
+    memory = make_memory()
+    scores = memory.scores.clone()
+    scores[2] = 0.1
+    with torch.no_grad():
+        out = model(**inputs, memory=replace(memory, scores=scores))
+    free = _memory_free(model, inputs)
+    assert torch.equal(out[2], free[2])
+    assert not torch.allclose(out[0], free[0])
+
+
+def test_activation_threshold_above_one_turns_memory_off():
+    model = trained_like_hybrid(memory_activation_threshold=1.01)
+    inputs = make_inputs()
+    with torch.no_grad():
+        out = model(**inputs, memory=make_memory())
+    assert torch.equal(out, _memory_free(model, inputs))
+
+
+def test_masked_frame_content_changes_nothing():
+    model = trained_like_hybrid()
+    inputs = make_inputs()
+    memory = make_memory()
+    mask = memory.mask.clone()
+    mask[:, 1] = False
+    frames, poses = memory.frames.clone(), memory.poses.clone()
+    frames[:, 1] = torch.randn_like(frames[:, 1]) * 100
+    poses[:, 1] = 42.0
+    with torch.no_grad():
+        a = model(**inputs, memory=replace(memory, mask=mask))
+        b = model(**inputs, memory=replace(memory, mask=mask, frames=frames, poses=poses))
+    assert torch.equal(a, b)
+
+
+def test_samples_are_isolated():
+    model = trained_like_hybrid()
+    inputs = make_inputs()
+    memory = make_memory()
+    frames, poses = memory.frames.clone(), memory.poses.clone()
+    frames[2] = torch.randn_like(frames[2])
+    poses[2] = poses[2] + 1.0
+    with torch.no_grad():
+        a = model(**inputs, memory=memory)
+        b = model(**inputs, memory=replace(memory, frames=frames, poses=poses))
+    assert torch.equal(a[:2], b[:2])
+    assert not torch.allclose(a[2], b[2])
+
+
+def test_backward_reaches_every_memory_parameter():
+    model = trained_like_hybrid().train()
+    out = model(**make_inputs(), memory=make_memory())
+    out.square().mean().backward()
+    for name, p in model.named_parameters():
+        if is_memory_key(name):
+            assert p.grad is not None, name
+            assert p.grad.abs().sum() > 0, name
+
+
+def test_memory_parameters_take_part_in_graph_without_memory():
+    model = trained_like_hybrid().train()
+    model(**make_inputs()).mean().backward()
+    assert all(p.grad is not None for p in model.memory_parameters())
+
+
+def test_wrong_memory_shapes_raise():
+    model = trained_like_hybrid()
+    inputs = make_inputs()
+    with pytest.raises(ValueError, match=r"memory\.frames"):
+        model(**inputs, memory=make_memory(n=2))
+    with pytest.raises(ValueError, match="current_pose"):
+        model(**inputs, current_pose=torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="current_pose"):
+        model(**inputs, current_pose=torch.full((3, 3), float("nan")))
+
+
+# ------------------------------------------------------------------ key/value cache
+
+
+def test_cache_computes_keys_values_once_per_context_and_layer():
+    model = trained_like_hybrid()
+    inputs = make_inputs()
+    memory = make_memory()
+    layers = [b.memory_attn for b in model.hybrid_blocks() if b.enable_memory]
+    with torch.no_grad():
+        first = model(**inputs, memory=memory)
+        for step in range(5):
+            again = model(**{**inputs, "t": inputs["t"] - step}, memory=memory)
+        assert [a.kv_computations for a in layers] == [1] * len(layers)
+        model(**inputs, memory=make_memory(seed=5))
+    assert [a.kv_computations for a in layers] == [2] * len(layers)
+    uncached = model(**inputs, memory=memory)  # gradients on: no cache
+    assert [a.kv_computations for a in layers] == [3] * len(layers)
+    assert torch.equal(first, uncached.detach())
+    assert again.shape == first.shape
+
+
+def test_cache_is_per_model_and_tracks_weight_changes():
+    a, b = trained_like_hybrid(), trained_like_hybrid()
+    randomise(b, memory_only=True)
+    inputs, memory = make_inputs(), make_memory()
+    with torch.no_grad():
+        out_a = a(**inputs, memory=memory)
+        out_b = b(**inputs, memory=memory)
+        assert not torch.allclose(out_a, out_b)
+        assert torch.equal(b(**inputs, memory=memory), out_b)
+        for p in a.memory_parameters():
+            p.mul_(1.5)
+        changed = a(**inputs, memory=memory)
+    with torch.enable_grad():
+        fresh = a(**inputs, memory=memory).detach()
+    assert torch.equal(changed, fresh)
+
+
+# ------------------------------------------------------------------ own buffer
+
+
+def test_update_memory_and_retrieval_by_pose():
+    model = trained_like_hybrid(memory_top_k=2)
+    inputs = make_inputs(n=2)
+    frame = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        free = model(**inputs, current_pose=torch.zeros(2, 3))
+        model.update_memory(frame, torch.zeros(2, 3))
+        near = model(**inputs, current_pose=torch.zeros(2, 3))
+        far = model(**inputs, current_pose=torch.tensor([[500.0, 0, 0], [0, 0, 0]]))
+    assert torch.equal(free, model.forward(**inputs))
+    assert not torch.allclose(near, free)
+    assert torch.equal(far[0], free[0])  # nothing within the similarity threshold
+    assert torch.equal(far[1], near[1])
+    model.reset_memory()
+    assert model.memory_buffer is None
+
+
+def test_update_memory_flag_never_stores_the_noised_input():
+    model = trained_like_hybrid()
+    n = 2
+    poses = [torch.tensor([[float(i), 0.0, 0.0]] * n) for i in range(3)]
+    contexts = [torch.randn(n, 2, 4, 8, 8) for _ in range(3)]
+    with torch.no_grad():
+        for pose, x_cond in zip(poses, contexts, strict=True):
+            for _ in range(3):  # denoising steps of one frame
+                inputs = {**make_inputs(n=n), "x_cond": x_cond}
+                model(**inputs, current_pose=pose, update_memory=True)
+    buffer = model.memory_buffer
+    assert buffer is not None
+    assert buffer.counts.tolist() == [2, 2]
+    context = buffer.retrieve(poses[0], k=4, threshold=0.0)
+    stored = context.frames[context.mask].reshape(n, 2, 4, 8, 8)
+    expected = {
+        tuple(contexts[1][0, -1].flatten()[:3].tolist()),
+        tuple(contexts[2][0, -1].flatten()[:3].tolist()),
+    }
+    assert {tuple(f.flatten()[:3].tolist()) for f in stored[0]} == expected
+
+
+def test_update_memory_flag_is_ignored_in_training():
+    model = trained_like_hybrid().train()
+    with pytest.warns(UserWarning, match="training"):
+        model(**make_inputs(), current_pose=torch.zeros(3, 3), update_memory=True)
+    assert model.memory_buffer is None
+
+
+def test_update_memory_validates_before_writing():
+    model = trained_like_hybrid()
+    with pytest.raises(ValueError, match="frame_latent"):
+        model.update_memory(torch.randn(2, 3, 8, 8), torch.zeros(2, 3))
+    assert model.memory_buffer is None
+    model.update_memory(torch.randn(2, 4, 8, 8), torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="batch size"):
+        model.update_memory(torch.randn(3, 4, 8, 8), torch.zeros(3, 3))
+    assert model.memory_buffer is not None and model.memory_buffer.counts.tolist() == [1, 1]
+
+
+def test_bf16_autocast():
+    model = trained_like_hybrid()
+    inputs, memory = make_inputs(), make_memory()
+    with torch.no_grad():
+        reference, reference_cdit = model(**inputs, memory=memory), model(**inputs)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, out_cdit = model(**inputs, memory=memory), model(**inputs)
+    assert out.dtype == torch.bfloat16
+
+    def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a.float() - b).norm() / b.norm())
+
+    # bf16 keeps ~3 significant digits; the memory path adds no error of its own
+    assert relative_error(out, reference) < 0.15
+    assert relative_error(out, reference) < 1.5 * relative_error(out_cdit, reference_cdit)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bf16 = trained_like_hybrid().to(torch.bfloat16)
+        with torch.no_grad():
+            out = bf16(
+                **{
+                    k: v.to(torch.bfloat16) if v.is_floating_point() else v
+                    for k, v in inputs.items()
+                },
+                memory=memory,
+            )
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
