@@ -1,15 +1,40 @@
 """hybrid-cdit: NWM's Conditional Diffusion Transformer with long-term, pose-indexed memory."""
 
-from .models import CDiT
-from .registry import CDiT_models, create_model, list_models, register_model
+from .checkpoint import (
+    CheckpointError,
+    LoadReport,
+    from_pretrained,
+    infer_cdit_config,
+    load_cdit_checkpoint,
+    read_checkpoint,
+    save_pretrained,
+    to_cdit_state_dict,
+)
+from .config import HybridCDiTConfig, build_model
+from .memory import MemoryContext
+from .models import CDiT, HybridCDiT
+from .registry import CDiT_models, HybridCDiT_models, create_model, list_models, register_model
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "CDiT",
     "CDiT_models",
+    "CheckpointError",
+    "HybridCDiT",
+    "HybridCDiTConfig",
+    "HybridCDiT_models",
+    "LoadReport",
+    "MemoryContext",
     "__version__",
+    "build_model",
     "create_model",
+    "from_pretrained",
+    "infer_cdit_config",
     "list_models",
+    "load_cdit_checkpoint",
+    "read_checkpoint",
     "register_model",
+    "save_pretrained",
+    "to_cdit_state_dict",
 ]

@@ -1,5 +1,6 @@
 """Models: NWM's ``CDiT`` and the memory-augmented ``HybridCDiT``."""
 
 from .cdit import CDiT
+from .hybrid import HybridCDiT, default_memory_layers, is_memory_key
 
-__all__ = ["CDiT"]
+__all__ = ["CDiT", "HybridCDiT", "default_memory_layers", "is_memory_key"]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +14,8 @@ from torch import Tensor, nn
 from .._validation import check_positive_int, check_shape
 from ..blocks import CDiTBlock
 from ..embeddings import ActionEmbedder, FinalLayer, TimestepEmbedder, linear_at, zero_linear
+
+ModelT = TypeVar("ModelT", bound="CDiT")
 
 
 class CDiT(nn.Module):
@@ -118,6 +121,40 @@ class CDiT(nn.Module):
             "mlp_ratio": self.mlp_ratio,
             "learn_sigma": self.learn_sigma,
         }
+
+    @classmethod
+    def from_cdit_checkpoint(
+        cls: type[ModelT],
+        path: str | Path | dict[str, Tensor],
+        *,
+        source: str = "ema",
+        trust_checkpoint: bool = False,
+        **overrides: Any,
+    ) -> ModelT:
+        """Build this class from a CDiT checkpoint (NWM ``train.py`` file, state dict,
+        ``.safetensors``): the configuration is read from the tensors' shapes, ``overrides`` win
+        (``num_heads`` for non-NWM widths, memory settings of a hybrid). See
+        :func:`hybrid_cdit.checkpoint.build_from_cdit_checkpoint`."""
+        from ..checkpoint import build_from_cdit_checkpoint  # checkpoint I/O sits above models
+
+        return build_from_cdit_checkpoint(
+            cls, path, source=source, trust_checkpoint=trust_checkpoint, **overrides
+        )
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` to ``directory``; returns it."""
+        from ..checkpoint import save_pretrained
+
+        return save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(
+        cls: type[ModelT], directory: str | Path, *, device: torch.device | str | None = None
+    ) -> ModelT:
+        """Load a :meth:`save_pretrained` directory (a hybrid also loads a CDiT directory)."""
+        from ..checkpoint import from_pretrained
+
+        return from_pretrained(directory, cls, device=device)
 
     def initialize_weights(self) -> None:
         """NWM's initialisation: xavier linears, zero adaLN and output layers (adaLN-Zero)."""

@@ -1,0 +1,58 @@
+"""Checkpoint I/O: NWM / safetensors checkpoints in, CDiT -> HybridCDiT mapping, pretrained dirs.
+
+- :func:`read_checkpoint` / :func:`open_checkpoint` / :func:`read_checkpoint_info`: read NWM
+  ``train.py`` checkpoints, bare state dicts and safetensors files, safely.
+- :func:`infer_cdit_config`: the CDiT configuration behind a state dict.
+- :func:`load_cdit_checkpoint`, :func:`build_from_cdit_checkpoint`: CDiT weights into a ``CDiT``
+  or ``HybridCDiT``, validated before the model is touched.
+- :func:`save_pretrained` / :func:`from_pretrained`: ``config.json`` + ``model.safetensors``.
+- :func:`to_cdit_state_dict`, :func:`save_nwm_checkpoint`: back to NWM's plain CDiT.
+"""
+
+from .errors import CheckpointError, CheckpointNotFoundError
+from .files import (
+    EMA_KEYS,
+    MODEL_KEYS,
+    SOURCES,
+    CheckpointContents,
+    open_checkpoint,
+    read_checkpoint,
+)
+from .infer import describe_config, infer_cdit_config
+from .info import CheckpointInfo, read_checkpoint_info
+from .loading import (
+    LoadReport,
+    build_from_cdit_checkpoint,
+    check_fit,
+    load_cdit_checkpoint,
+    save_nwm_checkpoint,
+    to_cdit_state_dict,
+    unwrap_model,
+)
+from .pretrained import CONFIG_NAME, MODEL_CLASSES, from_pretrained, save_pretrained
+
+__all__ = [
+    "CONFIG_NAME",
+    "EMA_KEYS",
+    "MODEL_CLASSES",
+    "MODEL_KEYS",
+    "SOURCES",
+    "CheckpointContents",
+    "CheckpointError",
+    "CheckpointInfo",
+    "CheckpointNotFoundError",
+    "LoadReport",
+    "build_from_cdit_checkpoint",
+    "check_fit",
+    "describe_config",
+    "from_pretrained",
+    "infer_cdit_config",
+    "load_cdit_checkpoint",
+    "open_checkpoint",
+    "read_checkpoint",
+    "read_checkpoint_info",
+    "save_nwm_checkpoint",
+    "save_pretrained",
+    "to_cdit_state_dict",
+    "unwrap_model",
+]

@@ -1,0 +1,185 @@
+"""``save_pretrained`` / ``from_pretrained``: a directory with ``config.json`` and safetensors.
+
+``config.json`` holds ``model_class`` and every ``get_config()`` argument; ``model.safetensors``
+the full state dict (memory parameters included). The round trip is exact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TypeVar, overload
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..models.cdit import CDiT
+from ..models.hybrid import HybridCDiT
+from .errors import CheckpointError, CheckpointNotFoundError
+from .files import WEIGHTS, WEIGHTS_NAME, PathArg
+from .loading import load_state_dict_checked, model_config, unwrap_model
+
+CONFIG_NAME = "config.json"
+"""Configuration file of a pretrained directory."""
+
+MODEL_CLASSES: dict[str, type[nn.Module]] = {"CDiT": CDiT, "HybridCDiT": HybridCDiT}
+"""Classes ``from_pretrained`` builds from the ``model_class`` field."""
+
+_VERSION_FIELD = "hybrid_cdit_version"
+_CLASS_FIELD = "model_class"
+
+ModelT = TypeVar("ModelT", bound=nn.Module)
+
+
+def _library_version() -> str | None:
+    try:
+        return metadata.version("hybrid-cdit")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _write_atomic(path: Path, write: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_pretrained(model: nn.Module, directory: PathArg) -> Path:
+    """Write ``model`` to ``directory`` as ``config.json`` + ``model.safetensors``.
+
+    Args:
+        model: a model with ``get_config()`` (``CDiT``, ``HybridCDiT``); wrappers such as
+            ``DistributedDataParallel`` or ``torch.compile`` are unwrapped.
+        directory: created if needed; existing files of the same names are replaced.
+
+    Returns:
+        The directory.
+
+    Raises:
+        ValueError: when the model has no ``get_config()`` or its config is not JSON data.
+    """
+    target = unwrap_model(model)
+    config = model_config(target)
+    if config is None:
+        raise ValueError(
+            f"model must have a get_config() method returning a dict (CDiT, HybridCDiT), "
+            f"got {type(target).__name__}"
+        )
+    fields: dict[str, Any] = {_CLASS_FIELD: type(target).__name__, **config}
+    version = _library_version()
+    if version is not None:
+        fields[_VERSION_FIELD] = version
+    try:
+        text = json.dumps(fields, indent=2) + "\n"
+    except TypeError as exc:
+        raise ValueError(f"model.get_config() must return JSON data, got {config!r}") from exc
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in target.state_dict().items()}
+    _write_atomic(
+        out / WEIGHTS_NAME,
+        lambda p: save_file(tensors, str(p), metadata={"format": "pt"}),
+    )
+    _write_atomic(out / CONFIG_NAME, lambda p: p.write_text(text, encoding="utf-8"))
+    return out
+
+
+def _read_config(directory: Path) -> dict[str, Any]:
+    if not directory.exists():
+        raise CheckpointNotFoundError(f"pretrained directory not found: {directory}")
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: expected a save_pretrained directory, got a file")
+    config_path = directory / CONFIG_NAME
+    absent = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if not (directory / n).is_file()]
+    if absent:
+        raise CheckpointError(
+            f"{directory}: not a save_pretrained directory, missing {' and '.join(absent)}"
+        )
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{config_path}: not a readable JSON config: {exc}") from exc
+    if not isinstance(config, dict) or _CLASS_FIELD not in config:
+        raise CheckpointError(
+            f"{config_path}: expected a JSON object with a {_CLASS_FIELD!r} field, got {config!r}"
+        )
+    return config
+
+
+def _choose_class(config_path: Path, stored: str, cls: type[nn.Module] | None) -> type[nn.Module]:
+    known = MODEL_CLASSES.get(stored)
+    if cls is None:
+        if known is None:
+            raise CheckpointError(
+                f"{config_path}: unknown {_CLASS_FIELD} {stored!r} (known: "
+                f"{', '.join(MODEL_CLASSES)}); pass cls= the class to build"
+            )
+        return known
+    if cls.__name__ == stored or (known is not None and issubclass(cls, known)):
+        return cls
+    raise CheckpointError(
+        f"{config_path}: the directory holds a {stored}, which cls={cls.__name__} cannot load"
+        + (
+            "; build a CDiT from to_cdit_state_dict(HybridCDiT.from_pretrained(...)) instead"
+            if stored == "HybridCDiT"
+            else ""
+        )
+    )
+
+
+@overload
+def from_pretrained(
+    directory: PathArg, cls: None = None, *, device: torch.device | str | None = None
+) -> nn.Module: ...
+
+
+@overload
+def from_pretrained(
+    directory: PathArg, cls: type[ModelT], *, device: torch.device | str | None = None
+) -> ModelT: ...
+
+
+def from_pretrained(
+    directory: PathArg,
+    cls: type[nn.Module] | None = None,
+    *,
+    device: torch.device | str | None = None,
+) -> nn.Module:
+    """Rebuild a model written by :func:`save_pretrained`, exactly.
+
+    Args:
+        directory: the pretrained directory.
+        cls: the class to build; None takes ``model_class`` from ``config.json``. A subclass of
+            the stored class is accepted: ``HybridCDiT`` loads a ``CDiT`` directory with its
+            memory parameters in their function-preserving state.
+        device: where to move the model (it is built on the CPU).
+
+    Raises:
+        CheckpointNotFoundError: the directory does not exist.
+        CheckpointError: missing or unreadable files, unknown or incompatible class, or weights
+            that do not fit the configuration.
+    """
+    root = Path(directory)
+    config = _read_config(root)
+    stored = str(config.pop(_CLASS_FIELD))
+    config.pop(_VERSION_FIELD, None)
+    chosen = _choose_class(root / CONFIG_NAME, stored, cls)
+    weights_path = root / WEIGHTS_NAME
+    try:
+        state_dict = load_file(weights_path, device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"{weights_path}: not a readable safetensors file (corrupt or truncated?): {exc}"
+        ) from exc
+    try:
+        model = chosen(**config)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{root / CONFIG_NAME}: cannot build {chosen.__name__}: {exc}"
+        ) from exc
+    load_state_dict_checked(model, state_dict, source=WEIGHTS, path=str(weights_path))
+    return model if device is None else model.to(device)

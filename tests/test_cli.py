@@ -1,0 +1,187 @@
+"""The ``hybrid-cdit`` command line, run as a real process (``python -m hybrid_cdit``).
+
+The processes start together (each pays the library's import time once) and the tests read
+their results.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from hybrid_cdit.checkpoint import from_pretrained
+from hybrid_cdit.cli import ddim_sample, loop_actions, main
+from hybrid_cdit.memory import poses_from_actions
+from hybrid_cdit.models import HybridCDiT
+
+DATA = Path(__file__).parent / "data"
+CHECKPOINT = DATA / "nwm_cdit_tiny.pth.tar"
+TIMEOUT = 240
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Result]:
+    tmp = tmp_path_factory.mktemp("cli")
+    commands = {
+        "inspect": ["inspect", str(CHECKPOINT)],
+        "convert": ["convert", str(CHECKPOINT), str(tmp / "converted"), "--num-heads", "4"],
+        "demo": ["demo", "--steps", "13", "--denoise-steps", "2", "--seed", "1"],
+        "missing": ["inspect", str(tmp / "missing.pth.tar")],
+        "usage": ["convert", str(CHECKPOINT)],
+    }
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "hybrid_cdit", *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp,
+        )
+        for name, argv in commands.items()
+    }
+    results = {}
+    for name, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=TIMEOUT)
+        results[name] = Result(proc.returncode, stdout, stderr)
+    results["out_dir"] = Result(0, str(tmp / "converted"), "")
+    return results
+
+
+def test_inspect(runs):
+    result = runs["inspect"]
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for expected in (
+        "state dicts:   model (178,832 parameters), ema (178,832 parameters)",
+        "training:      epoch 3, step 1234",
+        "variant:       none (hidden_size 48, depth 2 match no NWM variant)",
+        "context size:  2",
+        "input size:    8",
+        "learn_sigma:   True",
+        "parameters:    178,832 (ema)",
+        "memory:        none",
+    ):
+        assert expected in out
+
+
+def test_convert_then_from_pretrained(runs, nwm_io, nwm_inputs):
+    result = runs["convert"]
+    assert result.returncode == 0, result.stderr
+    assert "largest difference from the CDiT on a random input: 0.000e+00 (no memory)" in (
+        result.stdout
+    )
+    model = from_pretrained(runs["out_dir"].stdout)
+    assert isinstance(model, HybridCDiT) and model.num_heads == 4
+    with torch.no_grad():
+        out = model.eval()(*nwm_inputs)
+    assert torch.allclose(out, nwm_io["out_ema"], atol=1e-5)
+
+
+def test_demo(runs):
+    result = runs["demo"]
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "13/13" in out and "summary:" in out
+    assert "memory active on 2/2 revisits and on 0/11 first visits" in out
+    assert (
+        "HybridCDiT vs CDiT side by side" in out
+        and "largest |HybridCDiT - CDiT| over the rollout: 0.000e+00" in out
+    )
+
+
+def test_missing_file_is_one_line_without_traceback(runs):
+    result = runs["missing"]
+    assert result.returncode == 1
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hybrid-cdit: error: checkpoint not found:")
+    assert "missing.pth.tar" in lines[0] and "Traceback" not in result.stderr
+
+
+def test_usage_error_exits_2(runs):
+    result = runs["usage"]
+    assert result.returncode == 2
+    assert "usage: hybrid-cdit convert" in result.stderr and "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------------ in-process, fast paths
+
+
+def test_main_returns_exit_codes(capsys, tmp_path):
+    assert main(["--version"]) == 0
+    assert main([]) == 2
+    assert main(["demo", "--steps", "0"]) == 2
+    assert main(["inspect", str(tmp_path / "absent.pt")]) == 1
+    assert "hybrid-cdit: error:" in capsys.readouterr().err
+
+
+def test_inspect_json(capsys):
+    assert main(["inspect", str(CHECKPOINT), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["default_source"] == "ema" and data["train_steps"] == 1234
+    assert data["config"]["context_size"] == 2 and "num_heads" not in data["config"]
+
+
+def test_convert_options(capsys, tmp_path):
+    out_dir = tmp_path / "plain"
+    assert main(["convert", str(CHECKPOINT), str(out_dir), "--model", "CDiT-S/2"]) == 1
+    assert "checkpoint has hidden_size 48, model has 384" in capsys.readouterr().err
+    assert main(["convert", str(CHECKPOINT), str(out_dir)]) == 1
+    assert "pass --num-heads N" in capsys.readouterr().err
+    argv = ["convert", str(CHECKPOINT), str(out_dir), "--num-heads", "4", "--memory-layers", "0"]
+    assert main([*argv, "--source", "model"]) == 0
+    model = from_pretrained(out_dir)
+    assert isinstance(model, HybridCDiT) and model.memory_layers == [0]
+    assert main(["inspect", str(out_dir)]) == 0
+    assert "pretrained:    HybridCDiT" in capsys.readouterr().out
+
+
+def test_demo_from_a_checkpoint(capsys):
+    argv = ["demo", "--checkpoint", str(CHECKPOINT), "--steps", "2", "--denoise-steps", "1"]
+    assert main(argv) == 1
+    assert "pass --num-heads N" in capsys.readouterr().err
+    assert main([*argv, "--num-heads", "4", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"model: CDiT checkpoint {CHECKPOINT} (ema)" in out and "2/2" in out
+
+
+def test_demo_trajectory_comes_back():
+    poses = poses_from_actions(loop_actions(24))
+    assert torch.allclose(poses[11, :2], torch.zeros(2), atol=1e-5)
+    assert torch.allclose(poses[12:, :2], poses[:12, :2], atol=1e-4)
+    turn = poses[12:, 2] - poses[:12, 2]
+    assert torch.allclose(torch.cos(turn), torch.ones(12), atol=1e-6)
+
+
+def test_ddim_sample_recovers_a_known_clean_frame():
+    target = torch.full((1, 4, 2, 2), 0.5)
+    alphas = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
+
+    def oracle(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a = float(alphas[int(t[0])])
+        return (x - a**0.5 * target) / (1 - a) ** 0.5
+
+    out = ddim_sample(oracle, torch.randn(1, 4, 2, 2), steps=3)
+    assert torch.allclose(out, target, atol=1e-5)
+
+
+@pytest.mark.skipif(shutil.which("hybrid-cdit") is None, reason="console script not installed")
+def test_console_script():
+    result = subprocess.run(
+        ["hybrid-cdit", "--version"], capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert result.returncode == 0 and result.stdout.startswith("hybrid-cdit ")
