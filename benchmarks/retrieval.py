@@ -24,8 +24,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from hybrid_cdit.memory import FovParams, MemoryBuffer
-from hybrid_cdit.memory import retrieval as R
+from hybrid_cdit.memory import STRATEGIES, FovParams, MemoryBuffer
+from hybrid_cdit.memory import fov as F
 from hybrid_cdit.memory.poses import view_direction
 
 
@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threshold", type=float, default=0.7)
     parser.add_argument("--repeats", type=int, default=15, help="interleaved timing rounds")
     parser.add_argument(
-        "--strategies", nargs="+", choices=list(R.STRATEGIES), default=list(R.STRATEGIES)
+        "--strategies", nargs="+", choices=list(STRATEGIES), default=list(STRATEGIES)
     )
     parser.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (1: steady timings)"
@@ -89,7 +89,7 @@ def loop_retrieve(
     params = FovParams()
     out_frames, out_scores, out_mask = [], [], []
     for i in range(b):
-        points = R._query_view_points(query[i : i + 1], params, None)
+        points = F._query_view_points(query[i : i + 1], params, None)
         scored: list[tuple[float, int]] = []
         for j in range(m):
             if not bool(valid[i, j]):
@@ -97,7 +97,7 @@ def loop_retrieve(
             if strategy == "fov":
                 camera = poses[i, j].clone()
                 camera[:n] -= query[i, :n]
-                inside = R._in_view(points, camera[None, None], params)
+                inside = F._in_view(points, camera[None, None], params)
                 score = float(inside.float().mean())
             else:
                 distance = torch.linalg.vector_norm(query[i, :n] - poses[i, j, :n])

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from hybrid_cdit.checkpoint import from_pretrained
-from hybrid_cdit.cli import ddim_sample, loop_actions, main
+from hybrid_cdit.cli import main
+from hybrid_cdit.demo import ddim_sample, loop_actions
 from hybrid_cdit.memory import poses_from_actions
 from hybrid_cdit.models import HybridCDiT
 

@@ -22,7 +22,7 @@ from hybrid_cdit.memory import (
     select_top_k,
     to_pose5,
 )
-from hybrid_cdit.memory import retrieval as retrieval_module
+from hybrid_cdit.memory import fov as fov_module
 
 
 def random_poses(gen: torch.Generator, b: int, m: int, p: int, spread: float = 8.0):
@@ -121,11 +121,11 @@ def test_fov_in_view_test_equals_worldmem_angle_test(p):
     gen = torch.Generator().manual_seed(10 + p)
     poses, query = random_poses(gen, 3, 20, p)
     params = FovParams()
-    points = retrieval_module._query_view_points(query, params, None)
+    points = fov_module._query_view_points(query, params, None)
     n = 2 if p == 3 else 3
     cams = poses.clone()
     cams[..., :n] -= query[:, None, :n]
-    ours = retrieval_module._in_view(points, cams, params)
+    ours = fov_module._in_view(points, cams, params)
     reference = worldmem_in_view(points, to_pose5(cams), params.half_fov_h, params.half_fov_v)
     assert torch.equal(ours, reference)
     # Every sampled point lies in the query's own view.

@@ -6,6 +6,7 @@ This package knows nothing of models, blocks or attention: it works on plain ten
 
 from .buffer import MemoryBuffer
 from .context import MemoryContext
+from .fov import FovParams, fov_scores, fov_select
 from .poses import (
     POSE_DIMS,
     check_pose,
@@ -18,22 +19,9 @@ from .poses import (
     to_pose5,
     wrap_angle,
 )
-from .retrieval import (
-    STRATEGIES,
-    FovParams,
-    Selection,
-    Strategy,
-    build_context,
-    check_strategy,
-    distance_scores,
-    fov_scores,
-    fov_select,
-    gather_slots,
-    pose_scores,
-    retrieve,
-    select_memory,
-    select_top_k,
-)
+from .retrieval import build_context, gather_slots, retrieve, select_memory
+from .scores import STRATEGIES, Strategy, check_strategy, distance_scores, pose_scores
+from .selection import Selection, select_top_k
 
 __all__ = [
     "POSE_DIMS",

@@ -9,8 +9,10 @@ from torch import Tensor
 
 from .._validation import check_finite, check_positive_int, check_shape, check_tensor
 from .context import MemoryContext, all_finite
+from .fov import FovParams
 from .poses import POSE_DIMS
-from .retrieval import FovParams, Strategy, build_context, select_memory
+from .retrieval import build_context, select_memory
+from .scores import Strategy
 
 __all__ = ["MemoryBuffer"]
 
