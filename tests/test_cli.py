@@ -186,3 +186,13 @@ def test_console_script():
         ["hybrid-cdit", "--version"], capture_output=True, text=True, timeout=TIMEOUT
     )
     assert result.returncode == 0 and result.stdout.startswith("hybrid-cdit ")
+
+
+def test_convert_is_reproducible(tmp_path):
+    argv = ["convert", str(CHECKPOINT), "--num-heads", "4", "--no-verify"]
+    assert main([argv[0], argv[1], str(tmp_path / "a"), *argv[2:]]) == 0
+    assert main([argv[0], argv[1], str(tmp_path / "b"), *argv[2:]]) == 0
+    assert main([argv[0], argv[1], str(tmp_path / "c"), *argv[2:], "--seed", "1"]) == 0
+    files = [(tmp_path / d / "model.safetensors").read_bytes() for d in "abc"]
+    assert files[0] == files[1]
+    assert files[0] != files[2]

@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--source", choices=("ema", "model", "auto"), default="ema")
     convert.add_argument("--num-heads", metavar="N", type=int, help="attention heads")
     convert.add_argument("--no-verify", action="store_true", help="skip the output comparison")
+    convert.add_argument("--seed", type=int, default=0, help="seed of the new memory weights (0)")
     _add_trust(convert)
     convert.set_defaults(run=run_convert)
 
@@ -257,8 +258,10 @@ def run_convert(args: argparse.Namespace) -> int:
     inferred = infer_cdit_config(state_dict)
     with torch.device("meta"):  # check the fit before building full-size weights
         check_fit(_conversion_target(args, inferred), state_dict, source=source, path=path)
-    model = _conversion_target(args, inferred)
-    report = load_state_dict_checked(model, state_dict, source=source, path=path)
+    with torch.random.fork_rng():  # the new memory weights: the same file on every run
+        torch.manual_seed(args.seed)
+        model = _conversion_target(args, inferred)
+        report = load_state_dict_checked(model, state_dict, source=source, path=path)
     name = type(model).__name__
     print(f"loaded {len(report.loaded)} tensors ({source!r} of {path}) into {name}")
     if report.initialized:
