@@ -381,3 +381,28 @@ def test_a_pretrained_directory_reads_as_a_checkpoint(tmp_path, nwm_config):
     assert info.format == "safetensors"
     assert info.memory_tensors == sum(1 for k in model.state_dict() if is_memory_key(k))
     assert info.config is not None and info.config["depth"] == 2
+
+
+def test_hybrid_state_dict_rebuilds_with_its_memory_geometry(tmp_path):
+    from hybrid_cdit.checkpoint import infer_memory_config
+
+    torch.manual_seed(0)
+    trained = HybridCDiT(
+        input_size=8,
+        context_size=2,
+        hidden_size=48,
+        depth=4,
+        num_heads=4,
+        memory_layers=[1, 3],
+        memory_patch_size=4,
+    )
+    state = {f"module.{k}": v for k, v in trained.state_dict().items()}
+    assert infer_memory_config(state) == {"memory_layers": [1, 3], "memory_patch_size": 4}
+    assert (
+        infer_memory_config(CDiT(input_size=8, hidden_size=48, depth=1, num_heads=4).state_dict())
+        == {}
+    )
+    rebuilt = HybridCDiT.from_cdit_checkpoint(state, num_heads=4)
+    assert rebuilt.memory_layers == [1, 3] and rebuilt.memory_patch_size == 4
+    for key, value in trained.state_dict().items():
+        assert torch.equal(rebuilt.state_dict()[key], value), key

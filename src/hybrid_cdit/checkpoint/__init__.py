@@ -18,7 +18,7 @@ from .files import (
     open_checkpoint,
     read_checkpoint,
 )
-from .infer import describe_config, infer_cdit_config
+from .infer import describe_config, infer_cdit_config, infer_memory_config
 from .info import CheckpointInfo, read_checkpoint_info
 from .loading import (
     LoadReport,
@@ -47,6 +47,7 @@ __all__ = [
     "describe_config",
     "from_pretrained",
     "infer_cdit_config",
+    "infer_memory_config",
     "load_cdit_checkpoint",
     "open_checkpoint",
     "read_checkpoint",

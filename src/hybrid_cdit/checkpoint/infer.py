@@ -130,3 +130,22 @@ def config_differences(checkpoint: Mapping[str, Any], model: Mapping[str, Any]) 
         for key in ARCHITECTURE_KEYS
         if key in checkpoint and key in model and checkpoint[key] != model[key]
     ]
+
+
+_MEMORY_BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.memory")
+
+
+def infer_memory_config(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
+    """The memory geometry of a ``HybridCDiT`` state dict: ``memory_layers`` and
+    ``memory_patch_size``; empty for a plain CDiT state dict.
+
+    ``memory_patch_size`` comes from the memory patch embedding (present for coarse memory
+    tokens), else equals the CDiT patch size (full-resolution memory tokens).
+    """
+    cleaned = clean_keys(state_dict)
+    layers = sorted({int(m.group(1)) for k in cleaned if (m := _MEMORY_BLOCK_KEY.match(k))})
+    if not layers:
+        return {}
+    embedder = cleaned.get("memory_embedder.proj.weight")
+    patch = cleaned["x_embedder.proj.weight"] if embedder is None else embedder
+    return {"memory_layers": layers, "memory_patch_size": int(patch.shape[-1])}

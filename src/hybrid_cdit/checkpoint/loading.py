@@ -18,11 +18,17 @@ import torch
 from torch import Tensor, nn
 
 from ..models.cdit import CDiT
-from ..models.hybrid import is_memory_key
+from ..models.hybrid import HybridCDiT, is_memory_key
 from ..registry import VARIANTS
 from .errors import CheckpointError
 from .files import PathArg, check_source, clean_keys, open_checkpoint
-from .infer import config_differences, describe_config, infer_cdit_config, variant_of
+from .infer import (
+    config_differences,
+    describe_config,
+    infer_cdit_config,
+    infer_memory_config,
+    variant_of,
+)
 
 ModelT = TypeVar("ModelT", bound=nn.Module)
 
@@ -257,7 +263,9 @@ def build_from_cdit_checkpoint(
 ) -> ModelT:
     """Build ``cls`` with the configuration inferred from a CDiT checkpoint, then load it.
 
-    Backs ``CDiT.from_cdit_checkpoint`` and ``HybridCDiT.from_cdit_checkpoint``. ``overrides``
+    Backs ``CDiT.from_cdit_checkpoint`` and ``HybridCDiT.from_cdit_checkpoint``. A hybrid built
+    from a hybrid's state dict takes its memory layers and memory patch size from the tensors
+    (:func:`~hybrid_cdit.checkpoint.infer.infer_memory_config`). ``overrides``
     win over the inferred configuration (memory options of a hybrid, or ``num_heads`` where the
     checkpoint matches no NWM variant); overriding an architecture entry the weights contradict
     raises :class:`CheckpointError`.
@@ -271,6 +279,8 @@ def build_from_cdit_checkpoint(
     )
     config = infer_cdit_config(state_dict)
     config.pop("variant", None)
+    if issubclass(cls, HybridCDiT):
+        config.update(infer_memory_config(state_dict))
     kwargs = {**config, **overrides}
     if "num_heads" not in kwargs:
         raise CheckpointError(
