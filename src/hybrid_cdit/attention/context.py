@@ -39,19 +39,34 @@ class ContextCrossAttention(nn.Module):
         nn.init.xavier_normal_(self.bias_k)
         nn.init.xavier_normal_(self.bias_v)
 
-    def project_kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
-        """Keys and values of ``context (N, L, D)`` plus the learned token: two ``(N, L+1, D)``."""
+    def project_kv(self, context: Tensor, *, has_slot: bool = False) -> tuple[Tensor, Tensor]:
+        """Keys and values of the context tokens followed by the learned key/value token.
+
+        Args:
+            context: ``(N, L, D)`` context tokens, or with ``has_slot`` ``(N, L+1, D)`` whose last
+                row is a placeholder (its content is ignored). A model passes the slot so the
+                learned token is written in place instead of concatenated to the projected
+                keys and values in every block.
+
+        Returns:
+            Keys and values, two ``(N, L+1, D)`` views.
+        """
+        if not has_slot:
+            context = F.pad(context, (0, 0, 0, 1))
         dim = self.dim
         kv = F.linear(context, self.in_proj_weight[dim:], self.in_proj_bias[dim:])
-        learned = torch.cat([self.bias_k, self.bias_v], dim=-1).to(kv.dtype)
-        kv = torch.cat([kv, learned.expand(kv.shape[0], 1, 2 * dim)], dim=1)
+        kv[:, -1] = torch.cat([self.bias_k, self.bias_v], dim=-1).reshape(2 * dim)
         k, v = kv.chunk(2, dim=-1)
         return k, v
 
-    def forward(self, x: Tensor, context: Tensor) -> Tensor:
-        """Attend from ``x (N, Lq, D)`` to ``context (N, L, D)``; returns ``(N, Lq, D)``."""
+    def forward(self, x: Tensor, context: Tensor, *, has_slot: bool = False) -> Tensor:
+        """Attend from ``x (N, Lq, D)`` to ``context``; returns ``(N, Lq, D)``.
+
+        ``context`` is ``(N, L, D)``, or ``(N, L+1, D)`` with a placeholder last row when
+        ``has_slot`` (see :meth:`project_kv`).
+        """
         dim = self.dim
         q = F.linear(x, self.in_proj_weight[:dim], self.in_proj_bias[:dim])
-        k, v = self.project_kv(context)
+        k, v = self.project_kv(context, has_slot=has_slot)
         out: Tensor = self.out_proj(multihead_attention(q, k, v, self.num_heads))
         return out

@@ -47,7 +47,8 @@ class CDiTBlock(nn.Module):
         x = x + g_mlp * MLP(mod(LN(x), m_mlp))
 
     ``LN(x_cond)`` is the same in every block, so the model computes it once per forward and
-    passes it in as ``context``.
+    passes it in as ``context``, followed by one placeholder row where the cross-attention writes
+    its learned key/value token (see :meth:`ContextCrossAttention.project_kv`).
     """
 
     def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
@@ -77,14 +78,15 @@ class CDiTBlock(nn.Module):
         Args:
             x: ``(N, L, D)`` target-frame tokens.
             m: this block's modulation.
-            context: ``(N, context_size * L, D)`` layer-normed context tokens.
+            context: ``(N, context_size * L + 1, D)`` layer-normed context tokens and a
+                placeholder row.
         """
         x = gated_residual(
             x, m.gate_msa, self.attn(modulate(self.norm1(x), m.shift_msa, m.scale_msa))
         )
         ctx = modulate(context, m.shift_context, m.scale_context)
         query = modulate(self.norm2(x), m.shift_ca, m.scale_ca)
-        return gated_residual(x, m.gate_ca, self.cttn(query, ctx))
+        return gated_residual(x, m.gate_ca, self.cttn(query, ctx, has_slot=True))
 
     def feed_forward(self, x: Tensor, m: BlockModulation) -> Tensor:
         """MLP residual on ``x (N, L, D)``."""
@@ -93,6 +95,6 @@ class CDiTBlock(nn.Module):
         )
 
     def forward(self, x: Tensor, c: Tensor, context: Tensor) -> Tensor:
-        """``x (N, L, D)``, ``c (N, D)``, ``context (N, Lc, D)`` (layer-normed) -> ``(N, L, D)``."""
+        """``x (N, L, D)``, ``c (N, D)``, ``context (N, Lc + 1, D)`` (see ``attend``)."""
         m = self.modulation(c)
         return self.feed_forward(self.attend(x, m, context), m)

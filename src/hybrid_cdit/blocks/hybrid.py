@@ -98,7 +98,7 @@ class HybridCDiTBlock(CDiTBlock):
     def forward(
         self, x: Tensor, c: Tensor, context: Tensor, memory: MemoryInputs | None = None
     ) -> Tensor:
-        """``x (N, L, D)``, ``c (N, D)``, ``context (N, Lc, D)``, memory -> ``(N, L, D)``."""
+        """``x (N, L, D)``, ``c (N, D)``, ``context (N, Lc + 1, D)``, memory -> ``(N, L, D)``."""
         m = self.modulation(c)
         x = self.attend(x, m, context)
         if memory is not None and self.enable_memory:

@@ -216,9 +216,13 @@ class CDiT(nn.Module):
         return c
 
     def normalize_context(self, context: Tensor) -> Tensor:
-        """Layer norm without affine parameters shared by every block (NWM's ``norm_cond``)."""
-        normed: Tensor = F.layer_norm(context, (self.hidden_size,), eps=1e-6)
-        return normed
+        """NWM's ``norm_cond`` (layer norm without affine parameters), once for every block.
+
+        ``(N, Lc, D)`` -> ``(N, Lc + 1, D)``: a trailing placeholder row is added for the
+        cross-attention's learned key/value token (see ``ContextCrossAttention.project_kv``).
+        """
+        normed = F.layer_norm(context, (self.hidden_size,), eps=1e-6)
+        return F.pad(normed, (0, 0, 0, 1))
 
     def unpatchify(self, x: Tensor) -> Tensor:
         """``(N, L, p*p*C_out)`` -> ``(N, C_out, H, W)``."""
