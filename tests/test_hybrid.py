@@ -378,3 +378,27 @@ def test_bf16_autocast():
                 memory=memory,
             )
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+
+
+def test_memory_dim_default_and_validation():
+    with torch.device("meta"):
+        assert create_model("HybridCDiT-B/2", input_size=28).memory_dim == 384
+        assert create_model("HybridCDiT-XL/2", input_size=28).memory_dim == 576
+        assert create_model("HybridCDiT-S/2", input_size=28).memory_dim == 384
+    model = HybridCDiT(**TINY, memory_dim=8)
+    attn = next(b.memory_attn for b in model.hybrid_blocks() if b.enable_memory)
+    assert attn.kv_proj.weight.shape == (16, 48)
+    assert attn.q_proj.weight.shape == (8, 4 * 48) and attn.out_proj.weight.shape == (4 * 48, 8)
+    assert HybridCDiT(**TINY).memory_dim == 48
+    with pytest.raises(ValueError, match="memory_dim"):
+        HybridCDiT(**TINY, memory_dim=6)
+
+
+def test_narrow_memory_attention_keeps_function_preservation(
+    nwm_config, nwm_checkpoint, nwm_io, nwm_inputs
+):
+    model = HybridCDiT(**nwm_config, memory_dim=24).eval()
+    model.load_state_dict(nwm_checkpoint["ema"], strict=False)
+    with torch.no_grad():
+        out = model(*nwm_inputs, memory=make_memory(n=3, cfg=nwm_config))
+    torch.testing.assert_close(out, nwm_io["out_ema"], atol=1e-5, rtol=0)

@@ -94,6 +94,7 @@ class HybridCDiTConfig:
         memory_top_k: frames retrieved per prediction.
         retrieval: retrieval strategy, ``"distance"``, ``"fov"`` or ``"pose"``.
         memory_patch_size: latent patch side of one memory token; None lets the model choose.
+        memory_dim: width of the memory attention; None lets the model choose.
 
     Raises:
         ValueError: naming the field, the expected and the received value.
@@ -111,6 +112,7 @@ class HybridCDiTConfig:
     memory_top_k: int = 8
     retrieval: str = "distance"
     memory_patch_size: int | None = None
+    memory_dim: int | None = None
 
     def __post_init__(self) -> None:
         _, variant = parse_model_name(self.model)
@@ -154,6 +156,14 @@ class HybridCDiTConfig:
             raise ValueError(
                 f"memory_patch_size must be a multiple of the patch size ({patch}) that divides "
                 f"the latent size ({latent}), or null, got {size!r}"
+            )
+        dim = self.memory_dim
+        if dim is not None and (
+            isinstance(dim, bool) or not isinstance(dim, int) or dim < 1 or dim % spec["num_heads"]
+        ):
+            raise ValueError(
+                f"memory_dim must be a positive multiple of num_heads ({spec['num_heads']}), "
+                f"or null, got {dim!r}"
             )
 
     def _checked_layers(self, depth: int) -> tuple[int, ...] | None:
@@ -203,6 +213,7 @@ class HybridCDiTConfig:
                 spatial_similarity_threshold=self.spatial_similarity_threshold,
                 retrieval=self.retrieval,
                 memory_patch_size=self.memory_patch_size,
+                memory_dim=self.memory_dim,
             )
         return kwargs
 

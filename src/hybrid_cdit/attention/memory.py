@@ -25,30 +25,38 @@ class SelectiveMemoryAttention(nn.Module):
 
     Args:
         dim: token width ``D``.
-        num_heads: attention heads; must divide ``dim``.
+        num_heads: attention heads; must divide ``inner_dim``.
         grid_size: hidden tokens per side ``S``.
         ratio: memory grid coarseness ``r``; must divide ``grid_size``.
+        inner_dim: width ``Dm`` of queries, keys and values (``dim`` when None); a narrower
+            attention makes the memory branch cheaper.
     """
 
-    def __init__(self, dim: int, num_heads: int, grid_size: int, ratio: int = 1) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, grid_size: int, ratio: int = 1, inner_dim: int | None = None
+    ) -> None:
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+        inner = dim if inner_dim is None else inner_dim
+        if inner < 1 or inner % num_heads:
+            raise ValueError(
+                f"inner_dim must be a positive multiple of num_heads ({num_heads}), got {inner}"
+            )
         if grid_size % ratio:
             raise ValueError(f"ratio must divide grid_size ({grid_size}), got {ratio}")
         self.dim = dim
+        self.inner_dim = inner
         self.num_heads = num_heads
         self.grid_size = grid_size
         self.ratio = ratio
         group = ratio * ratio
-        self.q_proj = nn.Linear(group * dim, dim, bias=True)
-        self.kv_proj = nn.Linear(dim, 2 * dim, bias=True)
-        self.out_proj = nn.Linear(dim, group * dim, bias=True)
+        self.q_proj = nn.Linear(group * dim, inner, bias=True)
+        self.kv_proj = nn.Linear(dim, 2 * inner, bias=True)
+        self.out_proj = nn.Linear(inner, group * dim, bias=True)
         self.kv_computations = 0
         """How many times :meth:`keys_values` ran (the cache test counts it)."""
 
     def keys_values(self, memory_tokens: Tensor) -> tuple[Tensor, Tensor]:
-        """``(N, M, D)`` layer-normed memory tokens -> keys and values ``(N, H, M, D/H)``."""
+        """``(N, M, D)`` layer-normed memory tokens -> keys and values ``(N, H, M, Dm/H)``."""
         self.kv_computations += 1
         k, v = self.kv_proj(memory_tokens).chunk(2, dim=-1)
         return split_heads(k, self.num_heads), split_heads(v, self.num_heads)
@@ -58,7 +66,7 @@ class SelectiveMemoryAttention(nn.Module):
 
         Args:
             x: ``(N, S*S, D)`` modulated hidden tokens, row-major on the ``S x S`` grid.
-            keys, values: ``(N, H, M, D/H)`` from :meth:`keys_values`.
+            keys, values: ``(N, H, M, Dm/H)`` from :meth:`keys_values`.
             key_mask: ``(N, M)`` bool, True where a memory token may be attended. Rows with no
                 True entry attend to everything; the caller gates those rows to zero.
 

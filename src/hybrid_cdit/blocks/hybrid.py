@@ -45,6 +45,7 @@ class HybridCDiTBlock(CDiTBlock):
         grid_size: hidden tokens per side ``S``.
         memory_ratio: how much coarser the memory token grid is (see
             :class:`SelectiveMemoryAttention`).
+        memory_dim: width of the memory attention (``hidden_size`` when None).
     """
 
     def __init__(
@@ -56,13 +57,14 @@ class HybridCDiTBlock(CDiTBlock):
         enable_memory: bool = False,
         grid_size: int = 1,
         memory_ratio: int = 1,
+        memory_dim: int | None = None,
     ) -> None:
         super().__init__(hidden_size, num_heads, mlp_ratio)
         self.enable_memory = enable_memory
         if enable_memory:
             self.memory_norm = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
             self.memory_attn = SelectiveMemoryAttention(
-                hidden_size, num_heads, grid_size, memory_ratio
+                hidden_size, num_heads, grid_size, memory_ratio, memory_dim
             )
             self.memory_adaLN_modulation = nn.Sequential(
                 nn.SiLU(), nn.Linear(hidden_size, 3 * hidden_size, bias=True)

@@ -67,6 +67,10 @@ class HybridCDiT(CDiT):
             their own patch embedding with ``r*r`` fewer tokens, and memory attention gathers each
             ``r x r`` group of hidden tokens into one query and spreads its output back. None picks
             ``2 * patch_size`` when it divides ``input_size``, else ``patch_size``.
+        memory_dim: width of the memory attention's queries, keys and values. None picks
+            ``hidden_size // 2`` for hidden sizes of 512 and more (the NWM variants but S/2), which
+            halves the memory branch's cost, and ``hidden_size`` for narrower models, where a
+            narrower attention measurably learns less (``benchmarks/revisit.py``).
     """
 
     def __init__(
@@ -89,12 +93,14 @@ class HybridCDiT(CDiT):
         spatial_similarity_threshold: float = 0.7,
         retrieval: str = "distance",
         memory_patch_size: int | None = None,
+        memory_dim: int | None = None,
     ) -> None:
         check_positive_int("depth", depth)
         check_positive_int("patch_size", patch_size)
         check_positive_int("input_size", input_size)
         check_positive_int("memory_buffer_size", memory_buffer_size)
         check_positive_int("memory_top_k", memory_top_k)
+        check_positive_int("num_heads", num_heads)
         self.memory_enabled = bool(memory_enabled)
         self.memory_layers = _check_memory_layers(memory_layers, depth)
         self.memory_buffer_size = memory_buffer_size
@@ -109,6 +115,7 @@ class HybridCDiT(CDiT):
             raise ValueError(f"retrieval must be one of {sorted(STRATEGIES)}, got {retrieval!r}")
         self.retrieval = retrieval
         self.memory_patch_size = _check_memory_patch_size(memory_patch_size, patch_size, input_size)
+        self.memory_dim = _check_memory_dim(memory_dim, hidden_size, num_heads)
         super().__init__(
             input_size,
             context_size,
@@ -156,6 +163,7 @@ class HybridCDiT(CDiT):
                 enable_memory=self.memory_enabled and i in self.memory_layers,
                 grid_size=grid,
                 memory_ratio=self.memory_ratio,
+                memory_dim=self.memory_dim,
             )
             for i in range(self.depth)
         ]
@@ -175,6 +183,7 @@ class HybridCDiT(CDiT):
             "spatial_similarity_threshold": self.spatial_similarity_threshold,
             "retrieval": self.retrieval,
             "memory_patch_size": self.memory_patch_size,
+            "memory_dim": self.memory_dim,
         }
 
     def memory_parameters(self) -> Iterator[nn.Parameter]:
@@ -490,6 +499,17 @@ def _check_memory_patch_size(size: int | None, patch_size: int, input_size: int)
             f"input_size ({input_size}), got {size}"
         )
     return size
+
+
+def _check_memory_dim(dim: int | None, hidden_size: int, num_heads: int) -> int:
+    if dim is None:
+        dim = hidden_size // 2 if hidden_size >= 512 else hidden_size
+        return dim if dim % num_heads == 0 else hidden_size
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1 or dim % num_heads:
+        raise ValueError(
+            f"memory_dim must be a positive multiple of num_heads ({num_heads}), got {dim!r}"
+        )
+    return dim
 
 
 def _reinit_missing_memory(module: nn.Module, incompatible: Any) -> None:
