@@ -59,7 +59,7 @@ def test_ddp_three_steps_with_active_inactive_and_absent_memory():
 
 
 def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
+    return float((a - b).detach().norm() / b.detach().norm())
 
 
 @pytest.mark.slow

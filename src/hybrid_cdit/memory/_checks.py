@@ -55,17 +55,21 @@ def check_memory(
         raise ValueError(f"query_pose must have a floating-point dtype, got {query.dtype}")
     if not bool(torch.isfinite(query).all()):
         raise ValueError("query_pose must be finite, got non-finite values (NaN or inf)")
-    if valid is None:
-        mask = torch.ones(b, m, dtype=torch.bool, device=poses.device)
-    else:
-        mask = check_shape("valid", valid, [("B", b), ("M", m)])
-        if mask.dtype != torch.bool:
-            raise ValueError(f"valid must have dtype torch.bool, got {mask.dtype}")
-        mask = mask.to(poses.device)
+    mask = check_valid(valid, b, m, poses.device)
     if not bool((torch.isfinite(poses).all(-1) | ~mask).all()):
         raise ValueError("memory_poses must be finite in valid slots, got NaN or inf")
     clean = torch.where(mask.unsqueeze(-1), poses, torch.zeros((), dtype=poses.dtype))
     return clean, query.to(device=poses.device, dtype=poses.dtype), mask
+
+
+def check_valid(valid: object, b: int, m: int, device: torch.device) -> Tensor:
+    """``(B, M)`` bool slot mask on ``device``; all True when ``valid`` is None."""
+    if valid is None:
+        return torch.ones(b, m, dtype=torch.bool, device=device)
+    mask = check_shape("valid", valid, [("B", b), ("M", m)])
+    if mask.dtype != torch.bool:
+        raise ValueError(f"valid must have dtype torch.bool, got {mask.dtype}")
+    return mask.to(device)
 
 
 def check_steps(name: str, steps: object, b: int, m: int) -> Tensor:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .._validation import check_positive_int, check_shape
-from ._checks import check_steps, check_threshold
+from ._checks import check_steps, check_threshold, check_valid
 
 __all__ = ["Selection", "pad_selection", "secondary_order", "select_top_k"]
 
@@ -90,13 +90,7 @@ def select_top_k(
         raise ValueError(f"scores must have a floating-point dtype, got {scores.dtype}")
     k = check_positive_int("k", k)
     threshold = check_threshold(threshold)
-    if valid is None:
-        mask = torch.ones(b, m, dtype=torch.bool, device=scores.device)
-    else:
-        mask = check_shape("valid", valid, [("B", b), ("M", m)])
-        if mask.dtype != torch.bool:
-            raise ValueError(f"valid must have dtype torch.bool, got {mask.dtype}")
-        mask = mask.to(scores.device)
+    mask = check_valid(valid, b, m, scores.device)
     if steps is not None:
         steps = check_steps("steps", steps, b, m)
     if not bool((torch.isfinite(scores) | ~mask).all()):
