@@ -13,6 +13,7 @@ from timm.layers.patch_embed import PatchEmbed
 from torch import Tensor, nn
 
 from .._validation import check_finite, check_positive_int, check_shape
+from ..attention import memory_key_mask
 from ..blocks import HybridCDiTBlock, MemoryInputs
 from ..embeddings import RelativePoseEmbedder
 from ..memory import STRATEGIES, MemoryBuffer, MemoryContext, relative_pose, to_pose5
@@ -366,7 +367,7 @@ class HybridCDiT(CDiT):
         rel = relative_pose(poses, query)
         tokens = tokens.unflatten(0, (n, k)) + self.memory_pose_embedder(rel)[:, :, None]
         normed = F.layer_norm(tokens.flatten(1, 2), (self.hidden_size,), eps=1e-6)
-        key_mask = torch.repeat_interleave(memory.mask, self.memory_tokens_per_frame, dim=1)
+        key_mask = memory_key_mask(memory.mask, self.memory_tokens_per_frame)
         return normed, key_mask
 
     def _token_version(self) -> tuple[int, ...]:
