@@ -104,8 +104,26 @@ def test_metadata_of_the_training_checkpoint():
 
 
 def test_unknown_source_is_a_value_error():
-    with pytest.raises(ValueError, match=r"source must be one of ema, model, auto, got 'best'"):
+    with pytest.raises(ValueError, match=r"source must be one of ema, model, auto or .*got 3"):
+        read_checkpoint(CHECKPOINT, source=3)  # type: ignore[arg-type]
+    with pytest.raises(CheckpointError, match=r"no state dict for source='best'.*pass source="):
         read_checkpoint(CHECKPOINT, source="best")
+
+
+@pytest.mark.parametrize("source", ["ema", "model", "auto", "other"])
+def test_state_dicts_under_unrecognised_keys_are_named_not_recursed(tmp_path, source):
+    sd = {"a.weight": torch.ones(2)}
+    path = tmp_path / "ambiguous.pt"
+    torch.save({"foo": sd, "bar": {"a.weight": torch.zeros(2)}, "epoch": 1}, path)
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(path, source=source)
+    message = str(info.value)
+    assert "foo (1 tensors), bar (1 tensors)" in message
+    assert message.endswith("pass source='foo' or source='bar'")
+    with pytest.raises(CheckpointError, match="pass source='foo' or source='bar'"):
+        open_checkpoint(path).resolve(source)
+    assert torch.equal(read_checkpoint(path, source="foo")["a.weight"], torch.ones(2))
+    assert torch.equal(read_checkpoint(path, source="bar")["a.weight"], torch.zeros(2))
 
 
 def test_missing_ema_lists_what_the_file_holds(tmp_path, nwm_checkpoint):

@@ -37,7 +37,10 @@ class Result:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Result]:
     tmp = tmp_path_factory.mktemp("cli")
+    weights = {"a.weight": torch.zeros(2)}
+    torch.save({"foo": weights, "bar": weights}, tmp / "ambiguous.pt")
     commands = {
+        "ambiguous": ["inspect", str(tmp / "ambiguous.pt")],
         "inspect": ["inspect", str(CHECKPOINT)],
         "convert": ["convert", str(CHECKPOINT), str(tmp / "converted"), "--num-heads", "4"],
         "demo": ["demo", "--steps", "13", "--denoise-steps", "2", "--seed", "1"],
@@ -111,6 +114,14 @@ def test_missing_file_is_one_line_without_traceback(runs):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("hybrid-cdit: error: checkpoint not found:")
     assert "missing.pth.tar" in lines[0] and "Traceback" not in result.stderr
+
+
+def test_ambiguous_file_is_one_line_naming_the_keys(runs):
+    result = runs["ambiguous"]
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hybrid-cdit: error: ")
+    assert lines[0].endswith("pass source='foo' or source='bar'")
 
 
 def test_usage_error_exits_2(runs):

@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument(
         "--memory-layers", metavar="L", type=int, nargs="+", help="memory layer indices"
     )
-    convert.add_argument("--source", choices=("ema", "model", "auto"), default="ema")
+    _add_source(convert)
     convert.add_argument("--num-heads", metavar="N", type=int, help="attention heads")
     convert.add_argument("--no-verify", action="store_true", help="skip the output comparison")
     convert.add_argument("--seed", type=int, default=0, help="seed of the new memory weights (0)")
@@ -109,10 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="CPU threads (default: 1 for the small random model, torch's default otherwise)",
     )
     demo.add_argument("--num-heads", metavar="N", type=int, help="attention heads of CKPT")
-    demo.add_argument("--source", choices=("ema", "model", "auto"), default="ema")
+    _add_source(demo)
     _add_trust(demo)
     demo.set_defaults(run=run_demo)
     return parser
+
+
+def _add_source(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--source",
+        metavar="NAME",
+        default="ema",
+        help="state dict to read: ema (default), model, auto, or a top-level key of the file",
+    )
 
 
 def _add_trust(parser: argparse.ArgumentParser) -> None:

@@ -27,7 +27,8 @@ PathArg = str | PathLike[str]
 """A file system path."""
 
 SOURCES: tuple[str, ...] = ("ema", "model", "auto")
-"""Accepted values of ``source``: EMA weights, raw model weights, or EMA when present."""
+"""Named values of ``source``: EMA weights, raw model weights, or EMA when present. Any other
+string names a top-level key of the file (e.g. ``"ema_best"``) and reads the state dict there."""
 
 EMA_KEYS: tuple[str, ...] = ("ema", "model_ema", "state_dict_ema", "ema_state_dict")
 """Top-level keys under which checkpoints store EMA weights, in order of preference."""
@@ -47,10 +48,14 @@ _PICKLE_PROTOCOL_OPCODE = 0x80
 
 
 def check_source(source: object) -> str:
-    """Return ``source`` if it is one of :data:`SOURCES`, else raise ``ValueError``."""
-    if source not in SOURCES:
-        raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
-    return str(source)
+    """Return ``source`` if it is a non-empty string (one of :data:`SOURCES`, or the top-level
+    key of a state dict in the file), else raise ``ValueError``."""
+    if not isinstance(source, str) or not source:
+        raise ValueError(
+            f"source must be one of {', '.join(SOURCES)} or the top-level key of a state dict "
+            f"in the file, got {source!r}"
+        )
+    return source
 
 
 @dataclass(frozen=True)
@@ -100,35 +105,47 @@ class CheckpointContents:
 
         A file holding one unlabelled state dict (bare, safetensors) serves every source. In a
         training checkpoint, ``"ema"`` and ``"model"`` require that entry and ``"auto"`` takes
-        EMA weights when present, else the raw weights, else the only state dict.
+        EMA weights when present, else the raw weights, else the only state dict. Any other
+        ``source`` is the top-level key of the state dict to read.
 
         Raises:
-            ValueError: for an unknown ``source``.
-            CheckpointError: when the file has no state dict for ``source``, listing what it holds.
+            ValueError: for a ``source`` that is not a non-empty string.
+            CheckpointError: when the file has no state dict for ``source``, listing what it holds
+                and the ``source`` values that would select one.
         """
         check_source(source)
+        chosen = self._choice(source)
+        if chosen is not None:
+            return chosen
+        if source in SOURCES:
+            wanted = {"ema": EMA_KEYS, "model": MODEL_KEYS, "auto": EMA_KEYS + MODEL_KEYS}[source]
+            looked = f"looked for {', '.join(wanted)}"
+        else:
+            looked = "no top-level key of that name"
+        known = (*EMA_KEYS, *MODEL_KEYS, source)
+        working = [s for s in SOURCES if s != source and self._choice(s) is not None]
+        working += [name for name in self.state_dicts if name not in known]
+        hint = " or ".join(f"source={s!r}" for s in working)
+        ambiguous = (
+            f"; {len(self.state_dicts)} state dicts under keys the loader does not recognise "
+            "as EMA or raw weights: choose one by its key"
+            if source == "auto" and len(self.state_dicts) > 1
+            else ""
+        )
+        raise CheckpointError(
+            f"{self.path}: no state dict for source={source!r} ({looked}); the file holds "
+            f"{self.describe()}{ambiguous}" + (f"; pass {hint}" if hint else "")
+        )
+
+    def _choice(self, source: str) -> str | None:
+        """The state dict ``source`` selects, or None (never raises)."""
         if WEIGHTS in self.state_dicts:
             return WEIGHTS
+        if source not in SOURCES:
+            return source if source in self.state_dicts else None
         ema, raw = self._first(EMA_KEYS), self._first(MODEL_KEYS)
         only = next(iter(self.state_dicts)) if len(self.state_dicts) == 1 else None
-        chosen = {"ema": ema, "model": raw, "auto": ema or raw or only}[source]
-        if chosen is None:
-            wanted = EMA_KEYS if source == "ema" else MODEL_KEYS
-            working = [s for s in SOURCES if s != source and self._would_resolve(s)]
-            hint = " or ".join(f"source={s!r}" for s in working)
-            raise CheckpointError(
-                f"{self.path}: no state dict for source={source!r} (looked for "
-                f"{', '.join(wanted)}); the file holds {self.describe()}"
-                + (f"; pass {hint}" if hint else "")
-            )
-        return chosen
-
-    def _would_resolve(self, source: str) -> bool:
-        try:
-            self.resolve(source)
-        except CheckpointError:
-            return False
-        return True
+        return {"ema": ema, "model": raw, "auto": ema or raw or only}[source]
 
     def select(self, source: str = "ema") -> tuple[str, dict[str, Tensor]]:
         """``(name, state_dict)`` selected by ``source`` (see :meth:`resolve`)."""
@@ -148,8 +165,10 @@ def read_checkpoint(
     Args:
         path: the checkpoint file (``.pth.tar``, ``.pth``, ``.pt``, ``.safetensors``), or a
             ``save_pretrained`` directory.
-        source: ``"ema"`` (default; what NWM's inference loads), ``"model"``, or ``"auto"``
-            (EMA when present). A file that is one bare state dict serves any source.
+        source: ``"ema"`` (default; what NWM's inference loads), ``"model"``, ``"auto"``
+            (EMA when present), or the top-level key of the state dict to read (for files that
+            store weights under other keys). A file that is one bare state dict serves any
+            source.
         trust_checkpoint: allow unrestricted unpickling for files that need Python globals
             beyond tensors, containers and ``argparse.Namespace``. Only for files you trust:
             unpickling can run code stored in them.

@@ -232,7 +232,8 @@ def load_cdit_checkpoint(
         model: the model to fill (``DistributedDataParallel`` / compiled wrappers are unwrapped).
         checkpoint: a file path (see :func:`read_checkpoint`) or an in-memory state dict; key
             prefixes ``module.`` and ``_orig_mod.`` are removed.
-        source: ``"ema"``, ``"model"`` or ``"auto"`` for files holding several state dicts.
+        source: ``"ema"``, ``"model"``, ``"auto"`` or a top-level key, for files holding
+            several state dicts (see :func:`read_checkpoint`).
         strict: require every non-memory model key and no unexpected checkpoint key. With
             False, missing keys keep their values and unexpected keys are ignored (both
             reported). Shape mismatches raise either way.
