@@ -415,7 +415,11 @@ def test_hybrid_state_dict_rebuilds_with_its_memory_geometry(tmp_path):
         memory_patch_size=4,
     )
     state = {f"module.{k}": v for k, v in trained.state_dict().items()}
-    assert infer_memory_config(state) == {"memory_layers": [1, 3], "memory_patch_size": 4}
+    assert infer_memory_config(state) == {
+        "memory_layers": [1, 3],
+        "memory_patch_size": 4,
+        "memory_dim": 48,
+    }
     assert (
         infer_memory_config(CDiT(input_size=8, hidden_size=48, depth=1, num_heads=4).state_dict())
         == {}
@@ -424,3 +428,80 @@ def test_hybrid_state_dict_rebuilds_with_its_memory_geometry(tmp_path):
     assert rebuilt.memory_layers == [1, 3] and rebuilt.memory_patch_size == 4
     for key, value in trained.state_dict().items():
         assert torch.equal(rebuilt.state_dict()[key], value), key
+
+
+def _train_like(model: torch.nn.Module, seed: int) -> None:
+    """Move every parameter (memory gates included) away from its initial value."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+
+
+@pytest.mark.parametrize(
+    "geometry",
+    [
+        {"input_size": 8, "memory_layers": [0, 3], "memory_patch_size": 2, "memory_dim": 32},
+        {"input_size": 16, "memory_layers": [1], "memory_patch_size": 8, "memory_dim": 16},
+    ],
+)
+def test_trained_hybrid_saved_by_nwm_train_py_loads_back(tmp_path, geometry):
+    torch.manual_seed(0)
+    config = {"context_size": 2, "hidden_size": 64, "depth": 4, "num_heads": 4, **geometry}
+    model = HybridCDiT(**config)
+    defaults = HybridCDiT(**{k: v for k, v in config.items() if not k.startswith("memory")})
+    for key in ("memory_layers", "memory_patch_size", "memory_dim"):
+        assert getattr(model, key) != getattr(defaults, key), key  # all non-default
+    _train_like(model, seed=1)
+    ema = HybridCDiT(**config)
+    ema.load_state_dict(model.state_dict())
+    _train_like(ema, seed=2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model(*_inputs(config)).square().mean().backward()
+    optimizer.step()
+    size = config["input_size"]
+    gen = torch.Generator().manual_seed(4)
+    pose = torch.zeros(2, 3)
+    memory = MemoryContext(
+        frames=torch.randn(2, 3, 4, size, size, generator=gen),
+        poses=torch.randn(2, 3, 3, generator=gen),
+        scores=torch.ones(2, 3),
+        mask=torch.ones(2, 3, dtype=torch.bool),
+        query_pose=pose,
+    )
+    inputs = _inputs(config)
+    recorded = {
+        name: run(net, inputs, memory=memory, current_pose=pose)
+        for name, net in (("model", model), ("ema", ema))
+    }
+    assert not torch.allclose(recorded["model"], recorded["ema"], atol=1e-3)
+    path = tmp_path / "0100000.pth.tar"
+    torch.save(  # NWM train.py: model.module.state_dict() of a DDP model, ema.state_dict()
+        {
+            "model": {f"module.{k}": v for k, v in model.state_dict().items()},
+            "ema": ema.state_dict(),
+            "opt": optimizer.state_dict(),
+            "args": argparse.Namespace(model="CDiT-XS", context_size=2),
+            "epoch": 3,
+            "train_steps": 100000,
+        },
+        path,
+    )
+    for source in ("ema", "model"):
+        loaded = HybridCDiT.from_cdit_checkpoint(path, source=source, num_heads=4)
+        for key in ("memory_layers", "memory_patch_size", "memory_dim"):
+            assert getattr(loaded, key) == getattr(model, key), key
+        out = run(loaded, inputs, memory=memory, current_pose=pose)
+        assert torch.allclose(out, recorded[source], atol=1e-5), source
+
+
+def _inputs(config: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(5)
+    size, n = config["input_size"], 2
+    return (
+        torch.randn(n, 4, size, size, generator=gen),
+        torch.tensor([10, 500]),
+        torch.randn(n, 3, generator=gen),
+        torch.randn(n, config["context_size"], 4, size, size, generator=gen),
+        torch.ones(n),
+    )

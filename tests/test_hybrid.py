@@ -402,3 +402,45 @@ def test_narrow_memory_attention_keeps_function_preservation(
     with torch.no_grad():
         out = model(*nwm_inputs, memory=make_memory(n=3, cfg=nwm_config))
     torch.testing.assert_close(out, nwm_io["out_ema"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("memory_top_k", 1), ("retrieval", "pose"), ("spatial_similarity_threshold", 0.99)],
+)
+def test_own_retrieval_follows_setting_changes(setting, value):
+    """Changing a retrieval setting on the model takes effect at the next forward, for the same
+    buffer and pose: the result equals a retrieval made with the new settings."""
+    model = trained_like_hybrid(memory_top_k=3)
+    inputs = make_inputs(n=2)
+    g = torch.Generator().manual_seed(3)
+    # three frames 0, 1 and 2 m from the query, facing away from it (yaw pi)
+    for distance in (0.0, 1.0, 2.0):
+        pose = torch.tensor([[distance, 0.0, torch.pi]] * 2)
+        model.update_memory(torch.randn(2, 4, 8, 8, generator=g), pose)
+    query = torch.zeros(2, 3)
+    with torch.no_grad():
+        before = model(**inputs, current_pose=query)
+        setattr(model, setting, value)
+        after = model(**inputs, current_pose=query)
+        assert model.memory_buffer is not None
+        fresh = model.memory_buffer.retrieve(
+            query,
+            model.memory_top_k,
+            strategy=model.retrieval,
+            threshold=model.spatial_similarity_threshold,
+        )
+        expected = model(**inputs, memory=fresh)
+    assert not torch.allclose(before, expected)
+    assert torch.equal(after, expected)
+
+
+def test_own_retrieval_is_reused_while_nothing_changes():
+    model = trained_like_hybrid()
+    model.update_memory(torch.randn(2, 4, 8, 8), torch.zeros(2, 3))
+    layers = [b.memory_attn for b in model.hybrid_blocks() if b.enable_memory]
+    inputs = make_inputs(n=2)
+    with torch.no_grad():
+        for step in range(3):
+            model(**{**inputs, "t": inputs["t"] - step}, current_pose=torch.zeros(2, 3))
+    assert [a.kv_computations for a in layers] == [1] * len(layers)

@@ -133,14 +133,29 @@ def config_differences(checkpoint: Mapping[str, Any], model: Mapping[str, Any]) 
 
 
 _MEMORY_BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.memory")
+_PRESENCE_OPTIONS: tuple[tuple[str, str, object], ...] = (
+    ("memory_time_embedder.", "memory_time_embedding", True),
+    ("memory_ray_embedder.", "memory_pose_encoding", "rays"),
+)
 
 
 def infer_memory_config(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
-    """The memory geometry of a ``HybridCDiT`` state dict: ``memory_layers`` and
-    ``memory_patch_size``; empty for a plain CDiT state dict.
+    """The memory hyper-parameters that shape a ``HybridCDiT`` state dict's tensors; empty for a
+    plain CDiT state dict.
 
-    ``memory_patch_size`` comes from the memory patch embedding (present for coarse memory
-    tokens), else equals the CDiT patch size (full-resolution memory tokens).
+    - ``memory_layers``: the blocks with ``blocks.N.memory*`` keys;
+    - ``memory_dim``: the output width of the memory attention's query projection
+      (``blocks.N.memory_attn.q_proj.weight`` is ``(memory_dim, r*r*hidden_size)``);
+    - ``memory_patch_size``: the memory patch embedding's kernel (present for coarse memory
+      tokens), else the CDiT patch size (full-resolution memory tokens);
+    - ``memory_time_embedding=True`` / ``memory_pose_encoding="rays"`` when the embedders those
+      options add are present.
+
+    Options that shape no tensor (``memory_top_k``, thresholds, ``retrieval``,
+    ``memory_buffer_size``, ``camera_fov``...) cannot be read from a state dict: pass them.
+
+    Raises:
+        CheckpointError: when the memory tensors contradict each other.
     """
     cleaned = clean_keys(state_dict)
     layers = sorted({int(m.group(1)) for k in cleaned if (m := _MEMORY_BLOCK_KEY.match(k))})
@@ -148,4 +163,20 @@ def infer_memory_config(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
         return {}
     embedder = cleaned.get("memory_embedder.proj.weight")
     patch = cleaned["x_embedder.proj.weight"] if embedder is None else embedder
-    return {"memory_layers": layers, "memory_patch_size": int(patch.shape[-1])}
+    widths = {
+        index: int(cleaned[key].shape[0])
+        for index in layers
+        if (key := f"blocks.{index}.memory_attn.q_proj.weight") in cleaned
+    }
+    config: dict[str, Any] = {"memory_layers": layers, "memory_patch_size": int(patch.shape[-1])}
+    if widths:
+        if len(set(widths.values())) > 1:
+            raise CheckpointError(
+                "not a HybridCDiT state dict: memory layers have different memory attention "
+                f"widths (blocks.N.memory_attn.q_proj.weight rows by layer: {widths})"
+            )
+        config["memory_dim"] = next(iter(widths.values()))
+    for prefix, option, value in _PRESENCE_OPTIONS:
+        if any(k.startswith(prefix) for k in cleaned):
+            config[option] = value
+    return config

@@ -265,8 +265,8 @@ def build_from_cdit_checkpoint(
     """Build ``cls`` with the configuration inferred from a CDiT checkpoint, then load it.
 
     Backs ``CDiT.from_cdit_checkpoint`` and ``HybridCDiT.from_cdit_checkpoint``. A hybrid built
-    from a hybrid's state dict takes its memory layers and memory patch size from the tensors
-    (:func:`~hybrid_cdit.checkpoint.infer.infer_memory_config`). ``overrides``
+    from a hybrid's state dict takes its memory layers, memory width and memory patch size from
+    the tensors (:func:`~hybrid_cdit.checkpoint.infer.infer_memory_config`). ``overrides``
     win over the inferred configuration (memory options of a hybrid, or ``num_heads`` where the
     checkpoint matches no NWM variant); overriding an architecture entry the weights contradict
     raises :class:`CheckpointError`.

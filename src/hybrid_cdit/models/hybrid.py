@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,15 @@ from ..blocks import HybridCDiTBlock, MemoryInputs
 from ..embeddings import RelativePoseEmbedder
 from ..memory import STRATEGIES, MemoryBuffer, MemoryContext, relative_pose, to_pose5
 from .cdit import CDiT
+
+
+class _Retrieval(NamedTuple):
+    """The model's last retrieval from its own buffer, and everything it was made from."""
+
+    buffer: MemoryBuffer
+    key: tuple[Any, ...]
+    pose: Tensor
+    context: MemoryContext
 
 
 def is_memory_key(key: str) -> bool:
@@ -130,7 +139,7 @@ class HybridCDiT(CDiT):
         )
         self.memory_buffer: MemoryBuffer | None = None
         self._pending_pose: Tensor | None = None
-        self._retrieved: tuple[int, Tensor, MemoryContext] | None = None
+        self._retrieved: _Retrieval | None = None
         if self.memory_enabled:
             if self.memory_ratio > 1:
                 self.memory_embedder = PatchEmbed(
@@ -314,9 +323,24 @@ class HybridCDiT(CDiT):
                 f"got {current_pose.shape[-1]}"
             )
         pose = current_pose.detach().to(buffer.device)
+        # Everything the retrieval depends on; a denoising loop repeats all of it, and reusing
+        # the context reuses its cached memory tokens and keys/values.
+        key = (
+            buffer.version,
+            self.memory_top_k,
+            self.retrieval,
+            self.spatial_similarity_threshold,
+            torch.device(device),
+        )
         hit = self._retrieved
-        if hit is not None and hit[0] == buffer.version and torch.equal(hit[1], pose):
-            return hit[2]
+        if (
+            hit is not None
+            and hit.buffer is buffer
+            and hit.key == key
+            and hit.pose.dtype == pose.dtype
+            and torch.equal(hit.pose, pose)
+        ):
+            return hit.context
         context = buffer.retrieve(
             pose,
             self.memory_top_k,
@@ -324,7 +348,7 @@ class HybridCDiT(CDiT):
             threshold=self.spatial_similarity_threshold,
             device=device,
         )
-        self._retrieved = (buffer.version, pose.clone(), context)
+        self._retrieved = _Retrieval(buffer, key, pose.clone(), context)
         return context
 
     # ---------------------------------------------------------------------- memory tokens
