@@ -72,9 +72,12 @@ def test_plain_weights_only_load_needs_the_namespace_allowlist():
 
 
 def test_default_safe_loading_reads_the_ema_weights(nwm_checkpoint):
+    ema, raw = nwm_checkpoint["ema"], nwm_checkpoint["model"]
+    differ = [k for k, v in ema.items() if not torch.equal(v, raw[f"_orig_mod.{k}"])]
+    assert len(differ) == len(ema)  # every tensor tells EMA from raw weights apart
     state_dict = read_checkpoint(CHECKPOINT)
-    assert state_dict.keys() == nwm_checkpoint["ema"].keys()
-    for key, value in nwm_checkpoint["ema"].items():
+    assert state_dict.keys() == ema.keys()
+    for key, value in ema.items():
         assert torch.equal(state_dict[key], value)
 
 
@@ -138,15 +141,23 @@ def test_missing_ema_lists_what_the_file_holds(tmp_path, nwm_checkpoint):
     assert read_checkpoint(path, source="auto").keys() == nwm_checkpoint["ema"].keys()
 
 
+def same_values(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(v, b[k]) for k, v in a.items())
+
+
 def test_other_wrappers(tmp_path, nwm_checkpoint):
     ema = nwm_checkpoint["ema"]
-    torch.save({"state_dict": ema}, tmp_path / "lightning.ckpt")
-    assert read_checkpoint(tmp_path / "lightning.ckpt", source="model").keys() == ema.keys()
-    torch.save({"state_dict": ema, "model_ema": ema}, tmp_path / "timm.pth")
-    assert read_checkpoint(tmp_path / "timm.pth").keys() == ema.keys()
+    raw = {k.removeprefix("_orig_mod."): v for k, v in nwm_checkpoint["model"].items()}
+    assert not any(torch.equal(v, raw[k]) for k, v in ema.items())
+    torch.save({"state_dict": raw}, tmp_path / "lightning.ckpt")
+    assert same_values(read_checkpoint(tmp_path / "lightning.ckpt", source="model"), raw)
+    torch.save({"state_dict": raw, "model_ema": ema}, tmp_path / "timm.pth")
+    assert same_values(read_checkpoint(tmp_path / "timm.pth"), ema)
+    assert same_values(read_checkpoint(tmp_path / "timm.pth", source="auto"), ema)
+    assert same_values(read_checkpoint(tmp_path / "timm.pth", source="model"), raw)
     torch.save(dict(ema), tmp_path / "bare.pt")
     for source in ("ema", "model", "auto"):
-        assert read_checkpoint(tmp_path / "bare.pt", source=source).keys() == ema.keys()
+        assert same_values(read_checkpoint(tmp_path / "bare.pt", source=source), ema)
 
 
 def test_ddp_and_compile_prefixes_are_removed(tmp_path, nwm_checkpoint, nwm_io, nwm_inputs):

@@ -7,16 +7,16 @@ their results.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
 import torch
 
-from hybrid_cdit.checkpoint import from_pretrained
+from hybrid_cdit.checkpoint import from_pretrained, read_checkpoint
 from hybrid_cdit.cli import main
 from hybrid_cdit.demo import ddim_sample, loop_actions
 from hybrid_cdit.memory import poses_from_actions
@@ -85,9 +85,11 @@ def test_inspect(runs):
 def test_convert_then_from_pretrained(runs, nwm_io, nwm_inputs):
     result = runs["convert"]
     assert result.returncode == 0, result.stderr
-    assert "largest difference from the CDiT on a random input: 0.000e+00 (no memory)" in (
-        result.stdout
-    )
+    lines = result.stdout.splitlines()
+    assert (
+        "largest difference from the CDiT on a random input: 0.000e+00 (no memory), "
+        "0.000e+00 (random memory of 2 frames)"
+    ) in lines
     model = from_pretrained(runs["out_dir"].stdout)
     assert isinstance(model, HybridCDiT) and model.num_heads == 4
     with torch.no_grad():
@@ -191,12 +193,30 @@ def test_ddim_sample_recovers_a_known_clean_frame():
     assert torch.allclose(out, target, atol=1e-5)
 
 
-@pytest.mark.skipif(shutil.which("hybrid-cdit") is None, reason="console script not installed")
 def test_console_script():
+    (entry,) = [e for e in entry_points(group="console_scripts") if e.name == "hybrid-cdit"]
+    assert entry.value == "hybrid_cdit.cli:main" and entry.load() is main
     result = subprocess.run(
-        ["hybrid-cdit", "--version"], capture_output=True, text=True, timeout=TIMEOUT
+        [sys.executable, "-m", "hybrid_cdit", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
     )
     assert result.returncode == 0 and result.stdout.startswith("hybrid-cdit ")
+
+
+def test_convert_verification_is_exact(capsys, monkeypatch):
+    """A converted model 1e-6 away from the CDiT is refused: the claim is exact equality."""
+    from hybrid_cdit import cli
+
+    model = HybridCDiT.from_cdit_checkpoint(CHECKPOINT, num_heads=4)
+    state_dict = read_checkpoint(CHECKPOINT)
+    cli._verify_conversion(model, state_dict)
+    assert "0.000e+00 (no memory), 0.000e+00 (random memory of 2 frames)" in capsys.readouterr().out
+    with torch.no_grad():
+        model.final_layer.linear.bias.add_(1e-6)
+    with pytest.raises(cli.CommandError, match="does not reproduce the CDiT exactly"):
+        cli._verify_conversion(model, state_dict)
 
 
 def test_convert_is_reproducible(tmp_path):
