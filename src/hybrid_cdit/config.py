@@ -20,6 +20,7 @@ a misspelt memory key warns with the closest valid key.
 from __future__ import annotations
 
 import difflib
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -31,6 +32,7 @@ import yaml
 from torch import nn
 
 from .memory import STRATEGIES
+from .models.hybrid import DEFAULT_CAMERA_FOV, POSE_ENCODINGS
 from .registry import VARIANTS, create_model
 
 LATENT_DOWNSAMPLE = 8
@@ -95,6 +97,10 @@ class HybridCDiTConfig:
         retrieval: retrieval strategy, ``"distance"``, ``"fov"`` or ``"pose"``.
         memory_patch_size: latent patch side of one memory token; None lets the model choose.
         memory_dim: width of the memory attention; None lets the model choose.
+        memory_time_embedding: embed each memory frame's age (query step minus its step).
+        memory_pose_encoding: ``"frame"`` (one relative-pose embedding per memory frame) or
+            ``"rays"`` (also a Plücker-ray embedding per memory token).
+        camera_fov: horizontal field of view of the camera in radians, in ``(0, pi)``.
 
     Raises:
         ValueError: naming the field, the expected and the received value.
@@ -113,6 +119,9 @@ class HybridCDiTConfig:
     retrieval: str = "distance"
     memory_patch_size: int | None = None
     memory_dim: int | None = None
+    memory_time_embedding: bool = False
+    memory_pose_encoding: str = "frame"
+    camera_fov: float = DEFAULT_CAMERA_FOV
 
     def __post_init__(self) -> None:
         _, variant = parse_model_name(self.model)
@@ -126,7 +135,7 @@ class HybridCDiTConfig:
                 f"image_size must be a multiple of {LATENT_DOWNSAMPLE * patch} (the latent is "
                 f"image_size // {LATENT_DOWNSAMPLE}, patched by {patch}), got {self.image_size}"
             )
-        for name in ("use_hybrid_model", "memory_enabled"):
+        for name in ("use_hybrid_model", "memory_enabled", "memory_time_embedding"):
             _flag(name, getattr(self, name))
         _positive_int("memory_buffer_size", self.memory_buffer_size)
         _positive_int("memory_top_k", self.memory_top_k)
@@ -144,6 +153,15 @@ class HybridCDiTConfig:
             raise ValueError(
                 f"retrieval must be one of {', '.join(STRATEGIES)}, got {self.retrieval!r}"
             )
+        if self.memory_pose_encoding not in POSE_ENCODINGS:
+            raise ValueError(
+                f"memory_pose_encoding must be one of {', '.join(POSE_ENCODINGS)}, "
+                f"got {self.memory_pose_encoding!r}"
+            )
+        fov = _number("camera_fov", self.camera_fov, 0.0, math.pi)
+        if not 0.0 < fov < math.pi:
+            raise ValueError(f"camera_fov must be a number of radians in (0, pi), got {fov!r}")
+        object.__setattr__(self, "camera_fov", fov)
         object.__setattr__(self, "memory_layers", self._checked_layers(spec["depth"]))
         size = self.memory_patch_size
         if size is not None and (
@@ -214,6 +232,9 @@ class HybridCDiTConfig:
                 retrieval=self.retrieval,
                 memory_patch_size=self.memory_patch_size,
                 memory_dim=self.memory_dim,
+                memory_time_embedding=self.memory_time_embedding,
+                memory_pose_encoding=self.memory_pose_encoding,
+                camera_fov=self.camera_fov,
             )
         return kwargs
 

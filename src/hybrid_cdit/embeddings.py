@@ -178,3 +178,60 @@ class RelativePoseEmbedder(nn.Module):
             layer = linear_at(self.mlp, index)
             nn.init.normal_(layer.weight, std=0.02)
             nn.init.zeros_(layer.bias)
+
+
+class RayEmbedder(nn.Module):
+    """Plücker ray ``(d, o x d)`` of a memory token -> vector, zero at initialisation.
+
+    Each of the 6 coordinates gets itself and harmonics ``sin(2^j x), cos(2^j x)`` for
+    ``j < frequencies``; an MLP maps them to ``hidden_size``. Its output layer starts at zero
+    (:meth:`reset_parameters`), so adding the embedding changes nothing until it is trained.
+    ``(..., 6)`` -> ``(..., hidden_size)``.
+    """
+
+    def __init__(self, hidden_size: int, frequencies: int = 4) -> None:
+        super().__init__()
+        self.register_buffer(
+            "scales", 2.0 ** torch.arange(frequencies, dtype=torch.float32), persistent=False
+        )
+        width = 6 * (1 + 2 * frequencies)
+        self.mlp = nn.Sequential(
+            nn.Linear(width, hidden_size, bias=True),
+            nn.SiLU(),
+            nn.Linear(hidden_size, hidden_size, bias=True),
+        )
+        self.reset_parameters()
+
+    def features(self, rays: Tensor) -> Tensor:
+        """``(..., 6)`` -> ``(..., 6 * (1 + 2 * frequencies))`` float32 features."""
+        rays = rays.float()
+        angles = (rays[..., None] * cast(Tensor, self.scales)).flatten(-2)
+        return torch.cat([rays, torch.sin(angles), torch.cos(angles)], dim=-1)
+
+    def forward(self, rays: Tensor) -> Tensor:
+        out: Tensor = self.mlp(self.features(rays).to(linear_at(self.mlp, 0).weight.dtype))
+        return out
+
+    def reset_parameters(self) -> None:
+        """Xavier input layer, zero output layer: the embedding starts as exactly zero."""
+        first = linear_at(self.mlp, 0)
+        nn.init.xavier_uniform_(first.weight)
+        nn.init.zeros_(first.bias)
+        zero_linear(linear_at(self.mlp, 2))
+
+
+class MemoryAgeEmbedder(TimestepEmbedder):
+    """Age of a memory frame (query step minus the frame's step) -> vector, zero at
+    initialisation: :class:`TimestepEmbedder`'s sinusoidal features and MLP with its output
+    layer zeroed by :meth:`reset_parameters`. ``(N,)`` -> ``(N, hidden_size)``."""
+
+    def __init__(self, hidden_size: int, frequency_embedding_size: int = 256) -> None:
+        super().__init__(hidden_size, frequency_embedding_size)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Small normal input layer (NWM's timestep embedders), zero output layer."""
+        first = linear_at(self.mlp, 0)
+        nn.init.normal_(first.weight, std=0.02)
+        nn.init.zeros_(first.bias)
+        zero_linear(linear_at(self.mlp, 2))

@@ -19,6 +19,7 @@ from .poses import (
     to_pose5,
     wrap_angle,
 )
+from .rays import camera_rotation, patch_directions, plucker_rays
 from .retrieval import build_context, gather_slots, retrieve, select_memory
 from .scores import STRATEGIES, Strategy, check_strategy, distance_scores, pose_scores
 from .selection import Selection, select_top_k
@@ -32,6 +33,7 @@ __all__ = [
     "Selection",
     "Strategy",
     "build_context",
+    "camera_rotation",
     "check_pose",
     "check_strategy",
     "compose_pose",
@@ -41,6 +43,8 @@ __all__ = [
     "gather_slots",
     "heading_vector",
     "minecraft_to_pose5",
+    "patch_directions",
+    "plucker_rays",
     "pose_positions",
     "pose_scores",
     "poses_from_actions",

@@ -269,15 +269,17 @@ class MemoryBuffer:
             threshold: slots scored under it are masked.
             device: where the returned context lives; None keeps the storage device.
             generator: point sampler of ``"fov"``.
-            query_step: ``(B,)`` integer step of the query for ``"fov"``'s recency penalty;
-                defaults to each sample's step counter.
+            query_step: ``(B,)`` integer step of the query, for ``"fov"``'s recency penalty and
+                the context's ``query_step``; defaults to each sample's step counter (the step
+                the next written frame gets).
             scale: distance scale of ``"distance"`` and ``"pose"``.
             fov: :class:`~hybrid_cdit.memory.FovParams` of ``"fov"``.
 
         Returns:
-            ``MemoryContext``: ``frames (B, k, C, H, W)``, ``poses (B, k, P)``, ``scores`` and
-            ``mask (B, k)``, ``query_pose (B, P)``. A masked slot holds zeros or one of the
-            sample's own frames scored under the threshold: honour the mask.
+            ``MemoryContext``: ``frames (B, k, C, H, W)``, ``poses (B, k, P)``, ``scores``,
+            ``mask`` and ``steps`` ``(B, k)``, ``query_pose (B, P)`` and ``query_step (B,)``.
+            A masked slot holds zeros or one of the sample's own frames scored under the
+            threshold: honour the mask.
         """
         query = check_shape(
             "query_pose", query_pose, [("B", self._batch_size), ("P", self._pose_dim)]
@@ -309,7 +311,15 @@ class MemoryBuffer:
             self._clock + ranks[hit_rows, hit_cols]
         )
         self._clock += k
-        return build_context(frames, poses, selection, query, assume_finite=True)
+        return build_context(
+            frames,
+            poses,
+            selection,
+            query,
+            steps=self._steps[rows, indices],
+            query_step=self._next_step.clone() if query_step is None else query_step,
+            assume_finite=True,
+        )
 
     def _gather_frames(self, indices: Tensor, target: torch.device) -> Tensor:
         """``(B, k, C, H, W)`` frames at ``indices`` ``(B, k)``, on ``target``, one index op."""

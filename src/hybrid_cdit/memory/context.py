@@ -25,6 +25,13 @@ def all_finite(tensor: Tensor) -> bool:
     return bool(torch.isfinite(tensor).all())
 
 
+def _check_time(name: str, value: object, dims: list[tuple[str, int | None]]) -> None:
+    tensor = check_shape(name, value, dims)
+    if tensor.is_complex() or tensor.dtype == torch.bool:
+        raise ValueError(f"{name} must have an integer or floating dtype, got {tensor.dtype}")
+    check_finite(name, tensor)
+
+
 @dataclass(eq=False)
 class MemoryContext:
     """Retrieved memory for a batch of ``B`` samples, ``k`` slots each.
@@ -41,6 +48,11 @@ class MemoryContext:
         mask: ``(B, k)`` bool, True for slots that may be attended. False marks empty slots and
             slots scored under the similarity threshold: they never influence the output.
         query_pose: ``(B, P)`` the pose of the frame being predicted.
+        steps: optional ``(B, k)`` time steps at which the memory frames were taken (integer or
+            floating, finite; any value in masked slots).
+        query_step: optional ``(B,)`` time step of the frame being predicted. With both given,
+            a model may use each frame's age ``query_step[:, None] - steps``; with either
+            missing, memory carries no time.
 
     Validation runs on construction and raises ``ValueError`` naming the field; every tensor
     must be finite, masked slots included (an attention weight of zero times NaN is NaN).
@@ -51,6 +63,8 @@ class MemoryContext:
     scores: Tensor
     mask: Tensor
     query_pose: Tensor
+    steps: Tensor | None = None
+    query_step: Tensor | None = None
     _cache: weakref.WeakKeyDictionary[Any, Any] = field(
         default_factory=weakref.WeakKeyDictionary, init=False, repr=False
     )
@@ -75,6 +89,10 @@ class MemoryContext:
             raise ValueError(f"mask must have dtype torch.bool, got {self.mask.dtype}")
         check_shape("query_pose", self.query_pose, [("B", b), ("P", pose_dim)])
         check_finite("query_pose", self.query_pose)
+        if self.steps is not None:
+            _check_time("steps", self.steps, [("B", b), ("k", k)])
+        if self.query_step is not None:
+            _check_time("query_step", self.query_step, [("B", b)])
         # Masked slots must be finite too: attention weights of zero times NaN are still NaN.
         for name in ("frames", "poses", "scores"):
             if not all_finite(getattr(self, name)):
@@ -153,7 +171,17 @@ class MemoryContext:
             scores=self.scores.to(device=device, dtype=dtype),
             mask=self.mask.to(device=device),
             query_pose=self.query_pose.to(device=device, dtype=dtype),
+            steps=None if self.steps is None else self.steps.to(device=device),
+            query_step=None if self.query_step is None else self.query_step.to(device=device),
         )
+
+    @property
+    def ages(self) -> Tensor | None:
+        """``(B, k)`` ages ``query_step[:, None] - steps`` of the memory frames (float32), or
+        None unless both ``steps`` and ``query_step`` are given."""
+        if self.steps is None or self.query_step is None:
+            return None
+        return self.query_step.to(self.steps.device)[:, None].float() - self.steps.float()
 
     def cached(self, owner: Any, key: Any) -> Any:
         """The value cached for ``owner`` (a module, held weakly) under ``key``, or None."""

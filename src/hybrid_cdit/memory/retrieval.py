@@ -124,7 +124,8 @@ def retrieve(
 
     Returns:
         ``MemoryContext`` with ``frames (B, k, C, H, W)``, ``poses (B, k, P)``, ``scores`` and
-        ``mask`` ``(B, k)`` and ``query_pose (B, P)``.
+        ``mask`` ``(B, k)`` and ``query_pose (B, P)``; with ``steps`` also the selected slots'
+        ``steps (B, k)``, and ``query_step`` when given.
     """
     frames = check_shape(
         "frames", frames, [("B", None), ("M", None), ("C", None), ("H", None), ("W", None)]
@@ -149,6 +150,8 @@ def retrieve(
         gather_slots(memory_poses, selection.indices).to(selection.scores.device),
         selection,
         query_pose,
+        steps=None if steps is None else gather_slots(steps, selection.indices),
+        query_step=query_step,
     )
 
 
@@ -158,6 +161,8 @@ def build_context(
     selection: Selection,
     query_pose: Tensor,
     *,
+    steps: Tensor | None = None,
+    query_step: Tensor | None = None,
     assume_finite: bool = False,
 ) -> MemoryContext:
     """Wrap gathered slots into a :class:`MemoryContext` on ``frames``' device.
@@ -171,6 +176,9 @@ def build_context(
         poses: ``(B, k, P)`` gathered poses.
         selection: the :class:`Selection` they were gathered with.
         query_pose: ``(B, P)``.
+        steps: optional ``(B, k)`` time steps of the gathered slots (see
+            :class:`~hybrid_cdit.memory.MemoryContext`).
+        query_step: optional ``(B,)`` time step of the query.
         assume_finite: skip the test for non-finite gathered data (a ``MemoryBuffer`` only
             stores finite frames and poses).
 
@@ -194,4 +202,6 @@ def build_context(
         scores=selection.scores.to(device=device, dtype=poses.dtype),
         mask=mask,
         query_pose=query_pose.to(device=device, dtype=poses.dtype),
+        steps=None if steps is None else steps.to(device),
+        query_step=None if query_step is None else query_step.to(device),
     )

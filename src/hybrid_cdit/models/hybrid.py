@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
@@ -15,8 +16,15 @@ from torch import Tensor, nn
 from .._validation import check_finite, check_positive_int, check_shape
 from ..attention import memory_key_mask
 from ..blocks import HybridCDiTBlock, MemoryInputs
-from ..embeddings import RelativePoseEmbedder
-from ..memory import STRATEGIES, MemoryBuffer, MemoryContext, relative_pose, to_pose5
+from ..embeddings import MemoryAgeEmbedder, RayEmbedder, RelativePoseEmbedder
+from ..memory import (
+    STRATEGIES,
+    MemoryBuffer,
+    MemoryContext,
+    plucker_rays,
+    relative_pose,
+    to_pose5,
+)
 from .cdit import CDiT
 
 
@@ -27,6 +35,16 @@ class _Retrieval(NamedTuple):
     key: tuple[Any, ...]
     pose: Tensor
     context: MemoryContext
+
+
+POSE_ENCODINGS: tuple[str, ...] = ("frame", "rays")
+"""Values of ``memory_pose_encoding``."""
+
+DEFAULT_CAMERA_FOV: float = math.pi / 2
+"""Default ``camera_fov``: a 90-degree horizontal field of view."""
+
+
+_TOKEN_EMBEDDERS = ("memory_time_embedder.", "memory_ray_embedder.")
 
 
 def is_memory_key(key: str) -> bool:
@@ -81,6 +99,16 @@ class HybridCDiT(CDiT):
             ``hidden_size // 2`` for hidden sizes of 512 and more (the NWM variants but S/2), which
             halves the memory branch's cost, and ``hidden_size`` for narrower models, where a
             narrower attention measurably learns less (``benchmarks/revisit.py``).
+        memory_time_embedding: add to each memory frame's tokens an embedding of its age
+            ``query_step - steps`` when the :class:`MemoryContext` carries both (parameters
+            ``memory_time_embedder.*``, output layer zero-initialised).
+        memory_pose_encoding: ``"frame"``: one embedding of the frame's pose relative to the
+            query for all its tokens; ``"rays"``: also, per memory token, an embedding of the
+            Plücker ray through its patch centre from the memory camera, in the query camera's
+            frame (:func:`~hybrid_cdit.memory.plucker_rays`; parameters
+            ``memory_ray_embedder.*``, output layer zero-initialised).
+        camera_fov: horizontal field of view of the (square, pinhole) camera in radians, in
+            ``(0, pi)``, used by ``"rays"``.
     """
 
     def __init__(
@@ -104,6 +132,9 @@ class HybridCDiT(CDiT):
         retrieval: str = "distance",
         memory_patch_size: int | None = None,
         memory_dim: int | None = None,
+        memory_time_embedding: bool = False,
+        memory_pose_encoding: str = "frame",
+        camera_fov: float = DEFAULT_CAMERA_FOV,
     ) -> None:
         check_positive_int("depth", depth)
         check_positive_int("patch_size", patch_size)
@@ -126,6 +157,16 @@ class HybridCDiT(CDiT):
         self.retrieval = retrieval
         self.memory_patch_size = _check_memory_patch_size(memory_patch_size, patch_size, input_size)
         self.memory_dim = _check_memory_dim(memory_dim, hidden_size, num_heads)
+        if not isinstance(memory_time_embedding, bool):
+            raise ValueError(f"memory_time_embedding must be a bool, got {memory_time_embedding!r}")
+        self.memory_time_embedding = memory_time_embedding
+        if memory_pose_encoding not in POSE_ENCODINGS:
+            raise ValueError(
+                f"memory_pose_encoding must be one of {POSE_ENCODINGS}, "
+                f"got {memory_pose_encoding!r}"
+            )
+        self.memory_pose_encoding = memory_pose_encoding
+        self.camera_fov = _check_fov(camera_fov)
         super().__init__(
             input_size,
             context_size,
@@ -148,6 +189,10 @@ class HybridCDiT(CDiT):
             tokens = (input_size // self.memory_patch_size) ** 2
             self.memory_pos_embed = nn.Parameter(torch.zeros(tokens, hidden_size))
             self.memory_pose_embedder = RelativePoseEmbedder(hidden_size)
+            if self.memory_time_embedding:
+                self.memory_time_embedder = MemoryAgeEmbedder(hidden_size)
+            if self.memory_pose_encoding == "rays":
+                self.memory_ray_embedder = RayEmbedder(hidden_size)
             self.reset_memory_parameters()
         self.register_load_state_dict_post_hook(_reinit_missing_memory)  # type: ignore[no-untyped-call]
 
@@ -194,6 +239,9 @@ class HybridCDiT(CDiT):
             "retrieval": self.retrieval,
             "memory_patch_size": self.memory_patch_size,
             "memory_dim": self.memory_dim,
+            "memory_time_embedding": self.memory_time_embedding,
+            "memory_pose_encoding": self.memory_pose_encoding,
+            "camera_fov": self.camera_fov,
         }
 
     def memory_parameters(self) -> Iterator[nn.Parameter]:
@@ -236,6 +284,10 @@ class HybridCDiT(CDiT):
                 self.memory_embedder.proj.bias.copy_(fine.bias)
         if due("memory_pose_embedder"):
             self.memory_pose_embedder.reset_parameters()
+        for name in ("memory_time_embedder", "memory_ray_embedder"):
+            embedder = getattr(self, name, None)
+            if embedder is not None and due(name):
+                embedder.reset_parameters()
 
     # ----------------------------------------------------------------------- memory buffer
 
@@ -378,7 +430,10 @@ class HybridCDiT(CDiT):
         """Layer-normed memory tokens ``(N, k*M, D)`` and their key mask ``(N, k*M)``.
 
         Masked slots are zeroed (frames) and put at the query pose (poses) first, so their
-        content never reaches the output.
+        content never reaches the output. Each token is its patch embedding + the memory position
+        embedding + the frame's relative-pose embedding (+ its age embedding with
+        ``memory_time_embedding`` and a context with ``steps`` and ``query_step``; + its ray
+        embedding with ``memory_pose_encoding="rays"``), layer-normed.
         """
         n, k = memory.mask.shape
         keep = memory.mask[:, :, None, None, None]
@@ -390,9 +445,32 @@ class HybridCDiT(CDiT):
         poses = torch.where(memory.mask[..., None], to_pose5(memory.poses), query)
         rel = relative_pose(poses, query)
         tokens = tokens.unflatten(0, (n, k)) + self.memory_pose_embedder(rel)[:, :, None]
+        tokens = self._add_time_and_rays(tokens, memory, poses, query)
         normed = F.layer_norm(tokens.flatten(1, 2), (self.hidden_size,), eps=1e-6)
         key_mask = memory_key_mask(memory.mask, self.memory_tokens_per_frame)
         return normed, key_mask
+
+    def _add_time_and_rays(
+        self, tokens: Tensor, memory: MemoryContext, poses: Tensor, query: Tensor
+    ) -> Tensor:
+        """``tokens (N, k, M, D)`` plus the age and ray embeddings the options ask for; ``poses
+        (N, k, 5)`` with masked slots at the query pose, ``query (N, 1, 5)``."""
+        n, k = memory.mask.shape
+        if self.memory_time_embedding:
+            ages = memory.ages
+            if ages is not None:
+                ages = torch.where(memory.mask, ages.to(tokens.device), torch.zeros_like(ages))
+                age = self.memory_time_embedder(ages.flatten()).unflatten(0, (n, k))
+                tokens = tokens + age[:, :, None].to(tokens.dtype)
+            elif self.training and torch.is_grad_enabled():
+                # Unused this step: keep the parameters in the graph for DDP (adds exactly 0).
+                params = self.memory_time_embedder.parameters()
+                tokens = tokens + sum((p.sum() for p in params), torch.zeros(())) * 0.0
+        if self.memory_pose_encoding == "rays":
+            side = self.input_size // self.memory_patch_size
+            rays = plucker_rays(poses.float(), query.float(), side, self.camera_fov)
+            tokens = tokens + self.memory_ray_embedder(rays).to(tokens.dtype)
+        return tokens
 
     def _token_version(self) -> tuple[int, ...]:
         embedder = self.memory_embedder if self.memory_ratio > 1 else self.x_embedder
@@ -400,6 +478,7 @@ class HybridCDiT(CDiT):
             *embedder.parameters(),
             self.memory_pos_embed,
             *self.memory_pose_embedder.parameters(),
+            *(p for name, p in self.named_parameters() if name.startswith(_TOKEN_EMBEDDERS)),
         ]
         return tuple(p._version for p in params)
 
@@ -524,6 +603,12 @@ def _check_memory_patch_size(size: int | None, patch_size: int, input_size: int)
             f"input_size ({input_size}), got {size}"
         )
     return size
+
+
+def _check_fov(fov: float) -> float:
+    if isinstance(fov, bool) or not isinstance(fov, int | float) or not 0.0 < fov < math.pi:
+        raise ValueError(f"camera_fov must be a number of radians in (0, pi), got {fov!r}")
+    return float(fov)
 
 
 def _check_memory_dim(dim: int | None, hidden_size: int, num_heads: int) -> int:
