@@ -2,11 +2,14 @@
 
     python benchmarks/hybrid_overhead.py            # B/2, 224-pixel images, batch 2, k=8, CPU
     python benchmarks/hybrid_overhead.py --device cuda --dtype bfloat16 --batch 16
+    python benchmarks/hybrid_overhead.py --memory-time-embedding --memory-pose-encoding rays
 
 Prints, for the default memory settings and for full-resolution memory tokens
 (``memory_patch_size = patch_size``), hybrid time / CDiT time for: one forward with a fresh
 memory context; 10 forwards sharing one context (a denoising loop); a batch with no active
-sample. Absolute times on shared machines mean little: compare ratios measured side by side.
+sample. ``--memory-time-embedding`` and ``--memory-pose-encoding rays`` turn those options on
+(contexts then carry steps); ``--only-default`` skips the full-resolution rows. Absolute times on
+shared machines mean little: compare ratios measured side by side.
 """
 
 from __future__ import annotations
@@ -56,6 +59,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    parser.add_argument("--memory-time-embedding", action="store_true")
+    parser.add_argument("--memory-pose-encoding", default="frame", choices=["frame", "rays"])
+    parser.add_argument("--only-default", action="store_true", help="skip full resolution")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -71,6 +77,12 @@ def main(argv: list[str] | None = None) -> None:
     x_cond = torch.randn(n, ctx, c, s, s, device=device, dtype=dtype)
     rel_t = torch.rand(n, device=device, dtype=dtype)
 
+    timed = args.memory_time_embedding
+    options = {
+        "memory_time_embedding": timed,
+        "memory_pose_encoding": args.memory_pose_encoding,
+    }
+
     def context(active: bool) -> MemoryContext:
         return MemoryContext(
             frames=torch.randn(n, args.k, c, s, s, device=device, dtype=dtype),
@@ -78,15 +90,20 @@ def main(argv: list[str] | None = None) -> None:
             scores=torch.full((n, args.k), 0.9 if active else 0.1, device=device, dtype=dtype),
             mask=torch.ones(n, args.k, dtype=torch.bool, device=device),
             query_pose=torch.zeros(n, 3, device=device, dtype=dtype),
+            steps=torch.randint(0, 100, (n, args.k), device=device) if timed else None,
+            query_step=torch.full((n,), 100, device=device) if timed else None,
         )
 
     print(
         f"HybridCDiT-{args.variant} vs CDiT-{args.variant}: input {s}, batch {n}, k={args.k}, "
         f"{device.type} {args.dtype}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     )
+    print(f"options: {options}")
     print(f"{'memory tokens':<22}{'workload':<34}{'hybrid ms':>10}{'cdit ms':>10}{'ratio':>8}")
-    for label, patch in (("default", None), ("full resolution", cdit.patch_size)):
-        hybrid = HybridCDiT(**cdit.get_config(), memory_patch_size=patch).to(device, dtype).eval()
+    rows = [("default", None), ("full resolution", cdit.patch_size)]
+    for label, patch in rows[:1] if args.only_default else rows:
+        hybrid = HybridCDiT(**cdit.get_config(), memory_patch_size=patch, **options)
+        hybrid = hybrid.to(device, dtype).eval()
         hybrid.load_state_dict(cdit.state_dict(), strict=False)
         with torch.no_grad():  # a trained-like memory branch: non-zero gates
             for p in hybrid.memory_parameters():
@@ -124,7 +141,13 @@ def _workloads(
 
     def denoising_loop() -> None:
         memory = MemoryContext(
-            shared.frames, shared.poses, shared.scores, shared.mask, shared.query_pose
+            shared.frames,
+            shared.poses,
+            shared.scores,
+            shared.mask,
+            shared.query_pose,
+            steps=shared.steps,
+            query_step=shared.query_step,
         )
         for i in range(loop):
             hybrid(x, t - i, y, x_cond, rel_t, memory=memory)
