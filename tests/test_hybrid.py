@@ -444,3 +444,33 @@ def test_own_retrieval_is_reused_while_nothing_changes():
         for step in range(3):
             model(**{**inputs, "t": inputs["t"] - step}, current_pose=torch.zeros(2, 3))
     assert [a.kv_computations for a in layers] == [1] * len(layers)
+
+
+@pytest.mark.parametrize("shape", [(3, 3), (2, 5)], ids=["batch_size", "pose_width"])
+def test_update_memory_flag_refuses_a_new_pose_shape_before_any_change(shape):
+    """A pending frame is never dropped: a pose of another shape (batch size or width) is
+    refused before anything changes, and the pending write still happens afterwards."""
+    model = trained_like_hybrid()
+    first, second = torch.zeros(2, 3), torch.tensor([[1.0, 0.0, 0.0]] * 2)
+    x_cond = torch.randn(2, 2, 4, 8, 8)
+    with torch.no_grad():
+        model(**make_inputs(n=2), current_pose=first, update_memory=True)
+        inputs = make_inputs(n=shape[0])
+        with pytest.raises(ValueError, match=rf"current_pose.*\(2, 3\).*reset_memory.*{shape}"):
+            model(**inputs, current_pose=torch.ones(shape), update_memory=True)
+        assert model.memory_buffer is None
+        assert model._pending_pose is not None and torch.equal(model._pending_pose, first)
+        model(**{**make_inputs(n=2), "x_cond": x_cond}, current_pose=second, update_memory=True)
+    buffer = model.memory_buffer
+    assert buffer is not None and buffer.counts.tolist() == [1, 1]
+    model.reset_memory()
+    with torch.no_grad():  # a new rollout may use another shape
+        model(**inputs, current_pose=torch.ones(shape), update_memory=True)
+
+
+def test_update_memory_flag_checks_the_buffer_shape_before_any_change():
+    model = trained_like_hybrid()
+    model.update_memory(torch.randn(2, 4, 8, 8), torch.zeros(2, 3))
+    with torch.no_grad(), pytest.raises(ValueError, match=r"current_pose.*\(2, 3\).*\(2, 5\)"):
+        model(**make_inputs(n=2), current_pose=torch.zeros(2, 5), update_memory=True)
+    assert model._pending_pose is None

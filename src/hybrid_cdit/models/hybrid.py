@@ -345,6 +345,26 @@ class HybridCDiT(CDiT):
         self._pending_pose = None
         self._retrieved = None
 
+    def _check_own_memory_pose(self, pose: Tensor, *, writes: bool, reads: bool) -> None:
+        """Raise ``ValueError``, before any state changes, when ``pose`` cannot be used with
+        the pending ``update_memory=True`` write (``writes``) or the model's own buffer."""
+        shape = tuple(pose.shape)
+        pending = self._pending_pose
+        if writes and pending is not None and tuple(pending.shape) != shape:
+            raise ValueError(
+                f"current_pose must have shape {tuple(pending.shape)} (the previous call's, whose "
+                "frame update_memory=True writes next; call reset_memory() to start a new "
+                f"rollout), got {shape}"
+            )
+        buffer = self.memory_buffer
+        if (writes or reads) and buffer is not None:
+            expected = (buffer.batch_size, buffer.pose_dim)
+            if shape != expected:
+                raise ValueError(
+                    f"current_pose must have shape {expected} (the memory buffer's batch size and "
+                    f"pose dimension; call reset_memory() to start a new rollout), got {shape}"
+                )
+
     def _commit_previous_frame(self, x_cond: Tensor, current_pose: Tensor | None) -> None:
         """``update_memory=True``: store the newest context frame at the previous target's pose."""
         if self.training:
@@ -359,7 +379,7 @@ class HybridCDiT(CDiT):
             raise ValueError("update_memory=True needs current_pose of shape (N, P), got None")
         pose = current_pose.detach()
         pending = self._pending_pose
-        if pending is not None and pending.shape == pose.shape:
+        if pending is not None:  # same shape: checked by _check_own_memory_pose
             changed = (pending != pose.to(pending)).any(dim=-1)
             if bool(changed.any()):
                 self.update_memory(x_cond[:, -1], pending, where=changed.to(pending.device))
@@ -535,7 +555,9 @@ class HybridCDiT(CDiT):
                 denoising step: when ``current_pose`` differs from the previous call's, the
                 newest context frame ``x_cond[:, -1]`` (by then the finished, clean previous
                 frame) is written to the buffer at the previous call's pose. The noised input
-                ``x`` is never written. Ignored in training mode (with a warning).
+                ``x`` is never written. ``current_pose`` keeps its shape until
+                :meth:`reset_memory` (another shape raises ``ValueError``). Ignored in training
+                mode (with a warning).
 
         Returns:
             ``(N, 2C, H, W)`` with ``learn_sigma``, else ``(N, C, H, W)``.
@@ -553,6 +575,9 @@ class HybridCDiT(CDiT):
             self.check_memory(memory, n)
         if not self.memory_enabled:
             return super().forward(x, t, y, x_cond, rel_t)
+        writes = update_memory and not self.training
+        if current_pose is not None:
+            self._check_own_memory_pose(current_pose, writes=writes, reads=memory is None)
         if update_memory:
             self._commit_previous_frame(x_cond, current_pose)
         if memory is None and current_pose is not None:
