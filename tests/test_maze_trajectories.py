@@ -1,0 +1,153 @@
+"""Memory Maze trajectory module without MuJoCo: explorer, labels, convention checks, cache."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCHMARKS = str(Path(__file__).resolve().parents[1] / "benchmarks")
+if BENCHMARKS not in sys.path:
+    sys.path.insert(0, BENCHMARKS)
+
+import maze_trajectories as mt  # noqa: E402
+
+
+def _brute_labels(
+    poses: np.ndarray, context: int, min_gap: int = 0
+) -> tuple[list[bool], list[bool]]:
+    revisit, novel = [], []
+    for t in range(len(poses)):
+        r, near = False, False
+        for s in range(t):
+            d = math.dist(poses[t, :2], poses[s, :2])
+            a = abs(math.remainder(float(poses[t, 2] - poses[s, 2]), 2 * math.pi))
+            identical = d == 0 and a == 0
+            if s < t - max(context, min_gap) and d <= 1.0 and a <= math.pi / 4 and not identical:
+                r = True
+            if s < t - context and d <= 2.0:
+                near = True
+        revisit.append(r)
+        novel.append(not near and not r)
+    return revisit, novel
+
+
+@pytest.mark.parametrize("min_gap", [None, 6])
+def test_revisit_labels_match_brute_force(min_gap: int | None) -> None:
+    rng = np.random.default_rng(0)
+    poses = np.concatenate(
+        [rng.uniform(0, 5, (40, 2)), rng.uniform(-math.pi, math.pi, (40, 1))], axis=1
+    ).astype(np.float32)
+    poses[30] = poses[5]  # identical pose: never a revisit by itself
+    poses[31] = poses[6] + np.array([0.5, 0.0, 0.3], dtype=np.float32)  # a genuine revisit
+    revisit, novel = mt.revisit_labels(poses, 2, min_gap=min_gap)
+    ref_r, ref_n = _brute_labels(poses, 2, min_gap or 0)
+    assert revisit.tolist() == ref_r
+    assert novel.tolist() == ref_n
+    assert revisit[31]
+    assert 0 < revisit.sum() < 40 and novel.sum() > 0
+
+
+def test_identical_pose_alone_is_not_a_revisit() -> None:
+    poses = np.array([[0, 0, 0], [5, 5, 0], [9, 9, 0], [0, 0, 0]], dtype=np.float32)
+    revisit, novel = mt.revisit_labels(poses, 1)
+    assert revisit.tolist() == [False] * 4
+    assert novel.tolist() == [True, True, True, False]
+
+
+def test_bfs_path_is_a_shortest_free_path() -> None:
+    layout = np.array(
+        [[1, 1, 1, 1], [0, 0, 0, 1], [1, 1, 1, 1], [1, 0, 0, 0]], dtype=np.uint8
+    )  # layout[y, x]
+    path = mt.bfs_path(layout, (0, 0), (0, 3))
+    assert path[0] == (0, 0) and path[-1] == (0, 3)
+    assert len(path) == 10  # along row 0, down column 3, back along row 2, down to (0, 3)
+    for (x0, y0), (x1, y1) in itertools.pairwise(path):
+        assert abs(x0 - x1) + abs(y0 - y1) == 1 and layout[y1, x1] == 1
+    assert mt.bfs_path(layout, (0, 0), (1, 3)) == []
+
+
+def test_explorer_covers_the_maze_and_returns_after_long_absences() -> None:
+    episode = mt.synthetic_episode(9, seed=3, steps=1000)
+    cells = {(int(x), int(y)) for x, y, _ in episode.poses}
+    assert all(episode.layout[y, x] for x, y in cells)
+    assert len(cells) >= 0.85 * int(episode.layout.sum())
+    frames = episode.poses[::4]
+    revisit, novel = mt.revisit_labels(frames, 2)
+    late, _ = mt.revisit_labels(frames, 2, min_gap=30)
+    assert late.sum() >= 0.5 * revisit.sum() > 20
+    assert novel.sum() > 0
+
+
+def test_conventions_hold_on_synthetic_episodes_and_catch_a_mirror() -> None:
+    episode = mt.synthetic_episode(9, seed=1, steps=400)
+    mt.check_conventions(episode.poses, episode.actions)
+    mirrored = episode.poses * np.array([1, -1, -1], dtype=np.float32)  # y and yaw flipped
+    with pytest.raises(RuntimeError, match="left turns increase yaw"):
+        mt.check_conventions(mirrored, episode.actions)
+    backwards = episode.poses.copy()
+    backwards[:, 2] = mt.np.arctan2(-np.sin(backwards[:, 2]), -np.cos(backwards[:, 2]))
+    with pytest.raises(RuntimeError, match="forward moves along the heading"):
+        mt.check_conventions(backwards, episode.actions)
+
+
+def test_episode_rejects_inconsistent_arrays() -> None:
+    images = np.zeros((5, 8, 8, 3), dtype=np.uint8)
+    poses = np.zeros((5, 3), dtype=np.float32)
+    layout = np.ones((9, 9), dtype=np.uint8)
+    with pytest.raises(ValueError, match="actions must have shape"):
+        mt.Episode(images, poses, np.zeros(5, dtype=np.int64), layout)
+    with pytest.raises(ValueError, match="images must be uint8"):
+        mt.Episode(images.astype(np.float32), poses, np.zeros(4, dtype=np.int64), layout)  # type: ignore[arg-type]
+
+
+def _refuse(maze_size: int, seed: int, steps: int) -> mt.Episode:
+    raise AssertionError("the cache should have been used")
+
+
+def test_load_episodes_generates_in_parallel_then_reads_the_cache(tmp_path: Path) -> None:
+    first = mt.load_episodes(
+        9, 5, 3, 60, cache_dir=tmp_path, workers=2, generate=mt.synthetic_episode, progress=None
+    )
+    files = sorted(tmp_path.glob("*.npz"))
+    assert len(files) == 3
+    again = mt.load_episodes(9, 5, 3, 60, cache_dir=tmp_path, generate=_refuse, progress=None)
+    for a, b, s in zip(first, again, mt.episode_seeds(5, 3), strict=True):
+        ref = mt.synthetic_episode(9, s, 60)
+        for x, y, z in ((a.images, b.images, ref.images), (a.poses, b.poses, ref.poses)):
+            np.testing.assert_array_equal(x, z)
+            np.testing.assert_array_equal(y, z)
+        np.testing.assert_array_equal(b.actions, ref.actions)
+        np.testing.assert_array_equal(b.layout, ref.layout)
+    held_out = mt.load_episodes(
+        9, 6, 1, 60, cache_dir=tmp_path, workers=1, generate=mt.synthetic_episode, progress=None
+    )
+    assert not np.array_equal(held_out[0].layout, first[0].layout)
+
+
+def test_damaged_cache_file_is_regenerated(tmp_path: Path) -> None:
+    (episode,) = mt.load_episodes(
+        9, 0, 1, 40, cache_dir=tmp_path, workers=1, generate=mt.synthetic_episode, progress=None
+    )
+    path = mt.cache_path(tmp_path, 9, mt.episode_seeds(0, 1)[0], 40)
+    path.write_bytes(b"not a zip file")
+    (again,) = mt.load_episodes(
+        9, 0, 1, 40, cache_dir=tmp_path, workers=1, generate=mt.synthetic_episode, progress=None
+    )
+    np.testing.assert_array_equal(again.images, episode.images)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"maze_size": 10}, "maze_size"), ({"steps": 1}, "steps"), ({"workers": 0}, "workers")],
+)
+def test_load_episodes_rejects_bad_arguments(
+    tmp_path: Path, kwargs: dict[str, int], match: str
+) -> None:
+    args = {"maze_size": 9, "seed": 0, "episodes": 1, "steps": 10, "workers": 1} | kwargs
+    with pytest.raises(ValueError, match=match):
+        mt.load_episodes(cache_dir=tmp_path, generate=_refuse, progress=None, **args)
