@@ -48,7 +48,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from side_by_side import Diffusion, build_pair, format_table, set_warmup, train_step
+from side_by_side import optimizer as make_optimizer
+from side_by_side import predict as predict_eps
+from torch import Tensor
 
 from hybrid_cdit import CDiT, HybridCDiT, MemoryContext
 from hybrid_cdit.memory import gather_slots, poses_from_actions, select_memory
@@ -263,26 +266,6 @@ def render(traj: Trajectories, index: Tensor, cfg: WorldConfig, gen: torch.Gener
     return frames
 
 
-# --------------------------------------------------------------------------------- diffusion
-
-
-class Diffusion:
-    """Minimal DDPM forward process: cosine ``alpha_bar`` (Nichol & Dhariwal), epsilon target."""
-
-    def __init__(self, num_steps: int = 1000) -> None:
-        self.num_steps = num_steps
-        s = 0.008
-        u = torch.linspace(0, num_steps, num_steps + 1, dtype=torch.float64) / num_steps
-        f = torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2
-        betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
-        self.alpha_bar = torch.cumprod(1 - betas, 0).float()
-
-    def noise(self, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
-        """``x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps``."""
-        ab = self.alpha_bar[t].view(-1, *([1] * (x0.dim() - 1)))
-        return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
-
-
 # ------------------------------------------------------------------------------------ batches
 
 
@@ -377,8 +360,6 @@ def build_models(args: argparse.Namespace, cfg: WorldConfig) -> tuple[CDiT, Hybr
         "mlp_ratio": 4.0,
         "learn_sigma": False,
     }
-    torch.manual_seed(args.seed)
-    cdit = CDiT(**arch)
     memory_kwargs: dict[str, object] = {"memory_top_k": args.top_k, "retrieval": "pose"}
     if args.memory_layers is not None:
         memory_kwargs["memory_layers"] = args.memory_layers
@@ -388,35 +369,14 @@ def build_models(args: argparse.Namespace, cfg: WorldConfig) -> tuple[CDiT, Hybr
         memory_kwargs["spatial_similarity_threshold"] = args.similarity_threshold
     if args.activation_threshold is not None:
         memory_kwargs["memory_activation_threshold"] = args.activation_threshold
-    torch.manual_seed(args.seed + 1)
-    hybrid = HybridCDiT(**arch, **memory_kwargs)  # type: ignore[arg-type]
-    result = hybrid.load_state_dict(cdit.state_dict(), strict=False)
-    wrong = [k for k in result.missing_keys if "memory" not in k] + list(result.unexpected_keys)
-    if wrong:
-        raise RuntimeError(f"CDiT weights did not map onto the hybrid: {wrong}")
-    return cdit, hybrid
-
-
-def optimizer(model: nn.Module, lr: float, memory_lr: float) -> torch.optim.Optimizer:
-    """AdamW; a HybridCDiT's memory parameters get their own learning rate."""
-    if isinstance(model, HybridCDiT):
-        groups = [
-            {"params": list(model.cdit_parameters()), "lr": lr},
-            {"params": list(model.memory_parameters()), "lr": memory_lr},
-        ]
-        return torch.optim.AdamW(groups, weight_decay=0.0)
-    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    return build_pair(arch, memory_kwargs, args.seed)
 
 
 def predict(
     model: CDiT, batch: Batch, x_t: Tensor, t: Tensor, memory: MemoryContext | None
 ) -> Tensor:
     """Epsilon prediction of ``model`` (the first ``C`` output channels)."""
-    if isinstance(model, HybridCDiT):
-        out = model(x_t, t, batch.y, batch.x_cond, batch.rel_t, memory=memory)
-    else:
-        out = model(x_t, t, batch.y, batch.x_cond, batch.rel_t)
-    return out[:, : batch.x0.shape[1]]
+    return predict_eps(model, x_t, t, batch.y, batch.x_cond, batch.rel_t, memory)
 
 
 # ----------------------------------------------------------------------------------- training
@@ -428,19 +388,16 @@ def train(
     """Train both models on the same batches, timesteps and noise; print progress."""
     gen = torch.Generator().manual_seed(args.seed + 100)
     pool = make_trajectories(args.pool, cfg, gen)
-    opts = [optimizer(cdit, args.lr, args.lr), optimizer(hybrid, args.lr, args.lr * args.memory_lr)]
-    for opt in opts:
-        for group in opt.param_groups:
-            group["base_lr"] = group["lr"]
+    opts = [
+        make_optimizer(cdit, args.lr, args.lr),
+        make_optimizer(hybrid, args.lr, args.lr * args.memory_lr),
+    ]
     window: dict[str, list[float]] = {"cdit": [], "hybrid": [], "cdit_rev": [], "hybrid_rev": []}
     start = time.perf_counter()
     cdit.train()
     hybrid.train()
     for step in range(1, args.steps + 1):
-        warm = min(1.0, step / max(1, args.warmup))
-        for opt in opts:
-            for group in opt.param_groups:
-                group["lr"] = group["base_lr"] * warm
+        set_warmup(opts, step, args.warmup)
         index = torch.randint(0, len(pool), (args.batch,), generator=gen)
         target = torch.randint(cfg.context, cfg.length, (args.batch,), generator=gen)
         frames = render(pool, index, cfg, gen)
@@ -450,17 +407,21 @@ def train(
         t = torch.randint(0, diff.num_steps, (args.batch,), generator=gen)
         eps = torch.randn(batch.x0.shape, generator=gen)
         x_t = diff.noise(batch.x0, t, eps)
-        for name, model, opt in (("cdit", cdit, opts[0]), ("hybrid", hybrid, opts[1])):
-            per_sample = (predict(model, batch, x_t, t, batch.memory) - eps).square()
-            per_sample = per_sample.flatten(1).mean(1)
-            loss = per_sample.mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), args.clip)
-            opt.step()
-            window[name].append(float(loss.detach()))
+        losses = train_step(
+            list(zip((cdit, hybrid), opts, strict=True)),
+            x_t,
+            t,
+            eps,
+            batch.y,
+            batch.x_cond,
+            batch.rel_t,
+            batch.memory,
+            clip=args.clip,
+        )
+        for name, per_sample in zip(("cdit", "hybrid"), losses, strict=True):
+            window[name].append(float(per_sample.mean()))
             if bool(batch.revisit.any()):
-                window[name + "_rev"].append(float(per_sample[batch.revisit].detach().mean()))
+                window[name + "_rev"].append(float(per_sample[batch.revisit].mean()))
         if step % args.log_every == 0 or step == args.steps:
             means = {k: sum(v) / max(1, len(v)) for k, v in window.items()}
             print(
@@ -560,20 +521,17 @@ def print_table(result: dict[str, object]) -> None:
     per_level = result["per_level"]
     assert isinstance(per_level, dict)
     levels = per_level["revisit_cdit"]["t"]
-    head = f"{'split':8s} {'model':18s}" + "".join(f"{'t=' + str(t):>9s}" for t in levels)
-    head += f"{'mean':>9s}{'/cdit':>8s}"
-    print(head)
-    print("-" * len(head))
+    header = ["split", "model", *(f"t={t}" for t in levels), "mean", "/cdit"]
+    rows: list[list[object]] = []
     for split in ("revisit", "novel"):
         base = float(result[f"{split}_mse_cdit"])  # type: ignore[arg-type]
         for name in ("cdit", "hybrid", "hybrid_no_memory"):
             values = per_level[f"{split}_{name}"]["mse"]
             mean = float(result[f"{split}_mse_{name}"])  # type: ignore[arg-type]
-            cells = "".join(f"{v:9.4f}" for v in values)
-            print(f"{split:8s} {name:18s}{cells}{mean:9.4f}{mean / base:8.3f}")
+            rows.append([split, name, *values, mean, f"{mean / base:.3f}"])
     best = per_level["best_without_memory"]
-    cells = "".join(f"{v:9.4f}" for v in best)
-    print(f"{'any':8s} {'best w/o memory':18s}{cells}{sum(best) / len(best):9.4f}")
+    rows.append(["any", "best w/o memory", *best, sum(best) / len(best), ""])
+    print(format_table(header, rows))
 
 
 # ---------------------------------------------------------------------------------------- CLI

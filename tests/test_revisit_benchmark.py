@@ -12,6 +12,8 @@ import pytest
 import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "revisit.py"
+if str(SCRIPT.parent) not in sys.path:
+    sys.path.insert(0, str(SCRIPT.parent))  # revisit.py imports its sibling side_by_side.py
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,210 @@
+"""What the memory benchmarks share: a CDiT and a HybridCDiT from the same initial weights,
+trained side by side with one DDPM loss, DDIM sampling, PSNR, and plain-text tables.
+
+Used by ``benchmarks/revisit.py`` (synthetic latents) and ``benchmarks/memory_maze.py`` (Memory
+Maze frames). Public API of ``hybrid_cdit`` only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from hybrid_cdit import CDiT, HybridCDiT, MemoryContext
+
+__all__ = [
+    "Diffusion",
+    "build_pair",
+    "format_table",
+    "optimizer",
+    "predict",
+    "psnr",
+    "set_warmup",
+    "train_step",
+]
+
+
+class Diffusion:
+    """Minimal DDPM forward process (cosine ``alpha_bar``, Nichol & Dhariwal; epsilon target)
+    and a deterministic DDIM sampler (Song et al., ``eta = 0``)."""
+
+    def __init__(self, num_steps: int = 1000) -> None:
+        self.num_steps = num_steps
+        s = 0.008
+        u = torch.linspace(0, num_steps, num_steps + 1, dtype=torch.float64) / num_steps
+        f = torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2
+        betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
+        self.alpha_bar = torch.cumprod(1 - betas, 0).float()
+
+    def noise(self, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        """``x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps``; ``t (B,)`` long."""
+        ab = self.alpha_bar[t].view(-1, *([1] * (x0.dim() - 1)))
+        return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+
+    def ddim_timesteps(self, steps: int) -> Tensor:
+        """``steps`` timesteps from ``num_steps - 1`` down to 0, evenly spaced (long)."""
+        if not 1 <= steps <= self.num_steps:
+            raise ValueError(f"steps must be in [1, {self.num_steps}], got {steps}")
+        return torch.linspace(self.num_steps - 1, 0, steps).round().long()
+
+    @torch.no_grad()
+    def ddim_sample(
+        self,
+        eps_fn: Callable[[Tensor, Tensor], Tensor],
+        x_T: Tensor,
+        steps: int,
+        *,
+        clip: float | None = 1.0,
+    ) -> Tensor:
+        """Deterministic DDIM from ``x_T (B, ...)``: the final clean estimate ``x0``.
+
+        Args:
+            eps_fn: ``(x_t, t (B,) long) -> eps`` prediction.
+            x_T: starting noise (draw it with a seeded generator for fixed-seed samples).
+            steps: denoising steps.
+            clip: clamp each ``x0`` estimate to ``[-clip, clip]`` (None: no clamp).
+        """
+        times = self.ddim_timesteps(steps)
+        x = x_T
+        x0 = x_T
+        for i, t in enumerate(times.tolist()):
+            tt = torch.full((x.shape[0],), t, dtype=torch.long)
+            ab = self.alpha_bar[t]
+            eps = eps_fn(x, tt)
+            x0 = (x - (1 - ab).sqrt() * eps) / ab.sqrt()
+            if clip is not None:
+                x0 = x0.clamp(-clip, clip)
+                eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
+            if i + 1 < len(times):
+                ab_next = self.alpha_bar[int(times[i + 1])]
+                x = ab_next.sqrt() * x0 + (1 - ab_next).sqrt() * eps
+        return x0
+
+
+def build_pair(
+    arch: Mapping[str, Any], memory_kwargs: Mapping[str, Any], seed: int
+) -> tuple[CDiT, HybridCDiT]:
+    """A CDiT drawn with ``seed`` and a HybridCDiT holding the same CDiT weights.
+
+    The hybrid loads the CDiT's state dict; only memory parameters may be missing (they start
+    function-preserving), anything else raises ``RuntimeError``.
+    """
+    torch.manual_seed(seed)
+    cdit = CDiT(**arch)
+    torch.manual_seed(seed + 1)
+    hybrid = HybridCDiT(**arch, **memory_kwargs)
+    result = hybrid.load_state_dict(cdit.state_dict(), strict=False)
+    wrong = [k for k in result.missing_keys if "memory" not in k] + list(result.unexpected_keys)
+    if wrong:
+        raise RuntimeError(f"CDiT weights did not map onto the hybrid: {wrong}")
+    return cdit, hybrid
+
+
+def optimizer(model: nn.Module, lr: float, memory_lr: float) -> torch.optim.Optimizer:
+    """AdamW without weight decay; a HybridCDiT's memory parameters get ``memory_lr``.
+
+    Every group remembers its peak rate as ``base_lr`` for :func:`set_warmup`.
+    """
+    if isinstance(model, HybridCDiT):
+        groups: list[dict[str, Any]] = [
+            {"params": list(model.cdit_parameters()), "lr": lr},
+            {"params": list(model.memory_parameters()), "lr": memory_lr},
+        ]
+        opt = torch.optim.AdamW(groups, weight_decay=0.0)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    for group in opt.param_groups:
+        group["base_lr"] = group["lr"]
+    return opt
+
+
+def set_warmup(opts: Sequence[torch.optim.Optimizer], step: int, warmup: int) -> None:
+    """Linear warm-up: every group's rate is ``base_lr * min(1, step / warmup)``."""
+    scale = min(1.0, step / max(1, warmup))
+    for opt in opts:
+        for group in opt.param_groups:
+            group["lr"] = group["base_lr"] * scale
+
+
+def predict(
+    model: CDiT,
+    x_t: Tensor,
+    t: Tensor,
+    y: Tensor,
+    x_cond: Tensor,
+    rel_t: Tensor,
+    memory: MemoryContext | None,
+) -> Tensor:
+    """Epsilon prediction ``(B, C, H, W)``: the first ``C`` output channels. A plain CDiT never
+    sees ``memory``."""
+    if isinstance(model, HybridCDiT):
+        out = model(x_t, t, y, x_cond, rel_t, memory=memory)
+    else:
+        out = model(x_t, t, y, x_cond, rel_t)
+    return out[:, : x_t.shape[1]]
+
+
+def train_step(
+    models: Sequence[tuple[CDiT, torch.optim.Optimizer]],
+    x_t: Tensor,
+    t: Tensor,
+    eps: Tensor,
+    y: Tensor,
+    x_cond: Tensor,
+    rel_t: Tensor,
+    memory: MemoryContext | None,
+    *,
+    clip: float,
+) -> list[Tensor]:
+    """One optimiser step of every model on the same noised batch (the DDPM epsilon loss).
+
+    Returns:
+        per model, the detached per-sample losses ``(B,)`` (mean squared epsilon error).
+    """
+    losses = []
+    for model, opt in models:
+        per_sample = (predict(model, x_t, t, y, x_cond, rel_t, memory) - eps).square()
+        per_sample = per_sample.flatten(1).mean(1)
+        opt.zero_grad(set_to_none=True)
+        per_sample.mean().backward()
+        nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        losses.append(per_sample.detach())
+    return losses
+
+
+def psnr(a: Tensor, b: Tensor) -> Tensor:
+    """Per-sample PSNR in dB of images ``(B, ...)`` with values in ``[0, 1]`` (MSE floored at
+    ``1e-10``)."""
+    mse = (a - b).square().flatten(1).mean(1)
+    return -10.0 * torch.log10(mse.clamp(min=1e-10))
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain-text table: floats with 4 significant decimals, columns right-aligned after the
+    first."""
+
+    def cell(value: object) -> str:
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    cells = [[cell(v) for v in row] for row in rows]
+    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
+    lines = [
+        "  ".join(
+            str(h).ljust(w) if i == 0 else str(h).rjust(w)
+            for i, (h, w) in enumerate(zip(header, widths, strict=True))
+        )
+    ]
+    lines.append("-" * len(lines[0]))
+    for row in cells:
+        lines.append(
+            "  ".join(
+                v.ljust(w) if i == 0 else v.rjust(w)
+                for i, (v, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+    return "\n".join(lines)
