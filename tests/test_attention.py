@@ -59,3 +59,15 @@ def test_gradients_flow_to_learned_key_value_token():
     layer(torch.randn(2, 3, 8), torch.randn(2, 5, 8)).sum().backward()
     assert layer.bias_k.grad is not None and layer.bias_k.grad.abs().sum() > 0
     assert layer.bias_v.grad is not None and layer.bias_v.grad.abs().sum() > 0
+
+
+def test_learned_key_value_token_gradients_have_the_parameters_strides():
+    """DDP copies each gradient into a bucket view with the parameter's strides and warns
+    ("Grad strides do not match bucket view strides") when they differ."""
+    layer = ContextCrossAttention(8, 2)
+    for has_slot in (False, True):
+        layer.zero_grad(set_to_none=True)
+        context = torch.randn(2, 5 + has_slot, 8)
+        layer(torch.randn(2, 3, 8), context, has_slot=has_slot).sum().backward()
+        for p in layer.parameters():
+            assert p.grad is not None and p.grad.stride() == p.stride()

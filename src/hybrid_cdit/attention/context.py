@@ -55,7 +55,11 @@ class ContextCrossAttention(nn.Module):
             context = F.pad(context, (0, 0, 0, 1))
         dim = self.dim
         kv = F.linear(context, self.in_proj_weight[dim:], self.in_proj_bias[dim:])
-        kv[:, -1] = torch.cat([self.bias_k, self.bias_v], dim=-1).reshape(2 * dim)
+        # Two writes rather than one of cat([bias_k, bias_v]): the backward of cat hands each
+        # parameter a strided slice, which DDP copies with a "Grad strides do not match bucket
+        # view strides" warning; here each gradient is its own contiguous (1, 1, D) sum.
+        kv[:, -1, :dim] = self.bias_k.reshape(dim)
+        kv[:, -1, dim:] = self.bias_v.reshape(dim)
         k, v = kv.chunk(2, dim=-1)
         return k, v
 
