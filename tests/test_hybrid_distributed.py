@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import warnings
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -23,43 +25,78 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _train_three_steps(rank: int, world: int, port: int) -> None:
+Check = Callable[[int, int], None]
+
+
+def _worker(rank: int, world: int, port: int, check: Check) -> None:
+    """Run ``check(rank, world)`` in a gloo process group.
+
+    An exception in ``check`` escapes (after ``destroy_process_group``): the spawn wrapper
+    reports it and the worker exits with status 1, which fails the test. Once the checks have
+    passed, the worker ends with ``os._exit(0)``: a gloo group may abort (SIGABRT, "terminate
+    called without an active exception") at interpreter exit after all the work succeeded.
+    """
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        torch.manual_seed(0)
-        model = HybridCDiT(**TINY)
-        ddp = DistributedDataParallel(model)  # no find_unused_parameters
-        optimizer = torch.optim.SGD(ddp.parameters(), lr=1e-3)
-        active = make_memory(n=2, seed=rank)
-        inactive = replace(active, scores=torch.full_like(active.scores, 0.05))
-        with warnings.catch_warnings():
-            # e.g. "Grad strides do not match bucket view strides" from the reducer
-            warnings.simplefilter("error")
-            for memory in (active, inactive, None):
-                inputs = make_inputs(n=2, seed=rank)
-                out = ddp(**inputs, memory=memory)
-                loss = out.square().mean()
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-        # every rank holds the same weights after synchronised steps
-        flat = torch.cat([p.detach().flatten() for p in model.parameters()])
-        gathered = [torch.zeros_like(flat) for _ in range(world)]
-        dist.all_gather(gathered, flat)
-        if not all(torch.equal(gathered[0], g) for g in gathered):
-            raise AssertionError("ranks diverged")
+        check(rank, world)
     finally:
         dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def run_workers(check: Check, world: int = 2) -> None:
+    """Run the module-level function ``check(rank, world)`` in ``world`` spawned processes;
+    raises ``ProcessRaisedException`` when any of them raised."""
+    mp.start_processes(
+        _worker, args=(world, _free_port(), check), nprocs=world, join=True, start_method="spawn"
+    )
+
+
+def _train_three_steps(rank: int, world: int) -> None:
+    torch.manual_seed(0)
+    model = HybridCDiT(**TINY)
+    ddp = DistributedDataParallel(model)  # no find_unused_parameters
+    optimizer = torch.optim.SGD(ddp.parameters(), lr=1e-3)
+    active = make_memory(n=2, seed=rank)
+    inactive = replace(active, scores=torch.full_like(active.scores, 0.05))
+    with warnings.catch_warnings():
+        # e.g. "Grad strides do not match bucket view strides" from the reducer
+        warnings.simplefilter("error")
+        for memory in (active, inactive, None):
+            inputs = make_inputs(n=2, seed=rank)
+            out = ddp(**inputs, memory=memory)
+            loss = out.square().mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    # every rank holds the same weights after synchronised steps
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    gathered = [torch.zeros_like(flat) for _ in range(world)]
+    dist.all_gather(gathered, flat)
+    if not all(torch.equal(gathered[0], g) for g in gathered):
+        raise AssertionError("ranks diverged")
 
 
 @pytest.mark.slow
 def test_ddp_three_steps_with_active_inactive_and_absent_memory():
-    mp.start_processes(
-        _train_three_steps, args=(2, _free_port()), nprocs=2, join=True, start_method="spawn"
-    )
+    run_workers(_train_three_steps)
+
+
+def _fail_on_rank_one(rank: int, world: int) -> None:
+    dist.barrier()
+    if rank == 1:
+        raise AssertionError(f"rank {rank} of {world} failed its check")
+
+
+@pytest.mark.slow
+def test_a_failing_worker_fails_the_test():
+    with pytest.raises(mp.ProcessRaisedException, match="rank 1 of 2 failed its check"):
+        run_workers(_fail_on_rank_one)
 
 
 def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
