@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import torch
 from torch import Tensor, nn
 
 from ..attention import KVCache, SelectiveMemoryAttention
@@ -103,6 +104,21 @@ class HybridCDiTBlock(CDiTBlock):
         """``x (N, L, D)``, ``c (N, D)``, ``context (N, Lc + 1, D)``, memory -> ``(N, L, D)``."""
         m = self.modulation(c)
         x = self.attend(x, m, context)
-        if memory is not None and self.enable_memory:
-            x = self.memory_residual(x, c, memory)
+        if self.enable_memory:
+            if memory is not None:
+                x = self.memory_residual(x, c, memory)
+            elif self.training and torch.is_grad_enabled():
+                x = x + self.memory_parameter_anchor().to(x.dtype)
         return self.feed_forward(x, m)
+
+    def memory_parameter_anchor(self) -> Tensor:
+        """``0 * sum(memory branch parameters)``, a scalar zero.
+
+        Added to the hidden tokens when a training forward has no memory, it keeps every memory
+        parameter in the autograd graph (with zero gradient), so DDP needs no
+        ``find_unused_parameters`` and FSDP2 reduces the same gradients on every rank when memory
+        is present on some ranks and absent on others. It is computed inside the block's
+        forward, where FSDP2 has gathered the block's parameters.
+        """
+        params = [p for name, p in self.named_parameters() if "memory" in name]
+        return torch.stack([p.sum() for p in params]).sum() * 0.0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -65,11 +65,11 @@ class MemoryContext:
     query_pose: Tensor
     steps: Tensor | None = None
     query_step: Tensor | None = None
-    _cache: weakref.WeakKeyDictionary[Any, Any] = field(
-        default_factory=weakref.WeakKeyDictionary, init=False, repr=False
-    )
 
     def __post_init__(self) -> None:
+        # The cache is no dataclass field, so code that rebuilds dataclasses field by field
+        # (FSDP2's input casting calls dataclasses.replace) gets a valid context back.
+        self._cache: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         check_shape(
             "frames", self.frames, [("B", None), ("k", None), ("C", None), ("H", None), ("W", None)]
         )

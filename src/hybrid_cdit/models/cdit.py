@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from timm.layers.patch_embed import PatchEmbed
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .._validation import check_positive_int, check_shape
 from ..blocks import CDiTBlock
@@ -92,6 +93,7 @@ class CDiT(nn.Module):
         self.blocks = nn.ModuleList(self._make_blocks())
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         self.time_embedder = TimestepEmbedder(hidden_size)
+        self.grad_checkpointing = False
         self.initialize_weights()
 
     def _make_blocks(self) -> list[nn.Module]:
@@ -103,6 +105,25 @@ class CDiT(nn.Module):
     def num_patches(self) -> int:
         """Tokens per frame, ``(input_size / patch_size) ** 2``."""
         return int(self.x_embedder.num_patches)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing per block (timm's name and meaning).
+
+        While enabled and gradients are on, each block's activations are dropped after its
+        forward and recomputed in the backward pass (``torch.utils.checkpoint``, non-reentrant):
+        the activation memory of a step falls to about one block's plus the block inputs, for
+        about one more forward of compute. Outputs and gradients are those of the plain model.
+        """
+        self.grad_checkpointing = bool(enable)
+
+    def run_block(self, block: nn.Module, *args: Any) -> Tensor:
+        """``block(*args)``, checkpointed when :meth:`set_grad_checkpointing` is on and
+        gradients are enabled."""
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            out: Tensor = checkpoint(block, *args, use_reentrant=False)
+            return out
+        result: Tensor = block(*args)
+        return result
 
     def cdit_blocks(self) -> list[CDiTBlock]:
         """The transformer blocks, typed."""
@@ -255,5 +276,5 @@ class CDiT(nn.Module):
         context = self.normalize_context(context)
         c = self.embed_condition(t, y, rel_t)
         for block in self.blocks:
-            tokens = block(tokens, c, context)
+            tokens = self.run_block(block, tokens, c, context)
         return self.unpatchify(self.final_layer(tokens, c))

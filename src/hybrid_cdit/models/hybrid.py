@@ -252,6 +252,26 @@ class HybridCDiT(CDiT):
         """Parameters that a plain CDiT has."""
         return (p for name, p in self.named_parameters() if not is_memory_key(name))
 
+    def freeze_cdit(self, frozen: bool = True) -> None:
+        """Memory-only fine-tuning: ``frozen=True`` turns ``requires_grad`` off for every CDiT
+        parameter and on for every memory parameter; ``frozen=False`` makes all trainable.
+
+        Call it before wrapping the model in ``DistributedDataParallel`` or
+        :func:`hybrid_cdit.distributed.fully_shard_model` (both register trainable parameters
+        once) and before building the optimizer. Frozen parameters get no gradient, so an
+        optimizer over ``model.parameters()`` keeps state only for the memory parameters.
+
+        Raises:
+            ValueError: when the model has no memory branch and ``frozen`` is True.
+        """
+        if frozen and not self.memory_enabled:
+            raise ValueError(
+                "freeze_cdit(frozen=True) needs memory_enabled=True (nothing would train), "
+                "got a model without memory"
+            )
+        for name, p in self.named_parameters():
+            p.requires_grad_(not frozen or is_memory_key(name))
+
     @torch.no_grad()
     def reset_memory_parameters(self, keys: Iterable[str] | None = None) -> None:
         """Put memory parameters in their function-preserving initial state.
@@ -526,9 +546,19 @@ class HybridCDiT(CDiT):
         return MemoryInputs(entry[1], entry[2], active.to(x.dtype), memory, version)
 
     def _memory_parameter_anchor(self) -> Tensor:
-        """``0 * sum(memory parameters)``: keeps every memory parameter in the autograd graph
-        when a training step uses no memory, so DDP needs no ``find_unused_parameters``."""
-        return sum((p.sum() for p in self.memory_parameters()), torch.zeros(())) * 0.0
+        """``0 * sum(model-level memory parameters)``, added to the tokens entering the blocks
+        in every training forward. It keeps those parameters in the autograd graph when a step
+        uses no memory, so DDP needs no ``find_unused_parameters``, and it makes every block's
+        input require gradients on every rank whatever the memory (with ``freeze_cdit``, only
+        memory tokens would), so FSDP2 reduces the blocks' gradients in the same order on all
+        ranks. Each memory block anchors its own parameters inside its forward (see
+        :meth:`HybridCDiTBlock.forward`), where FSDP2 has gathered them."""
+        own = (
+            p
+            for name, p in self.named_parameters()
+            if is_memory_key(name) and not name.startswith("blocks.")
+        )
+        return sum((p.sum() for p in own), torch.zeros(())) * 0.0
 
     # ---------------------------------------------------------------------------- forward
 
@@ -585,14 +615,13 @@ class HybridCDiT(CDiT):
         inputs = None if memory is None else self.memory_inputs(memory, x)
 
         tokens, context = self.embed_frames(x, x_cond)
+        if self.training and torch.is_grad_enabled():
+            tokens = tokens + self._memory_parameter_anchor().to(tokens.dtype)
         context = self.normalize_context(context)
         c = self.embed_condition(t, y, rel_t)
         for block in self.hybrid_blocks():
-            tokens = block(tokens, c, context, inputs)
-        out = self.unpatchify(self.final_layer(tokens, c))
-        if inputs is None and self.training and torch.is_grad_enabled():
-            out = out + self._memory_parameter_anchor().to(out.dtype)
-        return out
+            tokens = self.run_block(block, tokens, c, context, inputs)
+        return self.unpatchify(self.final_layer(tokens, c))
 
 
 def _check_memory_layers(layers: Sequence[int] | None, depth: int) -> list[int]:
