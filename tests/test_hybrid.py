@@ -311,26 +311,41 @@ def test_update_memory_and_retrieval_by_pose():
     assert model.memory_buffer is None
 
 
-def test_update_memory_flag_never_stores_the_noised_input():
+def test_update_memory_flag_writes_the_newest_context_frame_at_the_previous_pose():
+    """Each sample's buffer holds exactly ``x_cond[:, -1]`` of the first call of every later
+    frame, stored at the pose of the frame before, and only where that sample's pose changed;
+    no noised input ``x`` is ever stored."""
     model = trained_like_hybrid()
-    n = 2
-    poses = [torch.tensor([[float(i), 0.0, 0.0]] * n) for i in range(3)]
-    contexts = [torch.randn(n, 2, 4, 8, 8) for _ in range(3)]
+    n, frames, steps = 3, 4, 3
+    g = torch.Generator().manual_seed(7)
+    poses = [
+        torch.tensor([[10.0 * f + i, float(i), 0.1 * f] for i in range(n)]) for f in range(frames)
+    ]
+    poses[2][2] = poses[1][2]  # sample 2 stays put between frames 1 and 2: nothing to write
+    contexts = [torch.randn(n, 2, 4, 8, 8, generator=g) for _ in range(frames)]
+    noised = []
     with torch.no_grad():
         for pose, x_cond in zip(poses, contexts, strict=True):
-            for _ in range(3):  # denoising steps of one frame
-                inputs = {**make_inputs(n=n), "x_cond": x_cond}
+            for _ in range(steps):  # denoising steps of one frame
+                inputs = {**make_inputs(n=n, seed=len(noised)), "x_cond": x_cond}
+                noised.append(inputs["x"])
                 model(**inputs, current_pose=pose, update_memory=True)
-    buffer = model.memory_buffer
-    assert buffer is not None
-    assert buffer.counts.tolist() == [2, 2]
-    context = buffer.retrieve(poses[0], k=4, threshold=0.0)
-    stored = context.frames[context.mask].reshape(n, 2, 4, 8, 8)
-    expected = {
-        tuple(contexts[1][0, -1].flatten()[:3].tolist()),
-        tuple(contexts[2][0, -1].flatten()[:3].tolist()),
-    }
-    assert {tuple(f.flatten()[:3].tolist()) for f in stored[0]} == expected
+    assert model.memory_buffer is not None
+    state = model.memory_buffer.state_dict()
+    for i in range(n):
+        expected = [
+            (poses[f - 1][i], contexts[f][i, -1])
+            for f in range(1, frames)
+            if not torch.equal(poses[f][i], poses[f - 1][i])
+        ]
+        valid = state["valid"][i]
+        stored = list(zip(state["poses"][i][valid], state["frames"][i][valid], strict=True))
+        assert len(stored) == len(expected) == (2 if i == 2 else 3)
+        for pose, frame in expected:
+            matches = [f for p, f in stored if torch.equal(p, pose)]
+            assert len(matches) == 1 and torch.equal(matches[0], frame)
+        for _, frame in stored:
+            assert not any(torch.equal(frame, x[i]) for x in noised)
 
 
 def test_update_memory_flag_is_ignored_in_training():
