@@ -1,4 +1,5 @@
-"""``MemoryBuffer``: per-sample storage, LRU eviction, retrieval, state and input validation."""
+"""``MemoryBuffer``: per-sample storage, the write policies (LRU and coverage) against a
+plain-Python reference, retrieval, state and input validation."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from hybrid_cdit.memory import MemoryBuffer, MemoryContext
+from hybrid_cdit.memory import CoveragePolicy, MemoryBuffer, MemoryContext
 
 FRAME = (1, 2, 2)
 PATTERN = torch.arange(4, dtype=torch.float32).reshape(FRAME) / 4
@@ -34,14 +35,62 @@ def assert_state_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -
 # ----------------------------------------------------------------------------- reference model
 
 
+RADIUS, MAX_ANGLE = 1.0, math.pi / 4
+
+
+def reference_view_distance(a: list[float], b: list[float]) -> float:
+    """The documented view distance, in float64:
+    ``max(position / radius, sin(angle / 2) / sin(max_angle / 2))``."""
+    n = 2 if len(a) == 3 else 3
+    position = math.sqrt(sum((a[i] - b[i]) ** 2 for i in range(n)))
+
+    def direction(p: list[float]) -> list[float]:
+        pitch = 0.0 if len(p) == 3 else p[3]
+        return [
+            math.cos(pitch) * math.cos(p[-1]),
+            math.cos(pitch) * math.sin(p[-1]),
+            math.sin(pitch),
+        ]
+
+    cos = sum(u * v for u, v in zip(direction(a), direction(b), strict=True))
+    angle = math.acos(max(-1.0, min(1.0, cos)))
+    return max(position / RADIUS, math.sin(angle / 2) / math.sin(MAX_ANGLE / 2))
+
+
 class ReferenceMemory:
     """Plain-Python memory with the documented rules, one list of slots per sample."""
 
-    def __init__(self, batch: int, capacity: int) -> None:
-        self.batch, self.capacity = batch, capacity
+    def __init__(self, batch: int, capacity: int, policy: str = "lru") -> None:
+        """``policy``: ``"lru"``, or ``"keep"`` / ``"replace"`` for coverage with that
+        ``same_view``."""
+        self.batch, self.capacity, self.policy = batch, capacity, policy
         self.slots: list[list[dict | None]] = [[None] * capacity for _ in range(batch)]
         self.next_step = [0] * batch
         self.clock = 0
+
+    def nearest(self, b: int, j: int, extra: list[float] | None = None) -> float:
+        """View distance from slot ``j`` to its nearest other stored frame (and ``extra``)."""
+        row = self.slots[b]
+        pose = row[j]["pose"]
+        others = [s["pose"] for i, s in enumerate(row) if s is not None and i != j]
+        others += [] if extra is None else [extra]
+        return min((reference_view_distance(pose, o) for o in others), default=math.inf)
+
+    def choose_slot(self, b: int, pose: list[float]) -> tuple[int, bool]:
+        """The slot for a frame at ``pose``, and whether the frame is stored there."""
+        row = self.slots[b]
+        stored = [j for j, s in enumerate(row) if s is not None]
+        empty = [j for j, s in enumerate(row) if s is None]
+        if self.policy == "lru":
+            return (empty[0] if empty else min(stored, key=lambda j: row[j]["used"])), True
+        same = [j for j in stored if reference_view_distance(row[j]["pose"], pose) <= 1.0]
+        if same:  # the nearest stored frame of the same view is kept or replaced
+            j = min(same, key=lambda j: (reference_view_distance(row[j]["pose"], pose), j))
+            return j, self.policy == "replace"
+        if empty:
+            return empty[0], True
+        # Full: evict the most redundant frame, then the least recently used.
+        return min(stored, key=lambda j: (self.nearest(b, j, pose), row[j]["used"], j)), True
 
     def add(self, values, poses, steps, where) -> None:
         self.clock += 1
@@ -49,11 +98,17 @@ class ReferenceMemory:
             if not where[b]:
                 continue
             step = self.next_step[b] if steps is None else steps[b]
-            row = self.slots[b]
-            empty = [j for j, s in enumerate(row) if s is None]
-            j = empty[0] if empty else min(range(self.capacity), key=lambda j: row[j]["used"])
-            row[j] = {"value": values[b], "pose": poses[b], "step": step, "used": self.clock}
             self.next_step[b] = step + 1
+            j, store = self.choose_slot(b, poses[b])
+            if not store:
+                self.slots[b][j]["used"] = self.clock
+                continue
+            self.slots[b][j] = {
+                "value": values[b],
+                "pose": poses[b],
+                "step": step,
+                "used": self.clock,
+            }
 
     def reset(self, where) -> None:
         for b in range(self.batch):
@@ -85,12 +140,19 @@ class ReferenceMemory:
 class MemoryBufferMachine(RuleBasedStateMachine):
     """Random add / retrieve / reset sequences against :class:`ReferenceMemory`."""
 
+    POLICY = "lru"
+
     @initialize(
         batch=st.integers(1, 3), capacity=st.integers(2, 4), pose_dim=st.sampled_from([3, 5])
     )
     def setup(self, batch, capacity, pose_dim):
-        self.buffer = MemoryBuffer(batch, capacity, frame_shape=FRAME, pose_dim=pose_dim)
-        self.ref = ReferenceMemory(batch, capacity)
+        policy = self.POLICY
+        if policy != "lru":
+            policy = CoveragePolicy(RADIUS, MAX_ANGLE, same_view=self.POLICY)
+        self.buffer = MemoryBuffer(
+            batch, capacity, frame_shape=FRAME, pose_dim=pose_dim, write_policy=policy
+        )
+        self.ref = ReferenceMemory(batch, capacity, self.POLICY)
         self.batch, self.capacity, self.pose_dim = batch, capacity, pose_dim
         self.serial = 0
         self.version = self.buffer.version
@@ -185,12 +247,38 @@ class MemoryBufferMachine(RuleBasedStateMachine):
             got = [(int(state["last_used"][b, j]), j) for _, j in used]
             assert [j for _, j in sorted(used)] == [j for _, j in sorted(got)]
             assert int(state["next_step"][b]) == self.ref.next_step[b]
+            if self.POLICY != "lru":  # the incremental bookkeeping equals a fresh count
+                for j, s in enumerate(row):
+                    if s is not None:
+                        expected = self.ref.nearest(b, j)
+                        got_near = math.sqrt(float(self.buffer._coverage.nearest[b, j]))
+                        assert got_near == pytest.approx(expected, rel=1e-4, abs=1e-3)
+
+
+class CoverageBufferMachine(MemoryBufferMachine):
+    """The same sequences with the coverage-keeping write policy (``same_view="keep"``)."""
+
+    POLICY = "keep"
+
+
+class CoverageReplaceBufferMachine(MemoryBufferMachine):
+    """The coverage policy with ``same_view="replace"``."""
+
+    POLICY = "replace"
 
 
 MemoryBufferMachine.TestCase.settings = settings(
     max_examples=40, stateful_step_count=25, deadline=None
 )
+CoverageBufferMachine.TestCase.settings = settings(
+    max_examples=50, stateful_step_count=30, deadline=None
+)
+CoverageReplaceBufferMachine.TestCase.settings = settings(
+    max_examples=30, stateful_step_count=30, deadline=None
+)
 TestMemoryBufferAgainstReference = MemoryBufferMachine.TestCase
+TestCoverageBufferAgainstReference = CoverageBufferMachine.TestCase
+TestCoverageReplaceBufferAgainstReference = CoverageReplaceBufferMachine.TestCase
 
 
 # ----------------------------------------------------------------------------- behaviour

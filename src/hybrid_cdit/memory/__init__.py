@@ -7,6 +7,13 @@ This package knows nothing of models, blocks or attention: it works on plain ten
 from .buffer import MemoryBuffer
 from .context import MemoryContext
 from .fov import FovParams, fov_scores, fov_select
+from .policies import (
+    WRITE_POLICIES,
+    CoveragePolicy,
+    WritePolicy,
+    check_write_policy,
+    view_distance,
+)
 from .poses import (
     POSE_DIMS,
     check_pose,
@@ -27,15 +34,19 @@ from .selection import Selection, select_top_k
 __all__ = [
     "POSE_DIMS",
     "STRATEGIES",
+    "WRITE_POLICIES",
+    "CoveragePolicy",
     "FovParams",
     "MemoryBuffer",
     "MemoryContext",
     "Selection",
     "Strategy",
+    "WritePolicy",
     "build_context",
     "camera_rotation",
     "check_pose",
     "check_strategy",
+    "check_write_policy",
     "compose_pose",
     "distance_scores",
     "fov_scores",
@@ -53,5 +64,6 @@ __all__ = [
     "select_memory",
     "select_top_k",
     "to_pose5",
+    "view_distance",
     "wrap_angle",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -10,6 +11,7 @@ from torch import Tensor
 from .._validation import check_finite, check_positive_int, check_shape, check_tensor
 from .context import MemoryContext, all_finite
 from .fov import FovParams
+from .policies import CoveragePolicy, CoverageState, WritePolicy, check_write_policy
 from .poses import POSE_DIMS
 from .retrieval import build_context, select_memory
 from .scores import Strategy
@@ -37,11 +39,17 @@ class MemoryBuffer:
     """One independent memory of at most ``capacity`` frames for each of ``B`` samples.
 
     Storage is preallocated: ``frames (B, capacity, C, H, W)``, ``poses (B, capacity, P)``, an
-    integer step per frame, a validity mask and a least-recently-used clock. A write fills the
-    sample's lowest empty slot, or else evicts its least recently used frame; a write or a
-    retrieval refreshes a frame (within one retrieval the best-ranked frame counts as the most
-    recent use). The storage lives on ``device`` (pinned host memory when ``device`` is the CPU
-    and CUDA is available), and only the retrieved frames travel to the model's device.
+    integer step per frame, a validity mask and a least-recently-used clock (a write or a
+    retrieval refreshes a frame; within one retrieval the best-ranked frame counts as the most
+    recent use). ``write_policy`` decides which slot a new frame takes
+    (:mod:`~hybrid_cdit.memory.policies`): ``"lru"`` fills the sample's lowest empty slot, or
+    else evicts its least recently used frame; ``"coverage"`` (or a :class:`CoveragePolicy`)
+    replaces a stored frame of the same view, and when full evicts the most redundant frame.
+
+    The frames live on ``device`` (pinned host memory when it is the CPU and CUDA is
+    available); the poses and the bookkeeping retrieval and writes need live on
+    ``index_device`` (``device`` when None), e.g. the model's GPU. Retrieval scores and
+    selects there, and only the ``k`` retrieved frames per sample travel.
 
     Every method is batched over samples; sample ``i``'s memory never influences sample ``j``.
     Bad arguments raise ``ValueError`` before anything changes.
@@ -51,8 +59,10 @@ class MemoryBuffer:
         capacity: frames per sample (50, the seed's default).
         frame_shape: ``(C, H, W)`` of the stored latents.
         pose_dim: ``P``: 3 ``(x, y, yaw)`` or 5 ``(x, y, z, pitch, yaw)``.
-        device: storage device.
+        device: storage device of the frames.
         dtype: floating dtype of the stored frames and poses.
+        write_policy: ``"lru"`` (default), ``"coverage"`` or a :class:`CoveragePolicy`.
+        index_device: device of poses, steps, masks and clocks; None means ``device``.
     """
 
     def __init__(
@@ -64,7 +74,10 @@ class MemoryBuffer:
         pose_dim: int = 5,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
+        write_policy: WritePolicy | CoveragePolicy = "lru",
+        index_device: torch.device | str | None = None,
     ) -> None:
+        self._policy = check_write_policy(write_policy)
         self._batch_size = check_positive_int("batch_size", batch_size)
         self._capacity = check_positive_int("capacity", capacity)
         if (
@@ -86,13 +99,21 @@ class MemoryBuffer:
             raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
         self._dtype = dtype
         self._device = _to_device("device", device)
-        b, n = self._batch_size, self._capacity
+        self._index = (
+            self._device if index_device is None else _to_device("index_device", index_device)
+        )
+        b, n, idx = self._batch_size, self._capacity, self._index
         self._frames = torch.zeros(b, n, *self._frame_shape, dtype=dtype, device=self._device)
-        self._poses = torch.zeros(b, n, self._pose_dim, dtype=dtype, device=self._device)
-        self._steps = torch.zeros(b, n, dtype=torch.long, device=self._device)
-        self._valid = torch.zeros(b, n, dtype=torch.bool, device=self._device)
-        self._last_used = torch.zeros(b, n, dtype=torch.long, device=self._device)
-        self._next_step = torch.zeros(b, dtype=torch.long, device=self._device)
+        self._poses = torch.zeros(b, n, self._pose_dim, dtype=dtype, device=idx)
+        self._steps = torch.zeros(b, n, dtype=torch.long, device=idx)
+        self._valid = torch.zeros(b, n, dtype=torch.bool, device=idx)
+        self._last_used = torch.zeros(b, n, dtype=torch.long, device=idx)
+        self._next_step = torch.zeros(b, dtype=torch.long, device=idx)
+        self._coverage = (
+            CoverageState(self._policy, b, n, self._pose_dim, dtype, idx)
+            if isinstance(self._policy, CoveragePolicy)
+            else None
+        )
         self._clock = 0
         self._version = 0
         self._staging: dict[int, Tensor] = {}
@@ -123,8 +144,31 @@ class MemoryBuffer:
 
     @property
     def device(self) -> torch.device:
-        """Storage device."""
+        """Storage device of the frames."""
         return self._device
+
+    @property
+    def index_device(self) -> torch.device:
+        """Device of the poses, steps, masks and clocks (where retrieval runs)."""
+        return self._index
+
+    @property
+    def write_policy(self) -> Literal["lru"] | CoveragePolicy:
+        """``"lru"`` or the :class:`CoveragePolicy`."""
+        return self._policy
+
+    @property
+    def nbytes_per_sample(self) -> dict[str, int]:
+        """Bytes each sample's storage takes: ``{"frames": ..., "index": ...}`` (frames on
+        :attr:`device`, everything else on :attr:`index_device`)."""
+        index = [self._poses, self._steps, self._valid, self._last_used, self._next_step]
+        if self._coverage is not None:
+            index += self._coverage.tensors()
+        b = self._batch_size
+        return {
+            "frames": self._frames.nbytes // b,
+            "index": sum(t.nbytes for t in index) // b,
+        }
 
     @property
     def dtype(self) -> torch.dtype:
@@ -146,7 +190,8 @@ class MemoryBuffer:
         return (
             f"MemoryBuffer(batch_size={self._batch_size}, capacity={self._capacity}, "
             f"frame_shape={self._frame_shape}, pose_dim={self._pose_dim}, "
-            f"device={self._device}, dtype={self._dtype}, counts={self.counts.tolist()})"
+            f"device={self._device}, dtype={self._dtype}, write_policy={self._policy!r}, "
+            f"counts={self.counts.tolist()})"
         )
 
     # ------------------------------------------------------------------ validation
@@ -154,17 +199,17 @@ class MemoryBuffer:
     def _check_where(self, where: object) -> Tensor:
         """``(B,)`` bool on the storage device; all True when ``where`` is None."""
         if where is None:
-            return torch.ones(self._batch_size, dtype=torch.bool, device=self._device)
+            return torch.ones(self._batch_size, dtype=torch.bool, device=self._index)
         mask = check_shape("where", where, [("B", self._batch_size)])
         if mask.dtype != torch.bool:
             raise ValueError(f"where must have dtype torch.bool, got {mask.dtype}")
-        return mask.to(self._device)
+        return mask.to(self._index)
 
     def _check_step(self, step: object) -> Tensor | None:
         if step is None:
             return None
         if isinstance(step, int) and not isinstance(step, bool):
-            return torch.full((self._batch_size,), step, dtype=torch.long, device=self._device)
+            return torch.full((self._batch_size,), step, dtype=torch.long, device=self._index)
         if not isinstance(step, Tensor):
             raise ValueError(
                 f"step must be None, an int or a (B={self._batch_size},) integer tensor, "
@@ -173,7 +218,7 @@ class MemoryBuffer:
         tensor = check_shape("step", step, [("B", self._batch_size)])
         if not _is_integer(tensor):
             raise ValueError(f"step must have an integer dtype, got {tensor.dtype}")
-        return tensor.to(device=self._device, dtype=torch.long)
+        return tensor.to(device=self._index, dtype=torch.long)
 
     def _check_rows_finite(self, name: str, tensor: Tensor, rows: Tensor) -> None:
         if not tensor.is_floating_point():
@@ -192,7 +237,8 @@ class MemoryBuffer:
         step: int | Tensor | None = None,
         where: Tensor | None = None,
     ) -> None:
-        """Store one clean frame per writing sample (a detached copy).
+        """Store one clean frame per writing sample (a detached copy), in the slot the
+        :attr:`write_policy` picks.
 
         Args:
             frames: ``(B, C, H, W)`` clean latents (never noised ones).
@@ -212,17 +258,23 @@ class MemoryBuffer:
         self._check_rows_finite("frames", frames, rows)
         self._check_rows_finite("poses", poses, rows)
 
-        # Slot per sample: the lowest empty slot, else the least recently used one.
-        slot_ids = torch.arange(self._capacity, device=self._device)
+        all_steps = self._next_step if steps is None else steps
+        self._clock += 1
+        if self._coverage is not None:
+            self._add_coverage(frames, poses, all_steps, writers)
+            self._version += 1
+            return
+        # lru: the lowest empty slot, else the least recently used one
+        slot_ids = torch.arange(self._capacity, device=self._index)
         key = torch.where(self._valid, self._last_used, slot_ids - self._capacity - 1)
         slots = key.argmin(1)[rows]
-        new_steps = (self._next_step if steps is None else steps)[rows]
-        self._clock += 1
-        self._frames[rows, slots] = frames.detach()[rows.to(frames.device)].to(
+        new_steps = all_steps[rows]
+        frame_rows, frame_slots = rows.to(self._device), slots.to(self._device)
+        self._frames[frame_rows, frame_slots] = frames.detach()[rows.to(frames.device)].to(
             device=self._device, dtype=self._dtype
         )
         self._poses[rows, slots] = poses.detach()[rows.to(poses.device)].to(
-            device=self._device, dtype=self._dtype
+            device=self._index, dtype=self._dtype
         )
         self._steps[rows, slots] = new_steps
         self._valid[rows, slots] = True
@@ -230,15 +282,51 @@ class MemoryBuffer:
         self._next_step[rows] = new_steps + 1
         self._version += 1
 
+    def _add_coverage(
+        self, frames: Tensor, poses: Tensor, all_steps: Tensor, writers: Tensor
+    ) -> None:
+        """The coverage policy's write, decided for every sample at once (rows that do not
+        write are zeroed, then ignored) and stored with flat ``index_copy_`` writes."""
+        coverage = self._coverage
+        assert coverage is not None
+        new = poses.detach().to(device=self._index, dtype=self._dtype)
+        query = coverage.query_features(new.masked_fill(~writers[:, None], 0.0))
+        store, slots, to_new = coverage.choose(self._valid, self._last_used, query)
+        stored = store & writers
+        kept = (writers & ~store)[:, None] & (coverage.slot_ids == slots[:, None])
+        self._last_used.masked_fill_(kept, self._clock)  # a kept frame counts as used
+        rows = stored.nonzero().squeeze(1)
+        flat = rows * self._capacity + slots.index_select(0, rows)
+        b, n = self._batch_size, self._capacity
+        source = frames.detach()
+        if rows.numel() < b:  # all rows store in most writes: no gather then
+            source = source.index_select(0, rows.to(frames.device))
+        self._frames.view(b * n, *self._frame_shape).index_copy_(
+            0, flat.to(self._device), source.to(device=self._device, dtype=self._dtype)
+        )
+        full = rows.numel() == b
+        self._poses.view(b * n, self._pose_dim).index_copy_(
+            0, flat, new if full else new.index_select(0, rows)
+        )
+        self._steps.view(-1).index_copy_(
+            0, flat, all_steps if full else all_steps.index_select(0, rows)
+        )
+        self._valid.view(-1).index_fill_(0, flat, True)
+        self._last_used.view(-1).index_fill_(0, flat, self._clock)
+        self._next_step = torch.where(writers, all_steps + 1, self._next_step)
+        coverage.update(self._valid, stored, slots, rows, flat, to_new, query)
+
     def reset(self, where: Tensor | None = None) -> None:
         """Empty the memory of the samples selected by ``where`` ``(B,)`` bool (all if None)."""
         rows = self._check_where(where).nonzero().squeeze(1)
-        self._frames[rows] = 0
+        self._frames[rows.to(self._device)] = 0
         self._poses[rows] = 0
         self._steps[rows] = 0
         self._valid[rows] = False
         self._last_used[rows] = 0
         self._next_step[rows] = 0
+        if self._coverage is not None:
+            self._coverage.reset(rows)
         self._version += 1
 
     # ------------------------------------------------------------------ reading
@@ -287,7 +375,7 @@ class MemoryBuffer:
         target = self._device if device is None else _to_device("device", device)
         selection = select_memory(
             self._poses,
-            query.to(device=self._device),
+            query.to(device=self._index),
             k,
             valid=self._valid,
             steps=self._steps,
@@ -300,12 +388,12 @@ class MemoryBuffer:
         )
         indices, mask = selection.indices, selection.mask
         k = int(indices.shape[1])
-        rows = torch.arange(self._batch_size, device=self._device)[:, None]
-        frames = self._gather_frames(indices, target)
+        rows = torch.arange(self._batch_size, device=self._index)[:, None]
+        frames = self._gather_frames(indices.to(self._device), target)
         poses = self._poses[rows, indices]
 
         # Refresh the LRU clock of the unmasked picks, best rank most recent.
-        ranks = torch.arange(k, 0, -1, device=self._device).expand_as(indices)
+        ranks = torch.arange(k, 0, -1, device=self._index).expand_as(indices)
         hit_rows, hit_cols = mask.nonzero(as_tuple=True)
         self._last_used[hit_rows, indices[hit_rows, hit_cols]] = (
             self._clock + ranks[hit_rows, hit_cols]
@@ -416,19 +504,28 @@ class MemoryBuffer:
         self._last_used.copy_(last_used)
         self._next_step.copy_(state["next_step"])
         self._clock = clock
+        if self._coverage is not None:
+            self._coverage.rebuild(self._poses, self._valid)
         self._version += 1
 
-    def to(self, device: torch.device | str) -> MemoryBuffer:
-        """Move the storage to ``device`` (pinned when it is the CPU and CUDA is available);
-        returns ``self``. Content and :attr:`version` are unchanged."""
+    def to(
+        self, device: torch.device | str, *, index_device: torch.device | str | None = None
+    ) -> MemoryBuffer:
+        """Move the frames to ``device`` (pinned when it is the CPU and CUDA is available) and
+        the poses and bookkeeping to ``index_device`` (``device`` when None); returns ``self``.
+        Content and :attr:`version` are unchanged."""
         target = _to_device("device", device)
+        index = target if index_device is None else _to_device("index_device", index_device)
         self._frames = self._frames.to(target)
-        self._poses = self._poses.to(target)
-        self._steps = self._steps.to(target)
-        self._valid = self._valid.to(target)
-        self._last_used = self._last_used.to(target)
-        self._next_step = self._next_step.to(target)
+        self._poses = self._poses.to(index)
+        self._steps = self._steps.to(index)
+        self._valid = self._valid.to(index)
+        self._last_used = self._last_used.to(index)
+        self._next_step = self._next_step.to(index)
+        if self._coverage is not None:
+            self._coverage.to(index)
         self._device = target
+        self._index = index
         self._staging.clear()
         self._pinned = False
         self._pin()
@@ -439,5 +536,6 @@ class MemoryBuffer:
         if self._device.type != "cpu" or not torch.cuda.is_available():
             return
         self._frames = self._frames.pin_memory()
-        self._poses = self._poses.pin_memory()
+        if self._index.type == "cpu":
+            self._poses = self._poses.pin_memory()
         self._pinned = True

@@ -1,0 +1,190 @@
+"""Write policies of ``MemoryBuffer``: values of the view distance, what each policy keeps on
+hand-computed journeys, per-sample isolation, state round trips and the index device."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from hybrid_cdit.memory import (
+    WRITE_POLICIES,
+    CoveragePolicy,
+    MemoryBuffer,
+    check_write_policy,
+    view_distance,
+)
+
+FRAME = (1, 2, 2)
+
+
+def frames_for(values: list[float]) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32)[:, None, None, None].expand(-1, *FRAME)
+
+
+def stored_values(buffer: MemoryBuffer, sample: int = 0) -> list[float]:
+    state = buffer.state_dict()
+    return sorted(
+        float(state["frames"][sample, j, 0, 0, 0])
+        for j in range(buffer.capacity)
+        if state["valid"][sample, j]
+    )
+
+
+def walk(buffer: MemoryBuffer, xs: list[float], yaw: float = 0.0) -> None:
+    """Write frames valued ``x`` at poses ``(x, 0, yaw)``, one sample."""
+    for x in xs:
+        buffer.add(frames_for([x]), torch.tensor([[x, 0.0, yaw]]))
+
+
+def test_view_distance_values():
+    a = torch.tensor([[0.0, 0.0, 0.0]])
+    # position term: |(3, 4)| / 2 = 2.5; angle term: sin(0.3) / sin(pi / 8)
+    b = torch.tensor([[3.0, 4.0, 0.6]])
+    expected = max(2.5, math.sin(0.3) / math.sin(math.pi / 8))
+    got = view_distance(a, b, radius=2.0)
+    assert float(got) == pytest.approx(expected, rel=1e-6)
+    # angle-dominated, and symmetric bit for bit
+    c = torch.tensor([[0.5, 0.0, 2.0]])
+    expected = max(0.5, math.sin(1.0) / math.sin(math.pi / 8))
+    assert float(view_distance(a, c)) == pytest.approx(expected, rel=1e-6)
+    assert torch.equal(view_distance(a, c), view_distance(c, a))
+    # exactly at both tolerances: the same view
+    d = torch.tensor([[1.0, 0.0, math.pi / 4]])
+    assert float(view_distance(a, d)) == pytest.approx(1.0, abs=1e-6)
+    # 5-D poses use z and pitch
+    e = torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0]])
+    f = torch.tensor([[0.0, 0.0, 0.5, 0.4, 0.0]])
+    expected = max(0.5, math.sin(0.2) / math.sin(math.pi / 8))
+    assert float(view_distance(e, f)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_coverage_keeps_the_places_lru_forgets():
+    """A walk out to x=10 that lingers there: LRU keeps the last frames only, coverage keeps
+    one frame per place (the first) and counts a revisit as a use."""
+    xs = [0.0, 5.0, 10.0, 10.5, 11.0, 10.25]
+    lru = MemoryBuffer(1, 3, frame_shape=FRAME, pose_dim=3)
+    coverage = MemoryBuffer(1, 3, frame_shape=FRAME, pose_dim=3, write_policy="coverage")
+    walk(lru, xs)
+    walk(coverage, xs)
+    assert stored_values(lru) == [10.25, 10.5, 11.0]
+    # 10.5 and 10.25 show 10's view (kept); 11.0 is 1.0 from 10: the same view too
+    assert stored_values(coverage) == [0.0, 5.0, 10.0]
+    assert coverage.state_dict()["next_step"].tolist() == [6]
+
+
+def test_coverage_replace_lets_the_newest_view_win():
+    policy = CoveragePolicy(same_view="replace")
+    buffer = MemoryBuffer(1, 3, frame_shape=FRAME, pose_dim=3, write_policy=policy)
+    walk(buffer, [0.0, 5.0, 10.0, 10.5, 11.0, 10.25])
+    assert stored_values(buffer) == [0.0, 5.0, 10.25]
+
+
+def test_coverage_evicts_the_most_redundant_frame():
+    """Full with 10, 0 and 1.5: the pair (0, 1.5) is the most redundant; 0 is the least
+    recently used of the pair. LRU would evict 10, the oldest."""
+    coverage = MemoryBuffer(1, 3, frame_shape=FRAME, pose_dim=3, write_policy="coverage")
+    lru = MemoryBuffer(1, 3, frame_shape=FRAME, pose_dim=3)
+    for buffer in (coverage, lru):
+        walk(buffer, [10.0, 0.0, 1.5, 20.0])
+    assert stored_values(coverage) == [1.5, 10.0, 20.0]
+    assert stored_values(lru) == [0.0, 1.5, 20.0]
+    # A retrieval that uses 0 makes 1.5 the less recently used of the pair.
+    coverage = MemoryBuffer(1, 3, frame_shape=FRAME, pose_dim=3, write_policy="coverage")
+    walk(coverage, [10.0, 0.0, 1.5])
+    coverage.retrieve(torch.tensor([[0.0, 0.0, 0.0]]), 1)
+    walk(coverage, [20.0])
+    assert stored_values(coverage) == [0.0, 10.0, 20.0]
+
+
+def test_coverage_tells_headings_apart():
+    buffer = MemoryBuffer(1, 4, frame_shape=FRAME, pose_dim=3, write_policy="coverage")
+    for i, yaw in enumerate([0.0, math.pi, math.pi / 2, 0.3]):  # 0.3 rad is 0's view
+        buffer.add(frames_for([float(i)]), torch.tensor([[0.0, 0.0, yaw]]))
+    assert stored_values(buffer) == [0.0, 1.0, 2.0]
+
+
+@pytest.mark.parametrize("policy", ["lru", "coverage", CoveragePolicy(same_view="replace")])
+def test_samples_are_isolated(policy):
+    """Sample 1's memory is the same whatever sample 0 writes, and ``where`` skips samples."""
+    gen = torch.Generator().manual_seed(0)
+    shared = [torch.rand(1, 3, generator=gen) * 4 for _ in range(12)]
+    states = []
+    for seed in (1, 2):
+        other = torch.Generator().manual_seed(seed)
+        buffer = MemoryBuffer(2, 3, frame_shape=FRAME, pose_dim=3, write_policy=policy)
+        for i, pose in enumerate(shared):
+            poses = torch.cat([torch.rand(1, 3, generator=other) * 4, pose])
+            where = torch.tensor([True, i % 3 != 0])
+            buffer.add(frames_for([float(seed * 100 + i), float(i)]), poses, where=where)
+            buffer.retrieve(torch.cat([torch.rand(1, 3, generator=other) * 4, pose]), 2)
+        states.append({k: v[1] for k, v in buffer.state_dict().items() if v.dim()})
+        assert int(buffer.counts[0]) >= 1
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key]), key
+    # Sample 1 never stored the frames its mask skipped.
+    assert all(int(v) % 3 != 0 for v in stored_values(buffer, 1))
+
+
+def test_state_round_trip_and_old_state_dicts():
+    """A coverage buffer restored from its state dict (or from an LRU buffer's, which has the
+    same keys) continues exactly like the original."""
+    gen = torch.Generator().manual_seed(3)
+    poses = [torch.rand(2, 3, generator=gen) * torch.tensor([6.0, 6.0, 6.0]) for _ in range(40)]
+    source = MemoryBuffer(2, 6, frame_shape=FRAME, pose_dim=3, write_policy="coverage")
+    lru = MemoryBuffer(2, 6, frame_shape=FRAME, pose_dim=3)
+    for i, pose in enumerate(poses[:20]):
+        source.add(frames_for([float(i), float(i)]), pose)
+        lru.add(frames_for([float(i), float(i)]), pose)
+    for saved in (source.state_dict(), lru.state_dict()):
+        a = MemoryBuffer(2, 6, frame_shape=FRAME, pose_dim=3, write_policy="coverage")
+        b = MemoryBuffer(2, 6, frame_shape=FRAME, pose_dim=3, write_policy="coverage")
+        a.load_state_dict(saved)
+        b.load_state_dict(saved)
+        b.load_state_dict(b.state_dict())
+        for i, pose in enumerate(poses[20:]):
+            a.add(frames_for([float(i), float(i)]), pose)
+            b.add(frames_for([float(i), float(i)]), pose)
+        sa, sb = a.state_dict(), b.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    # the restored source continues like the source itself
+    restored = MemoryBuffer(2, 6, frame_shape=FRAME, pose_dim=3, write_policy="coverage")
+    restored.load_state_dict(source.state_dict())
+    for i, pose in enumerate(poses[20:]):
+        source.add(frames_for([float(i), float(i)]), pose)
+        restored.add(frames_for([float(i), float(i)]), pose)
+    s1, s2 = source.state_dict(), restored.state_dict()
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+
+
+def test_index_device_and_bytes_per_sample():
+    buffer = MemoryBuffer(
+        2, 10, frame_shape=(4, 8, 8), pose_dim=3, write_policy="coverage", index_device="cpu"
+    )
+    assert buffer.index_device == torch.device("cpu") and buffer.device == torch.device("cpu")
+    sizes = buffer.nbytes_per_sample
+    assert sizes["frames"] == 10 * 4 * 8 * 8 * 4
+    # poses 3 + features 4 + nearest 1 floats; steps, last_used, nearest_slot longs; valid
+    assert sizes["index"] == 10 * (8 * 4 + 3 * 8 + 1) + 8
+    assert buffer.to("cpu", index_device="cpu") is buffer
+    assert isinstance(buffer.write_policy, CoveragePolicy)
+    assert "CoveragePolicy(radius=1.0" in repr(buffer)
+
+
+def test_policy_validation():
+    assert WRITE_POLICIES == ("lru", "coverage")
+    assert check_write_policy("lru") == "lru"
+    assert check_write_policy("coverage") == CoveragePolicy()
+    with pytest.raises(ValueError, match="write_policy must be one of"):
+        MemoryBuffer(1, 2, frame_shape=FRAME, write_policy="fifo")
+    with pytest.raises(ValueError, match="radius"):
+        CoveragePolicy(radius=0.0)
+    with pytest.raises(ValueError, match="max_angle"):
+        CoveragePolicy(max_angle=4.0)
+    with pytest.raises(ValueError, match="same_view"):
+        CoveragePolicy(same_view="newest")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="index_device"):
+        MemoryBuffer(1, 2, frame_shape=FRAME, index_device="nowhere")
+    with pytest.raises(ValueError, match="pose dimension"):
+        view_distance(torch.zeros(1, 3), torch.zeros(1, 5))
