@@ -7,6 +7,8 @@ their results.
 from __future__ import annotations
 
 import json
+import math
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -97,11 +99,53 @@ def test_convert_then_from_pretrained(runs, nwm_io, nwm_inputs):
     assert torch.allclose(out, nwm_io["out_ema"], atol=1e-5)
 
 
+ROW = re.compile(
+    r"^\s*(\d+)/(\d+)\s+\(\s*(-?[\d.]+),\s*(-?[\d.]+),\s*(-?\d+)°\)\s+(\d+)\s+(\S+)\s+"
+    r"(active|inactive)\s+[\d.]+\s+[\d.]+(  revisit)?$"
+)
+SQUARE = [(4, 0), (8, 0), (12, 0), (12, 4), (12, 8), (12, 12), (8, 12), (4, 12), (0, 12), (0, 8)]
+SQUARE += [(0, 4), (0, 0)]
+"""The demo's loop: 3 steps of 4 m a side, starting at the origin, one lap in 12 steps."""
+
+
+def demo_rows(out: str) -> list[tuple[float, float, int, str, bool, bool]]:
+    """``(x, y, retrieved, best, active, revisit)`` of each printed row, in order."""
+    rows = []
+    for line in out.splitlines():
+        match = ROW.match(line)
+        if match:
+            assert int(match[1]) == len(rows) + 1
+            x, y, count, best = float(match[3]), float(match[4]), int(match[6]), match[7]
+            rows.append((x, y, count, best, match[8] == "active", match[9] is not None))
+    return rows
+
+
+def expected_demo_rows(steps: int) -> list[tuple[float, float, int, str, bool, bool]]:
+    """The rows worked out from the geometry alone: memory holds the start frame and every
+    generated frame; retrieval keeps up to 8 frames scoring ``exp(-d / 10) >= 0.7``; the
+    activation threshold (0.3) is under that, so a sample with a frame is active; a revisit
+    comes within 2 m of an earlier place."""
+    stored = [(0.0, 0.0)]
+    rows = []
+    for i in range(steps):
+        x, y = SQUARE[i % len(SQUARE)]
+        scores = sorted((math.exp(-math.dist((x, y), q) / 10) for q in stored), reverse=True)
+        kept = [score for score in scores if score >= 0.7][:8]
+        best = f"{kept[0]:.2f}" if kept else "-"
+        revisit = min(math.dist((x, y), q) for q in stored) < 2
+        rows.append((float(x), float(y), len(kept), best, bool(kept), revisit))
+        stored.append((x, y))
+    return rows
+
+
 def test_demo(runs):
     result = runs["demo"]
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "13/13" in out and "summary:" in out
+    rows = demo_rows(out)
+    assert rows == expected_demo_rows(13)
+    assert [r[2] for r in rows] == [0] * 11 + [1, 1]  # the two revisits find their frame
+    assert "summary:" in out
     assert "memory active on 2/2 revisits and on 0/11 first visits" in out
     assert (
         "HybridCDiT vs CDiT side by side" in out
@@ -170,7 +214,10 @@ def test_demo_from_a_checkpoint(capsys):
     assert "pass --num-heads N" in capsys.readouterr().err
     assert main([*argv, "--num-heads", "4", "--threads", "1"]) == 0
     out = capsys.readouterr().out
-    assert f"model: CDiT checkpoint {CHECKPOINT} (ema)" in out and "2/2" in out
+    assert f"model: CDiT checkpoint {CHECKPOINT} (ema)" in out
+    assert demo_rows(out) == expected_demo_rows(2)
+    assert "memory active on 0/0 revisits and on 0/2 first visits" in out
+    assert "largest |HybridCDiT - CDiT| over the rollout: 0.000e+00" in out
 
 
 def test_demo_trajectory_comes_back():
