@@ -188,3 +188,88 @@ def test_policy_validation():
         MemoryBuffer(1, 2, frame_shape=FRAME, index_device="nowhere")
     with pytest.raises(ValueError, match="pose dimension"):
         view_distance(torch.zeros(1, 3), torch.zeros(1, 5))
+
+
+# ----------------------------------------------------------------------------- the model's buffer
+
+
+def tiny_hybrid(**kwargs):
+    from hybrid_cdit.models import HybridCDiT
+
+    from .hybrid_helpers import TINY
+
+    torch.manual_seed(0)
+    return HybridCDiT(**TINY, memory_layers=[1], memory_buffer_size=3, **kwargs).eval()
+
+
+@pytest.mark.parametrize("policy", ["lru", "coverage"])
+def test_update_memory_writes_with_the_models_policy(policy):
+    """The model's own buffer evolves exactly like a standalone buffer of its policy, through
+    update_memory and through forward(update_memory=True)."""
+    model = tiny_hybrid(memory_write_policy=policy)
+    assert model.memory_write_policy == policy
+    assert model.get_config()["memory_write_policy"] == policy
+    reference = MemoryBuffer(2, 3, frame_shape=(4, 8, 8), pose_dim=3, write_policy=policy)
+    gen = torch.Generator().manual_seed(0)
+    xs = [0.0, 5.0, 10.0, 10.5, 11.0, 10.25]
+    for i, x in enumerate(xs):
+        frame = torch.randn(2, 4, 8, 8, generator=gen)
+        pose = torch.tensor([[x, 0.0, 0.0], [x, 1.0, 0.0]])
+        model.update_memory(frame, pose)
+        reference.add(frame, pose)
+    got, want = model.memory_buffer.state_dict(), reference.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert model.memory_buffer.write_policy == reference.write_policy
+    # The two policies keep different frames of this journey (see the buffer tests).
+    kept = sorted(float(p) for p in got["poses"][0, :, 0])
+    assert kept == ([0.0, 5.0, 10.0] if policy == "coverage" else [10.25, 10.5, 11.0])
+
+
+def test_forward_update_memory_uses_the_models_policy():
+    from .hybrid_helpers import make_inputs
+
+    model = tiny_hybrid(memory_write_policy="coverage")
+    inputs = make_inputs(2)
+    x, t, y, x_cond, rel_t = (inputs[k] for k in ("x", "t", "y", "x_cond", "rel_t"))
+    reference = MemoryBuffer(2, 3, frame_shape=(4, 8, 8), pose_dim=3, write_policy="coverage")
+    previous = None
+    with torch.no_grad():
+        for x_pos in [0.0, 5.0, 10.0, 10.5, 11.0, 10.25]:
+            pose = torch.tensor([[x_pos, 0.0, 0.0]] * 2)
+            model(x, t, y, x_cond, rel_t, current_pose=pose, update_memory=True)
+            if previous is not None:
+                reference.add(x_cond[:, -1], previous)
+            previous = pose
+    got, want = model.memory_buffer.state_dict(), reference.state_dict()
+    for key in ("poses", "valid", "steps", "frames"):
+        assert torch.equal(got[key], want[key]), key
+    assert sorted(float(p) for p in got["poses"][0, :, 0]) == [0.0, 5.0, 10.0]
+
+
+def test_config_key_and_saved_config(tmp_path):
+    from hybrid_cdit.checkpoint import from_pretrained, save_pretrained
+    from hybrid_cdit.config import HybridCDiTConfig, build_model
+
+    config = HybridCDiTConfig.from_dict(
+        {"model": "CDiT-S/2", "image_size": 64, "memory_write_policy": "coverage"}
+    )
+    assert config.model_kwargs()["memory_write_policy"] == "coverage"
+    assert config.to_dict()["memory_write_policy"] == "coverage"
+    with torch.device("meta"):
+        assert build_model(config).memory_write_policy == "coverage"
+    assert HybridCDiTConfig().memory_write_policy == "lru"
+    with pytest.raises(ValueError, match="memory_write_policy must be one of lru, coverage"):
+        HybridCDiTConfig(memory_write_policy="fifo")
+    with pytest.raises(ValueError, match="memory_write_policy must be one of"):
+        tiny_hybrid(memory_write_policy="fifo")
+    model = tiny_hybrid(memory_write_policy="coverage")
+    directory = save_pretrained(model, tmp_path / "coverage")
+    assert from_pretrained(directory).memory_write_policy == "coverage"
+    # A config.json written before the key existed loads with the LRU policy.
+    path = directory / "config.json"
+    import json
+
+    data = json.loads(path.read_text())
+    data.pop("memory_write_policy")
+    path.write_text(json.dumps(data))
+    assert from_pretrained(directory).memory_write_policy == "lru"

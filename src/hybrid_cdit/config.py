@@ -9,6 +9,7 @@ datasets, learning rate...) with the memory keys added::
     use_hybrid_model: true
     memory_enabled: true
     memory_buffer_size: 50
+    memory_write_policy: coverage   # or lru (the default)
     memory_layers: [16, 18, 20, 22]
     memory_activation_threshold: 0.3
     spatial_similarity_threshold: 0.7
@@ -31,7 +32,7 @@ from typing import Any
 import yaml
 from torch import nn
 
-from .memory import STRATEGIES
+from .memory import STRATEGIES, WRITE_POLICIES
 from .models.hybrid import DEFAULT_CAMERA_FOV, POSE_ENCODINGS
 from .registry import VARIANTS, create_model
 
@@ -89,6 +90,7 @@ class HybridCDiTConfig:
         use_hybrid_model: build a ``HybridCDiT``; False builds NWM's plain ``CDiT``.
         memory_enabled: give the hybrid its memory branch.
         memory_buffer_size: frames the model's own memory buffer keeps per sample.
+        memory_write_policy: write policy of that buffer, ``"lru"`` or ``"coverage"``.
         memory_layers: layers with memory attention; None takes every second layer of the
             second half.
         memory_activation_threshold: minimum activation for a sample to use memory.
@@ -112,6 +114,7 @@ class HybridCDiTConfig:
     use_hybrid_model: bool = True
     memory_enabled: bool = True
     memory_buffer_size: int = 50
+    memory_write_policy: str = "lru"
     memory_layers: tuple[int, ...] | None = None
     memory_activation_threshold: float = 0.3
     spatial_similarity_threshold: float = 0.7
@@ -138,6 +141,11 @@ class HybridCDiTConfig:
         for name in ("use_hybrid_model", "memory_enabled", "memory_time_embedding"):
             _flag(name, getattr(self, name))
         _positive_int("memory_buffer_size", self.memory_buffer_size)
+        if self.memory_write_policy not in WRITE_POLICIES:
+            raise ValueError(
+                f"memory_write_policy must be one of {', '.join(WRITE_POLICIES)}, "
+                f"got {self.memory_write_policy!r}"
+            )
         _positive_int("memory_top_k", self.memory_top_k)
         object.__setattr__(
             self,
@@ -226,6 +234,7 @@ class HybridCDiTConfig:
                 memory_enabled=self.memory_enabled,
                 memory_layers=None if self.memory_layers is None else list(self.memory_layers),
                 memory_buffer_size=self.memory_buffer_size,
+                memory_write_policy=self.memory_write_policy,
                 memory_top_k=self.memory_top_k,
                 memory_activation_threshold=self.memory_activation_threshold,
                 spatial_similarity_threshold=self.spatial_similarity_threshold,

@@ -19,8 +19,10 @@ from ..blocks import HybridCDiTBlock, MemoryInputs
 from ..embeddings import MemoryAgeEmbedder, RayEmbedder, RelativePoseEmbedder
 from ..memory import (
     STRATEGIES,
+    WRITE_POLICIES,
     MemoryBuffer,
     MemoryContext,
+    check_write_policy,
     plucker_rays,
     relative_pose,
     to_pose5,
@@ -85,6 +87,9 @@ class HybridCDiT(CDiT):
         memory_enabled: build the memory branch; False gives a CDiT in this class.
         memory_layers: indices of memory layers; None means every second layer of the second half.
         memory_buffer_size: capacity of the model's own buffer (frames per sample).
+        memory_write_policy: write policy of the model's own buffer, ``"lru"`` or
+            ``"coverage"`` (:class:`~hybrid_cdit.memory.MemoryBuffer`); :meth:`update_memory`
+            writes with it.
         memory_top_k: frames retrieved from the model's own buffer.
         memory_activation_threshold: minimum activation for a sample to use memory; above 1 turns
             memory off.
@@ -126,6 +131,7 @@ class HybridCDiT(CDiT):
         memory_enabled: bool = True,
         memory_layers: Sequence[int] | None = None,
         memory_buffer_size: int = 50,
+        memory_write_policy: str = "lru",
         memory_top_k: int = 8,
         memory_activation_threshold: float = 0.3,
         spatial_similarity_threshold: float = 0.7,
@@ -145,6 +151,11 @@ class HybridCDiT(CDiT):
         self.memory_enabled = bool(memory_enabled)
         self.memory_layers = _check_memory_layers(memory_layers, depth)
         self.memory_buffer_size = memory_buffer_size
+        if memory_write_policy not in WRITE_POLICIES:
+            raise ValueError(
+                f"memory_write_policy must be one of {WRITE_POLICIES}, got {memory_write_policy!r}"
+            )
+        self.memory_write_policy = memory_write_policy
         self.memory_top_k = memory_top_k
         self.memory_activation_threshold = _check_unit(
             "memory_activation_threshold", memory_activation_threshold, upper=None
@@ -233,6 +244,7 @@ class HybridCDiT(CDiT):
             "memory_enabled": self.memory_enabled,
             "memory_layers": list(self.memory_layers),
             "memory_buffer_size": self.memory_buffer_size,
+            "memory_write_policy": self.memory_write_policy,
             "memory_top_k": self.memory_top_k,
             "memory_activation_threshold": self.memory_activation_threshold,
             "spatial_similarity_threshold": self.spatial_similarity_threshold,
@@ -319,7 +331,8 @@ class HybridCDiT(CDiT):
         step: int | Tensor | None = None,
         where: Tensor | None = None,
     ) -> None:
-        """Write clean frames into the model's own memory buffer (created on first use).
+        """Write clean frames into the model's own memory buffer (created on first use, with
+        :attr:`memory_write_policy`; frames on the CPU, poses on ``frame_latent``'s device).
 
         Args:
             frame_latent: ``(B, C, H, W)`` clean latents: observed frames or finished generated
@@ -345,6 +358,8 @@ class HybridCDiT(CDiT):
                 self.memory_buffer_size,
                 frame_shape=(self.in_channels, size, size),
                 pose_dim=int(pose.shape[-1]),
+                write_policy=check_write_policy(self.memory_write_policy),
+                index_device=frame_latent.device,
             )
         elif buffer.batch_size != batch:
             raise ValueError(
@@ -353,7 +368,7 @@ class HybridCDiT(CDiT):
             )
         buffer.add(
             frame_latent.detach().to(buffer.device),
-            pose.detach().to(buffer.device),
+            pose.detach().to(buffer.index_device),
             step=step,
             where=where,
         )
@@ -414,7 +429,7 @@ class HybridCDiT(CDiT):
                 f"current_pose must have pose dimension {buffer.pose_dim} (the memory buffer's), "
                 f"got {current_pose.shape[-1]}"
             )
-        pose = current_pose.detach().to(buffer.device)
+        pose = current_pose.detach().to(buffer.index_device)
         # Everything the retrieval depends on; a denoising loop repeats all of it, and reusing
         # the context reuses its cached memory tokens and keys/values.
         key = (
