@@ -498,3 +498,57 @@ def test_update_memory_flag_checks_the_buffer_shape_before_any_change():
     with torch.no_grad(), pytest.raises(ValueError, match=r"current_pose.*\(2, 3\).*\(2, 5\)"):
         model(**make_inputs(n=2), current_pose=torch.zeros(2, 5), update_memory=True)
     assert model._pending_pose is None
+
+
+def _mean_of_fine_cells(fine: torch.Tensor, side: int, r: int) -> torch.Tensor:
+    """``(..., side*side, D)`` row-major fine tokens -> ``(..., (side/r)**2, D)``: each coarse
+    cell the mean of the ``r x r`` fine cells it covers, with explicit loops."""
+    coarse = []
+    for i in range(side // r):
+        for j in range(side // r):
+            rows = [(r * i + a) * side + r * j + b for a in range(r) for b in range(r)]
+            cells = [fine[..., row, :] for row in rows]
+            coarse.append(torch.stack(cells).mean(0))
+    return torch.stack(coarse, dim=-2)
+
+
+def _assert_documented_initial_memory_state(model: HybridCDiT) -> None:
+    r, side = model.memory_ratio, model.input_size // model.patch_size
+    latent = torch.randn(2, model.in_channels, model.input_size, model.input_size)
+    with torch.no_grad():
+        fine = model.x_embedder(latent)  # (2, side*side, D), the CDiT's patch embedding
+        embedder = model.memory_embedder if r > 1 else model.x_embedder
+        torch.testing.assert_close(
+            embedder(latent), _mean_of_fine_cells(fine, side, r), atol=1e-5, rtol=1e-5
+        )
+        target_pos = model.pos_embed[model.context_size]  # the target frame's
+        torch.testing.assert_close(
+            model.memory_pos_embed, _mean_of_fine_cells(target_pos, side, r), atol=1e-6, rtol=0
+        )
+    for block in model.hybrid_blocks():
+        if block.enable_memory:
+            last = block.memory_adaLN_modulation[-1]
+            assert not last.weight.any() and not last.bias.any()  # gates (and all) start at 0
+
+
+@pytest.mark.parametrize("memory_patch_size", [2, 4])
+def test_reset_memory_parameters_gives_the_documented_initial_state(memory_patch_size):
+    """Memory patch embedding = mean of the CDiT patch embeddings it covers; memory position
+    embedding = the target frame's position embedding pooled to the memory grid; zero gates."""
+    torch.manual_seed(0)
+    model = HybridCDiT(**TINY, memory_patch_size=memory_patch_size)
+    randomise(model)
+    model.reset_memory_parameters()
+    _assert_documented_initial_memory_state(model)
+
+
+def test_loading_a_cdit_checkpoint_derives_the_memory_state_from_its_weights(
+    nwm_config, nwm_checkpoint
+):
+    torch.manual_seed(0)
+    model = HybridCDiT(**nwm_config, memory_patch_size=4)
+    randomise(model)
+    model.load_state_dict(nwm_checkpoint["ema"], strict=False)
+    loaded = nwm_checkpoint["ema"]["x_embedder.proj.weight"]
+    assert torch.equal(model.x_embedder.proj.weight, loaded)
+    _assert_documented_initial_memory_state(model)
