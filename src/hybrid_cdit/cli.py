@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,12 +26,8 @@ from .checkpoint import (
     read_checkpoint_info,
     save_pretrained,
 )
-from .checkpoint.loading import (
-    cdit_kwargs,
-    check_fit,
-    load_state_dict_checked,
-    resolve_state_dict,
-)
+from .checkpoint.loading import cdit_kwargs, load_state_dict_checked, resolve_checkpoint
+from .checkpoint.materialize import build_for_loading
 from .config import HybridCDiTConfig, build_model, parse_model_name
 from .demo import DemoError
 from .demo import run_demo as _run_demo
@@ -260,16 +256,19 @@ def format_info(info: CheckpointInfo) -> str:
 
 def run_convert(args: argparse.Namespace) -> int:
     """``hybrid-cdit convert CKPT OUT_DIR``."""
-    state_dict, source, path = resolve_state_dict(
+    resolved = resolve_checkpoint(
         args.checkpoint, source=args.source, trust_checkpoint=args.trust_checkpoint
     )
+    state_dict, source, path = resolved.state_dict, resolved.source, resolved.path
     inferred = infer_cdit_config(state_dict)
-    with torch.device("meta"):  # check the fit before building full-size weights
-        check_fit(_conversion_target(args, inferred), state_dict, source=source, path=path)
+    # Built with its parameters on the meta device; the checkpoint's tensors are assigned
+    # without a copy (memory-mapped), and only the new memory parameters are allocated.
+    model = build_for_loading(lambda: _conversion_target(args, inferred))
     with torch.random.fork_rng():  # the new memory weights: the same file on every run
         torch.manual_seed(args.seed)
-        model = _conversion_target(args, inferred)
-        report = load_state_dict_checked(model, state_dict, source=source, path=path)
+        report = load_state_dict_checked(
+            model, state_dict, source=source, path=path, mmap=True, mapped=resolved.mapped
+        )
     name = type(model).__name__
     print(f"loaded {len(report.loaded)} tensors ({source!r} of {path}) into {name}")
     if report.initialized:
@@ -277,7 +276,7 @@ def run_convert(args: argparse.Namespace) -> int:
             f"memory parameters left in their function-preserving state: {len(report.initialized)}"
         )
     if not args.no_verify:
-        _verify_conversion(model, state_dict)
+        _verify_conversion(model, state_dict)  # the checkpoint's tensors, shared by the model
     out = save_pretrained(model, args.out_dir)
     print(f"wrote {out}/config.json and {out}/model.safetensors")
     print(f"load with: {name}.from_pretrained({str(out)!r})")
@@ -333,11 +332,15 @@ def _random_memory(x: Tensor, pose: Tensor, k: int) -> MemoryContext:
     )
 
 
-def _verify_conversion(model: nn.Module, state_dict: dict[str, Tensor]) -> None:
-    """Run the CDiT and the converted model on one random input; print the largest difference."""
+def _verify_conversion(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
+    """Run the CDiT and the converted model on one random input; print the largest difference.
+
+    The reference CDiT is built on the meta device and given ``state_dict``'s tensors
+    themselves (no copy), so verifying costs no second model in memory.
+    """
     config: dict[str, Any] = getattr(model, "get_config", dict)()
-    reference = CDiT(**cdit_kwargs(config))
-    load_state_dict_checked(reference, state_dict, source="reference")
+    reference = build_for_loading(lambda: CDiT(**cdit_kwargs(config)))
+    reference.load_state_dict(dict(state_dict), strict=True, assign=True)
     model.eval()
     reference.eval()
     gen = torch.Generator().manual_seed(0)

@@ -4,7 +4,9 @@
   ``train.py`` checkpoints, bare state dicts and safetensors files, safely.
 - :func:`infer_cdit_config`: the CDiT configuration behind a state dict.
 - :func:`load_cdit_checkpoint`, :func:`build_from_cdit_checkpoint`: CDiT weights into a ``CDiT``
-  or ``HybridCDiT``, validated before the model is touched.
+  or ``HybridCDiT``, validated before the model is touched; :func:`build_for_loading` builds a
+  model with its parameters on the ``meta`` device, for loading without a throw-away
+  initialisation.
 - :func:`save_pretrained` / :func:`from_pretrained`: ``config.json`` + ``model.safetensors``.
 - :func:`to_cdit_state_dict`, :func:`save_nwm_checkpoint`: back to NWM's plain CDiT.
 """
@@ -29,6 +31,7 @@ from .loading import (
     to_cdit_state_dict,
     unwrap_model,
 )
+from .materialize import build_for_loading
 from .pretrained import CONFIG_NAME, MODEL_CLASSES, from_pretrained, save_pretrained
 
 __all__ = [
@@ -42,6 +45,7 @@ __all__ = [
     "CheckpointInfo",
     "CheckpointNotFoundError",
     "LoadReport",
+    "build_for_loading",
     "build_from_cdit_checkpoint",
     "check_fit",
     "describe_config",

@@ -21,6 +21,7 @@ from timm.models import clean_state_dict
 from torch import Tensor
 
 from .errors import CheckpointError, CheckpointNotFoundError
+from .materialize import materialize
 from .safe_load import torch_load
 
 PathArg = str | PathLike[str]
@@ -71,6 +72,10 @@ class CheckpointContents:
         train_steps: the ``train_steps`` (or ``global_step`` / ``step``) entry, if any.
         args: the ``args`` entry (an ``argparse.Namespace`` in NWM) as a dict, if any.
         other_keys: remaining top-level keys (``opt``...).
+        memory_mapped: the tensors are views of a private, read-only use of the file's pages
+            (zip checkpoints and safetensors files): nothing is read from disk until a tensor's
+            data is used, and copying one reads only its bytes. Legacy (non-zip) ``torch.save``
+            files are read whole.
     """
 
     path: str
@@ -80,6 +85,7 @@ class CheckpointContents:
     train_steps: int | None = None
     args: dict[str, Any] | None = None
     other_keys: tuple[str, ...] = field(default=())
+    memory_mapped: bool = False
 
     def describe(self) -> str:
         """One line: the state dicts held (with tensor counts) and the other entries."""
@@ -154,13 +160,14 @@ class CheckpointContents:
 
 
 def read_checkpoint(
-    path: PathArg, *, source: str = "ema", trust_checkpoint: bool = False
+    path: PathArg, *, source: str = "ema", trust_checkpoint: bool = False, mmap: bool = False
 ) -> dict[str, Tensor]:
     """Read one state dict from a checkpoint file, keys cleaned of ``module.``/``_orig_mod.``.
 
     Reads NWM ``train.py`` checkpoints (``model``, ``ema``, ``opt``, ``args``, ``epoch``,
     ``train_steps``), other wrappers (``state_dict``, ``model_ema``...), bare state dicts,
-    ``.safetensors`` files and ``save_pretrained`` directories.
+    ``.safetensors`` files and ``save_pretrained`` directories. Only the selected state dict is
+    read from disk: the other one and the optimiser state never are.
 
     Args:
         path: the checkpoint file (``.pth.tar``, ``.pth``, ``.pt``, ``.safetensors``), or a
@@ -172,21 +179,35 @@ def read_checkpoint(
         trust_checkpoint: allow unrestricted unpickling for files that need Python globals
             beyond tensors, containers and ``argparse.Namespace``. Only for files you trust:
             unpickling can run code stored in them.
+        mmap: return tensors that stay memory-mapped to the file (no copy: pages are read
+            when used, and shared with the page cache; the file must stay in place while they
+            live; writes to them stay private). False (default) copies the selected state dict
+            into memory once.
 
     Raises:
-        ValueError: for an unknown ``source``.
+        ValueError: for a ``source`` that is not a non-empty string.
         CheckpointNotFoundError: the path does not exist.
         CheckpointError: the file is empty, corrupt, not a checkpoint, needs unsafe globals,
             or holds no state dict for ``source``.
     """
     check_source(source)
-    return open_checkpoint(path, trust_checkpoint=trust_checkpoint).select(source)[1]
+    contents = open_checkpoint(path, trust_checkpoint=trust_checkpoint)
+    state_dict = contents.select(source)[1]
+    if mmap or not contents.memory_mapped:
+        return state_dict
+    return materialize(state_dict, mmap=False, mapped=True)
 
 
 def open_checkpoint(path: PathArg, *, trust_checkpoint: bool = False) -> CheckpointContents:
-    """Read a whole checkpoint file: every state dict in it and its training metadata.
+    """Open a checkpoint file: its state dicts and training metadata, without reading tensor
+    data.
 
-    See :func:`read_checkpoint` for the formats, safety rules and errors.
+    Zip checkpoints (``torch.save`` since PyTorch 1.6) and safetensors files are memory-mapped
+    (:attr:`CheckpointContents.memory_mapped`): shapes, dtypes and metadata come from the file's
+    index, and a tensor's bytes are read from disk only when its data is used, so the unused
+    state dict and the optimiser state are never read. The tensors refer to the file: copy the
+    ones you keep (:func:`read_checkpoint` does) if the file may change. See
+    :func:`read_checkpoint` for the formats, safety rules and errors.
     """
     file = _locate(Path(path))
     size = file.stat().st_size
@@ -202,14 +223,7 @@ def open_checkpoint(path: PathArg, *, trust_checkpoint: bool = False) -> Checkpo
             f"{file}: not a PyTorch or safetensors checkpoint (the file starts with {head[:8]!r})"
         )
     contents = _contents(file, torch_load(file, zipped=zipped, trust=trust_checkpoint))
-    if not zipped:
-        return contents
-    # Zip checkpoints are memory-mapped, so entries never used (the optimiser state) are never
-    # read; copy the state dicts out so that nothing refers to the file once this returns.
-    copied = {
-        name: {k: v.clone() for k, v in sd.items()} for name, sd in contents.state_dicts.items()
-    }
-    return replace(contents, state_dicts=copied)
+    return replace(contents, memory_mapped=zipped)
 
 
 def _locate(path: Path) -> Path:
@@ -245,7 +259,9 @@ def _open_safetensors(path: Path) -> CheckpointContents:
         ) from exc
     if not tensors:
         raise CheckpointError(f"{path}: the safetensors file holds no tensors")
-    return CheckpointContents(str(path), "safetensors", {WEIGHTS: _clean(tensors)})
+    return CheckpointContents(
+        str(path), "safetensors", {WEIGHTS: _clean(tensors)}, memory_mapped=True
+    )
 
 
 def is_state_dict(value: object) -> bool:

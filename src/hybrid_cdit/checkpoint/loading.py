@@ -12,7 +12,7 @@ import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +28,13 @@ from .infer import (
     infer_cdit_config,
     infer_memory_config,
     variant_of,
+)
+from .materialize import (
+    assign_state_dict,
+    build_for_loading,
+    check_device,
+    check_dtype,
+    materialize,
 )
 
 ModelT = TypeVar("ModelT", bound=nn.Module)
@@ -92,16 +99,38 @@ def model_config(model: nn.Module) -> dict[str, Any] | None:
     return dict(config) if isinstance(config, Mapping) else None
 
 
+class ResolvedStateDict(NamedTuple):
+    """A state dict chosen from a checkpoint, with where it came from."""
+
+    state_dict: dict[str, Tensor]
+    source: str
+    path: str | None
+    mapped: bool
+    """The tensors are memory-mapped views of the file, made for this load."""
+
+
+def resolve_checkpoint(
+    checkpoint: CheckpointArg, *, source: str = "ema", trust_checkpoint: bool = False
+) -> ResolvedStateDict:
+    """The state dict ``source`` selects from a path (memory-mapped where the format allows;
+    nothing else in the file is read), or an in-memory state dict with cleaned keys."""
+    check_source(source)
+    if isinstance(checkpoint, Mapping):
+        return ResolvedStateDict(clean_keys(checkpoint), "state_dict", None, False)
+    contents = open_checkpoint(checkpoint, trust_checkpoint=trust_checkpoint)
+    used, state_dict = contents.select(source)
+    return ResolvedStateDict(state_dict, used, contents.path, contents.memory_mapped)
+
+
 def resolve_state_dict(
     checkpoint: CheckpointArg, *, source: str = "ema", trust_checkpoint: bool = False
 ) -> tuple[dict[str, Tensor], str, str | None]:
-    """``(state_dict, source used, path or None)`` for a path or an in-memory state dict."""
-    check_source(source)
-    if isinstance(checkpoint, Mapping):
-        return clean_keys(checkpoint), "state_dict", None
-    contents = open_checkpoint(checkpoint, trust_checkpoint=trust_checkpoint)
-    used, state_dict = contents.select(source)
-    return state_dict, used, contents.path
+    """``(state_dict, source used, path or None)`` for a path or an in-memory state dict.
+
+    Tensors read from a zip or safetensors file stay memory-mapped (see
+    :func:`resolve_checkpoint`)."""
+    resolved = resolve_checkpoint(checkpoint, source=source, trust_checkpoint=trust_checkpoint)
+    return resolved.state_dict, resolved.source, resolved.path
 
 
 def _variant_sizes() -> str:
@@ -192,6 +221,11 @@ def check_fit(
     return missing, unexpected
 
 
+def has_meta_parameters(model: nn.Module) -> bool:
+    """True for a model built for loading (parameters on the ``meta`` device)."""
+    return any(p.device.type == "meta" for p in unwrap_model(model).parameters())
+
+
 def load_state_dict_checked(
     model: nn.Module,
     state_dict: Mapping[str, Tensor],
@@ -199,17 +233,49 @@ def load_state_dict_checked(
     source: str,
     path: str | None = None,
     strict: bool = True,
+    mmap: bool = False,
+    dtype: torch.dtype | None = None,
+    device: torch.device | None = None,
+    mapped: bool = False,
 ) -> LoadReport:
-    """:func:`check_fit`, then load: nothing is modified unless every check passes."""
+    """:func:`check_fit`, then load: nothing is modified unless every check passes.
+
+    A model with parameters on the ``meta`` device (built by
+    :func:`~hybrid_cdit.checkpoint.materialize.build_for_loading`) gets the tensors assigned:
+    the memory-mapped ones themselves with ``mmap`` (unless ``dtype``/``device`` convert
+    them), else one copy each; its missing memory parameters are then allocated and put in
+    their function-preserving state, derived from the loaded CDiT weights. A model with real
+    parameters has the tensors copied into them (``mmap``, ``dtype`` and ``device`` do not
+    apply: the model's own dtype and device are kept).
+    """
     _, unexpected = check_fit(model, state_dict, source=source, path=path, strict=strict)
     target = unwrap_model(model)
     ignored = set(unexpected)
     usable = {k: v for k, v in state_dict.items() if k not in ignored}
-    result = target.load_state_dict(usable, strict=False)
+    if not has_meta_parameters(target):
+        result = target.load_state_dict(usable, strict=False)
+        return LoadReport(
+            source=source,
+            loaded=tuple(usable),
+            initialized=tuple(result.missing_keys),
+            ignored=tuple(unexpected),
+            path=path,
+        )
+    absent = [k for k, p in target.named_parameters() if k not in usable and not is_memory_key(k)]
+    if absent:
+        raise CheckpointError(
+            f"{type(target).__name__} on the meta device needs every CDiT parameter from the "
+            f"checkpoint ({source}), missing: {_listing(absent)}; build the model on a real "
+            "device to keep its own values"
+        )
+    tensors = materialize(usable, mmap=mmap, dtype=dtype, device=device, mapped=mapped)
+    fresh = assign_state_dict(target, tensors, dtype=dtype, device=device)
+    if fresh and isinstance(target, HybridCDiT):
+        target.reset_memory_parameters(fresh)
     return LoadReport(
         source=source,
         loaded=tuple(usable),
-        initialized=tuple(result.missing_keys),
+        initialized=tuple(fresh),
         ignored=tuple(unexpected),
         path=path,
     )
@@ -222,14 +288,21 @@ def load_cdit_checkpoint(
     source: str = "ema",
     strict: bool = True,
     trust_checkpoint: bool = False,
+    mmap: bool = False,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
 ) -> LoadReport:
     """Load CDiT weights (a checkpoint path or a state dict) into a ``CDiT`` or ``HybridCDiT``.
 
     Every CDiT tensor must load. For a ``HybridCDiT`` only the memory parameters may be missing:
     the model puts them in their function-preserving state, so it returns the CDiT's outputs.
+    Only the selected state dict is read from the file.
 
     Args:
         model: the model to fill (``DistributedDataParallel`` / compiled wrappers are unwrapped).
+            A model built with its parameters on the ``meta`` device (e.g. under
+            ``torch.device("meta")``) gets the loaded tensors assigned, with no throw-away
+            initialisation; a model with real parameters gets them copied in.
         checkpoint: a file path (see :func:`read_checkpoint`) or an in-memory state dict; key
             prefixes ``module.`` and ``_orig_mod.`` are removed.
         source: ``"ema"``, ``"model"``, ``"auto"`` or a top-level key, for files holding
@@ -238,6 +311,8 @@ def load_cdit_checkpoint(
             False, missing keys keep their values and unexpected keys are ignored (both
             reported). Shape mismatches raise either way.
         trust_checkpoint: see :func:`read_checkpoint`.
+        mmap, dtype, device: for a ``meta`` model, see :meth:`CDiT.from_cdit_checkpoint`;
+            ignored for a model with real parameters.
 
     Returns:
         A :class:`LoadReport`.
@@ -248,10 +323,19 @@ def load_cdit_checkpoint(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    state_dict, used, path = resolve_state_dict(
-        checkpoint, source=source, trust_checkpoint=trust_checkpoint
+    options = (check_dtype(dtype), check_device(device))
+    resolved = resolve_checkpoint(checkpoint, source=source, trust_checkpoint=trust_checkpoint)
+    return load_state_dict_checked(
+        model,
+        resolved.state_dict,
+        source=resolved.source,
+        path=resolved.path,
+        strict=strict,
+        mmap=mmap,
+        dtype=options[0],
+        device=options[1],
+        mapped=resolved.mapped,
     )
-    return load_state_dict_checked(model, state_dict, source=used, path=path, strict=strict)
 
 
 def build_from_cdit_checkpoint(
@@ -260,6 +344,9 @@ def build_from_cdit_checkpoint(
     *,
     source: str = "ema",
     trust_checkpoint: bool = False,
+    mmap: bool = False,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
     **overrides: Any,
 ) -> ModelT:
     """Build ``cls`` with the configuration inferred from a CDiT checkpoint, then load it.
@@ -271,13 +358,32 @@ def build_from_cdit_checkpoint(
     checkpoint matches no NWM variant); overriding an architecture entry the weights contradict
     raises :class:`CheckpointError`.
 
+    The model is built with its parameters on the ``meta`` device (no throw-away random
+    initialisation) and the checkpoint's tensors are assigned to it: only the selected state
+    dict is read, and each tensor is copied once (``mmap=False``) or not at all (``mmap=True``).
+    A hybrid's memory parameters are then allocated and derived from the loaded CDiT weights.
+
+    Args:
+        mmap: keep the model's tensors memory-mapped to the file (zip and safetensors files;
+            no copy, the fastest and smallest load: pages are read from disk on first use and
+            can be dropped by the OS under memory pressure). The file must stay in place and
+            unchanged while the model lives; training writes go to private copies of the
+            touched pages. With False (default), the tensors are copied into memory once.
+            Ignored for tensors that ``dtype`` or ``device`` convert (they are new tensors).
+        dtype: floating-point dtype of the model's floating tensors (``torch.bfloat16``...),
+            converted tensor by tensor, with no float32 copy of the model; None keeps the file's.
+        device: device of the model (``"cuda"``...): each tensor is copied from the file
+            straight to it, with no CPU copy of the model; None for the CPU.
+
     Raises:
+        ValueError: for a ``dtype`` that is not a floating ``torch.dtype``, or an invalid
+            ``device``.
         CheckpointError: unreadable or unfitting checkpoint, or ``num_heads`` not inferable and
             not given.
     """
-    state_dict, used, path = resolve_state_dict(
-        checkpoint, source=source, trust_checkpoint=trust_checkpoint
-    )
+    dtype_, device_ = check_dtype(dtype), check_device(device)
+    resolved = resolve_checkpoint(checkpoint, source=source, trust_checkpoint=trust_checkpoint)
+    state_dict, used, path = resolved.state_dict, resolved.source, resolved.path
     config = infer_cdit_config(state_dict)
     config.pop("variant", None)
     if issubclass(cls, HybridCDiT):
@@ -289,10 +395,18 @@ def build_from_cdit_checkpoint(
             f"{config['hidden_size']} and depth {config['depth']} match no NWM variant "
             f"({_variant_sizes()}); pass num_heads=..."
         )
-    with torch.device("meta"):
-        check_fit(cls(**kwargs), state_dict, source=used, path=path)
-    model = cls(**kwargs)
-    load_state_dict_checked(model, state_dict, source=used, path=path, strict=True)
+    model = build_for_loading(lambda: cls(**kwargs))
+    load_state_dict_checked(
+        model,
+        state_dict,
+        source=used,
+        path=path,
+        strict=True,
+        mmap=mmap,
+        dtype=dtype_,
+        device=device_,
+        mapped=resolved.mapped,
+    )
     return model
 
 

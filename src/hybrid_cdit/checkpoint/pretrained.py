@@ -22,6 +22,7 @@ from ..models.hybrid import HybridCDiT
 from .errors import CheckpointError, CheckpointNotFoundError
 from .files import WEIGHTS, WEIGHTS_NAME, PathArg
 from .loading import load_state_dict_checked, model_config, unwrap_model
+from .materialize import build_for_loading, check_device, check_dtype
 
 CONFIG_NAME = "config.json"
 """Configuration file of a pretrained directory."""
@@ -133,13 +134,23 @@ def _choose_class(config_path: Path, stored: str, cls: type[nn.Module] | None) -
 
 @overload
 def from_pretrained(
-    directory: PathArg, cls: None = None, *, device: torch.device | str | None = None
+    directory: PathArg,
+    cls: None = None,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    mmap: bool = False,
 ) -> nn.Module: ...
 
 
 @overload
 def from_pretrained(
-    directory: PathArg, cls: type[ModelT], *, device: torch.device | str | None = None
+    directory: PathArg,
+    cls: type[ModelT],
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    mmap: bool = False,
 ) -> ModelT: ...
 
 
@@ -148,21 +159,36 @@ def from_pretrained(
     cls: type[nn.Module] | None = None,
     *,
     device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    mmap: bool = False,
 ) -> nn.Module:
     """Rebuild a model written by :func:`save_pretrained`, exactly.
+
+    The model is built with its parameters on the ``meta`` device (no throw-away
+    initialisation) and the memory-mapped safetensors tensors are assigned to it, each copied
+    once (``mmap=False``) or not at all (``mmap=True``).
 
     Args:
         directory: the pretrained directory.
         cls: the class to build; None takes ``model_class`` from ``config.json``. A subclass of
             the stored class is accepted: ``HybridCDiT`` loads a ``CDiT`` directory with its
             memory parameters in their function-preserving state.
-        device: where to move the model (it is built on the CPU).
+        device: device of the model: each tensor goes from the file straight to it (no CPU copy
+            of the model); None for the CPU.
+        dtype: floating-point dtype of the model's floating tensors (e.g. ``torch.bfloat16``),
+            converted tensor by tensor; None keeps the file's.
+        mmap: keep the tensors memory-mapped to ``model.safetensors`` (no copy; the file must
+            stay in place and unchanged while the model lives; writes stay private). Ignored for
+            tensors that ``dtype`` or ``device`` convert.
 
     Raises:
+        ValueError: for a ``dtype`` that is not a floating ``torch.dtype``, or an invalid
+            ``device``.
         CheckpointNotFoundError: the directory does not exist.
         CheckpointError: missing or unreadable files, unknown or incompatible class, or weights
             that do not fit the configuration.
     """
+    dtype_, device_ = check_dtype(dtype), check_device(device)
     root = Path(directory)
     config = _read_config(root)
     stored = str(config.pop(_CLASS_FIELD))
@@ -170,16 +196,25 @@ def from_pretrained(
     chosen = _choose_class(root / CONFIG_NAME, stored, cls)
     weights_path = root / WEIGHTS_NAME
     try:
-        state_dict = load_file(weights_path, device="cpu")
+        state_dict = load_file(weights_path, device="cpu")  # memory-mapped, nothing read yet
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(
             f"{weights_path}: not a readable safetensors file (corrupt or truncated?): {exc}"
         ) from exc
     try:
-        model = chosen(**config)
+        model = build_for_loading(lambda: chosen(**config))
     except (TypeError, ValueError) as exc:
         raise CheckpointError(
             f"{root / CONFIG_NAME}: cannot build {chosen.__name__}: {exc}"
         ) from exc
-    load_state_dict_checked(model, state_dict, source=WEIGHTS, path=str(weights_path))
-    return model if device is None else model.to(device)
+    load_state_dict_checked(
+        model,
+        state_dict,
+        source=WEIGHTS,
+        path=str(weights_path),
+        mmap=mmap,
+        dtype=dtype_,
+        device=device_,
+        mapped=True,
+    )
+    return model

@@ -150,16 +150,28 @@ class CDiT(nn.Module):
         *,
         source: str = "ema",
         trust_checkpoint: bool = False,
+        mmap: bool = False,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
         **overrides: Any,
     ) -> ModelT:
         """Build this class from a CDiT checkpoint (NWM ``train.py`` file, state dict,
         ``.safetensors``): the configuration is read from the tensors' shapes, ``overrides`` win
-        (``num_heads`` for non-NWM widths, memory settings of a hybrid). See
-        :func:`hybrid_cdit.checkpoint.build_from_cdit_checkpoint`."""
+        (``num_heads`` for non-NWM widths, memory settings of a hybrid). Only the selected state
+        dict is read; the model is built without a throw-away initialisation and its tensors
+        are memory-mapped to the file (``mmap=True``) or copied once, converted to ``dtype``
+        and ``device`` on the way. See :func:`hybrid_cdit.checkpoint.build_from_cdit_checkpoint`."""
         from ..checkpoint import build_from_cdit_checkpoint  # checkpoint I/O sits above models
 
         return build_from_cdit_checkpoint(
-            cls, path, source=source, trust_checkpoint=trust_checkpoint, **overrides
+            cls,
+            path,
+            source=source,
+            trust_checkpoint=trust_checkpoint,
+            mmap=mmap,
+            dtype=dtype,
+            device=device,
+            **overrides,
         )
 
     def save_pretrained(self, directory: str | Path) -> Path:
@@ -170,12 +182,18 @@ class CDiT(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls: type[ModelT], directory: str | Path, *, device: torch.device | str | None = None
+        cls: type[ModelT],
+        directory: str | Path,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        mmap: bool = False,
     ) -> ModelT:
-        """Load a :meth:`save_pretrained` directory (a hybrid also loads a CDiT directory)."""
+        """Load a :meth:`save_pretrained` directory (a hybrid also loads a CDiT directory); see
+        :func:`hybrid_cdit.checkpoint.from_pretrained` for ``device``, ``dtype`` and ``mmap``."""
         from ..checkpoint import from_pretrained
 
-        return from_pretrained(directory, cls, device=device)
+        return from_pretrained(directory, cls, device=device, dtype=dtype, mmap=mmap)
 
     def initialize_weights(self) -> None:
         """NWM's initialisation: xavier linears, zero adaLN and output layers (adaLN-Zero)."""
