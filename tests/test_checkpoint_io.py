@@ -205,3 +205,44 @@ def test_convert_and_from_pretrained_copy_at_most_once(monkeypatch, train_py_fil
     with torch.no_grad():
         mapped.pos_embed.add_(1.0)  # writes stay private: the file keeps its values
     assert torch.equal(from_pretrained(out, mmap=True).pos_embed, reference["pos_embed"])
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_memory_branch_of_a_meta_built_hybrid_derives_from_the_loaded_weights(train_py_file, mmap):
+    model = HybridCDiT.from_cdit_checkpoint(train_py_file, num_heads=2, mmap=mmap)
+    ema = read_checkpoint(train_py_file)
+    assert model.memory_ratio == 2 and not any(p.is_meta for p in model.parameters())
+    side, r = CONFIG["input_size"] // 2, 2
+    target = ema["pos_embed"][CONFIG["context_size"]].reshape(side, side, -1)
+    pooled = torch.stack(
+        [
+            target[i * r : (i + 1) * r, j * r : (j + 1) * r].mean(dim=(0, 1))
+            for i in range(side // r)
+            for j in range(side // r)
+        ]
+    )
+    assert torch.allclose(model.memory_pos_embed, pooled, atol=1e-7)
+    fine = ema["x_embedder.proj.weight"]  # (D, C, 2, 2) -> coarse (D, C, 4, 4), mean-preserving
+    coarse = model.memory_embedder.proj.weight
+    for i in range(4):
+        for j in range(4):
+            assert torch.allclose(coarse[:, :, i, j], fine[:, :, i % 2, j % 2] / 4, atol=1e-7)
+    assert torch.equal(model.memory_embedder.proj.bias, ema["x_embedder.proj.bias"])
+    for block in model.hybrid_blocks():
+        if block.enable_memory:
+            gate = block.memory_adaLN_modulation[-1]
+            assert not gate.weight.any() and not gate.bias.any()
+            assert block.memory_attn.q_proj.weight.std() > 0  # initialised, not left empty
+
+
+def test_bad_dtype_or_device_is_refused_before_reading(train_py_file):
+    with pytest.raises(ValueError, match=r"dtype must be a floating torch.dtype.*got torch.int8"):
+        HybridCDiT.from_cdit_checkpoint(train_py_file, num_heads=2, dtype=torch.int8)
+    with pytest.raises(ValueError, match=r"device must be a valid torch device, got 'gpu0'"):
+        HybridCDiT.from_cdit_checkpoint(train_py_file, num_heads=2, device="gpu0")
+    with pytest.raises(ValueError, match=r"dtype must be a floating torch.dtype.*got 'bf16'"):
+        from_pretrained(train_py_file.parent, dtype="bf16")  # type: ignore[arg-type]
+    model = CDiT.from_cdit_checkpoint(train_py_file, num_heads=2, dtype=torch.float64, device="cpu")
+    ema = read_checkpoint(train_py_file)
+    assert all(p.dtype == torch.float64 for p in model.parameters())
+    assert all(torch.equal(v, ema[k].double()) for k, v in model.state_dict().items())
