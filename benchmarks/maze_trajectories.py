@@ -26,13 +26,16 @@ headings too.
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
+import sys
 import zipfile
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -321,6 +324,36 @@ def revisit_labels(
 # --------------------------------------------------------------------------- environment
 
 
+def _memory_maze_tasks() -> Any:
+    """``memory_maze.tasks`` of the installed package (imported lazily).
+
+    This folder holds a script named ``memory_maze.py``, which shadows the package whenever the
+    folder is on ``sys.path`` (as it is for any script run from here): import the package with
+    the folder left out of the search path.
+    """
+    here = Path(__file__).resolve().parent
+
+    def is_here(entry: str) -> bool:
+        try:
+            return Path(entry or ".").resolve() == here
+        except OSError:
+            return False
+
+    shadow = sys.modules.get("memory_maze")
+    if shadow is not None and Path(getattr(shadow, "__file__", "") or ".").resolve().parent == here:
+        del sys.modules["memory_maze"]
+    else:
+        shadow = None
+    saved = sys.path[:]
+    sys.path[:] = [entry for entry in saved if not is_here(entry)]
+    try:
+        return importlib.import_module("memory_maze.tasks")
+    finally:
+        sys.path[:] = saved
+        if shadow is not None:
+            sys.modules["memory_maze"] = shadow
+
+
 class MazeEnv:
     """Thin adapter over ``memory_maze.tasks.memory_maze_{n}x{n}`` (imported lazily).
 
@@ -337,9 +370,7 @@ class MazeEnv:
         if maze_size not in MAZE_SIZES:
             raise ValueError(f"maze_size must be one of {MAZE_SIZES}, got {maze_size!r}")
         os.environ.setdefault("MUJOCO_GL", "egl")
-        from memory_maze import tasks  # type: ignore[import-untyped]  # optional, lazily
-
-        make = getattr(tasks, f"memory_maze_{maze_size}x{maze_size}")
+        make = getattr(_memory_maze_tasks(), f"memory_maze_{maze_size}x{maze_size}")
         self.env = make(global_observables=True, seed=seed, target_color_in_image=False)
 
     @staticmethod
@@ -460,11 +491,13 @@ def default_cache_dir() -> Path:
 
 
 def episode_seeds(seed: int, episodes: int) -> list[int]:
-    """Maze seeds of a dataset: ``seed * 100_003 + i`` (distinct datasets use distinct seeds,
-    hence distinct mazes)."""
+    """Maze seeds of a dataset: ``seed * 1009 + i`` for ``i < episodes``. Datasets with distinct
+    ``seed`` use distinct mazes while ``episodes <= 1009``."""
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
-    return [seed * 100_003 + i for i in range(episodes)]
+    if not 0 <= seed * 1009 + episodes < 2**32:
+        raise ValueError(f"seed must give maze seeds in [0, 2**32), got seed={seed}")
+    return [seed * 1009 + i for i in range(episodes)]
 
 
 def cache_path(cache_dir: Path, maze_size: int, maze_seed: int, steps: int) -> Path:
