@@ -155,6 +155,19 @@ def test_freeze_cdit_trains_only_memory():
     assert all(p.requires_grad for p in model.parameters())
 
 
+def test_freeze_cdit_saves_no_activations_before_the_first_memory_layer():
+    model = HybridCDiT(**{**TINY, "depth": 4}, memory_layers=[2]).train()
+    model.freeze_cdit()
+    needs_grad: list[bool] = []
+    for block in model.blocks:
+        block.register_forward_hook(lambda _m, args, _o: needs_grad.append(args[0].requires_grad))
+    for memory in (make_memory(n=2), None):
+        needs_grad.clear()
+        model(**make_inputs(n=2), memory=memory).sum().backward()
+        # frozen blocks 0 and 1 see inputs without gradients: autograd saves nothing there
+        assert needs_grad == [False, False, True, True]
+
+
 def test_freeze_cdit_needs_memory():
     model = HybridCDiT(**TINY, memory_enabled=False)
     with pytest.raises(ValueError, match="memory_enabled=True"):

@@ -561,12 +561,14 @@ class HybridCDiT(CDiT):
         return MemoryInputs(entry[1], entry[2], active.to(x.dtype), memory, version)
 
     def _memory_parameter_anchor(self) -> Tensor:
-        """``0 * sum(model-level memory parameters)``, added to the tokens entering the blocks
-        in every training forward. It keeps those parameters in the autograd graph when a step
-        uses no memory, so DDP needs no ``find_unused_parameters``, and it makes every block's
-        input require gradients on every rank whatever the memory (with ``freeze_cdit``, only
-        memory tokens would), so FSDP2 reduces the blocks' gradients in the same order on all
-        ranks. Each memory block anchors its own parameters inside its forward (see
+        """``0 * sum(model-level memory parameters)``, added to the tokens entering the first
+        memory layer in every training forward. It keeps those parameters in the autograd graph
+        when a step uses no memory, so DDP needs no ``find_unused_parameters``, and it makes the
+        inputs of that block and of every later one require gradients on every rank whatever
+        the memory (with ``freeze_cdit``, only memory tokens would), so FSDP2 reduces the
+        blocks' gradients in the same order on all ranks. Blocks before the first memory layer
+        keep inputs without gradients under ``freeze_cdit``, so they save no activations. Each
+        memory block anchors its own parameters inside its forward (see
         :meth:`HybridCDiTBlock.forward`), where FSDP2 has gathered them."""
         own = (
             p
@@ -630,12 +632,16 @@ class HybridCDiT(CDiT):
         inputs = None if memory is None else self.memory_inputs(memory, x)
 
         tokens, context = self.embed_frames(x, x_cond)
-        if self.training and torch.is_grad_enabled():
-            tokens = tokens + self._memory_parameter_anchor().to(tokens.dtype)
         context = self.normalize_context(context)
         c = self.embed_condition(t, y, rel_t)
-        for block in self.hybrid_blocks():
+        anchor_at = self.memory_layers[0] if self.memory_layers else self.depth
+        anchoring = self.training and torch.is_grad_enabled()
+        for index, block in enumerate(self.hybrid_blocks()):
+            if anchoring and index == anchor_at:
+                tokens = tokens + self._memory_parameter_anchor().to(tokens.dtype)
             tokens = self.run_block(block, tokens, c, context, inputs)
+        if anchoring and anchor_at == self.depth:
+            tokens = tokens + self._memory_parameter_anchor().to(tokens.dtype)
         return self.unpatchify(self.final_layer(tokens, c))
 
 

@@ -1,0 +1,154 @@
+"""Bytes that autograd saves for the backward, per sample, per CDiT block and per memory block.
+
+    python benchmarks/activation_bytes.py                    # XL/2, input 32, k=8
+    python benchmarks/activation_bytes.py --variant B/2 --autocast
+
+Builds the variant's geometry (width, heads, input size, context size, memory settings) with
+two blocks, the second a memory block, runs training forwards of one and of two samples with
+every memory slot valid, and records every tensor that autograd saves
+(``saved_tensors_hooks``), counted once per storage, parameters excluded. A block's figure
+counts what it saves itself; tensors made before the blocks and saved by every block (context
+tokens, memory tokens) count once, under "shared". The full model's activations per sample are
+``shared + (depth - memory layers) * cdit_block + memory layers * memory_block + final``; with
+``set_grad_checkpointing()``, about the block inputs of every block plus one block's own
+activations (recomputed in the backward). The figures are differences between the two-sample
+and the one-sample forward; what does not grow with the batch (under bf16 autocast, the bf16
+copies of the weights kept for the backward) is printed as "fixed". Attention runs on PyTorch's
+CPU kernels for ``F.scaled_dot_product_attention``: whatever they save (attention weights
+included, where a kernel saves them) is counted; fused CUDA kernels save less.
+Prints a table and, last, a JSON line with the figures in bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+from typing import Any
+
+import torch
+
+from hybrid_cdit import HybridCDiT, MemoryContext, create_model
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--variant", default="XL/2")
+    parser.add_argument("--input-size", type=int, default=None)
+    parser.add_argument("--k", type=int, default=8)
+    parser.add_argument("--autocast", action="store_true", help="bf16 autocast, as NWM trains")
+    args = parser.parse_args(argv)
+    overrides: dict[str, Any] = {"depth": 2, "memory_layers": [1]}
+    if args.input_size is not None:
+        overrides["input_size"] = args.input_size
+    with torch.device("meta"):  # the full model's depth and memory layers, no weights
+        full = create_model(f"HybridCDiT-{args.variant}")
+    assert isinstance(full, HybridCDiT)
+    depth, layers = full.depth, len(full.memory_layers)
+    torch.manual_seed(0)
+    model = create_model(f"HybridCDiT-{args.variant}", **overrides).train()
+    assert isinstance(model, HybridCDiT)
+    del full
+
+    c, s, ctx, k = model.in_channels, model.input_size, model.context_size, args.k
+    names = {id(model.blocks[0]): "cdit_block", id(model.blocks[1]): "memory_block"}
+    where = ["shared"]
+    for block in model.blocks:
+        block.register_forward_pre_hook(lambda m, a: where.__setitem__(0, names[id(m)]))
+        block.register_forward_hook(lambda m, a, o: where.__setitem__(0, "final"))
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    def saved_bytes(n: int) -> dict[str, int]:
+        """Bytes saved for the backward by a training forward of ``n`` samples, by owner."""
+        g = torch.Generator().manual_seed(0)
+        inputs = {
+            "x": torch.randn(n, c, s, s, generator=g),
+            "t": torch.randint(0, 1000, (n,), generator=g),
+            "y": torch.randn(n, 3, generator=g),
+            "x_cond": torch.randn(n, ctx, c, s, s, generator=g),
+            "rel_t": torch.rand(n, generator=g),
+        }
+        memory = MemoryContext(
+            frames=torch.randn(n, k, c, s, s, generator=g),
+            poses=torch.randn(n, k, 3, generator=g),
+            scores=torch.full((n, k), 0.9),
+            mask=torch.ones(n, k, dtype=torch.bool),
+            query_pose=torch.zeros(n, 3),
+        )
+        owner: dict[int, tuple[str, int]] = {}
+
+        def pack(tensor: torch.Tensor) -> torch.Tensor:
+            storage = tensor.untyped_storage()
+            ptr = storage.data_ptr()
+            if ptr not in params and ptr not in owner:
+                owner[ptr] = (where[0], storage.nbytes())
+            return tensor
+
+        where[0] = "shared"
+        autocast = (
+            torch.autocast("cpu", dtype=torch.bfloat16)
+            if args.autocast
+            else contextlib.nullcontext()
+        )
+        with autocast, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = model(**inputs, memory=memory)
+        totals = dict.fromkeys(("shared", "cdit_block", "memory_block", "final"), 0)
+        for name, size in owner.values():
+            totals[name] += size
+        del out
+        return totals
+
+    # per sample = bytes(2 samples) - bytes(1 sample): what does not grow with the batch (under
+    # autocast, the bf16 copies of the weights) is reported as "fixed"
+    one, two = saved_bytes(1), saved_bytes(2)
+    totals = {key: two[key] - one[key] for key in one}
+    fixed = {key: 2 * one[key] - two[key] for key in one}
+    per_sample = (
+        totals["shared"]
+        + (depth - layers) * totals["cdit_block"]
+        + layers * totals["memory_block"]
+        + totals["final"]
+    )
+    fixed_step = (
+        fixed["shared"]
+        + (depth - layers) * fixed["cdit_block"]
+        + layers * fixed["memory_block"]
+        + fixed["final"]
+    )
+    tokens = model.num_patches
+    block_input = tokens * model.hidden_size * 4  # the residual stream is float32 (autocast too)
+    checkpointed = (
+        totals["shared"]
+        + depth * block_input
+        + max(totals["cdit_block"], totals["memory_block"])
+        + totals["final"]
+    )
+    print(
+        f"HybridCDiT-{args.variant}: input {s}, context {ctx}, k={k}, depth {depth}, "
+        f"{layers} memory layers, {'bf16 autocast' if args.autocast else 'float32'}"
+    )
+    for key, value in totals.items():
+        print(f"  {key:<14}{value / 2**20:>10.2f} MiB per sample")
+    print(f"  fixed         {fixed_step / 2**20:>10.1f} MiB per step, whole model (weight casts)")
+    print(f"  per sample    {per_sample / 2**20:>10.1f} MiB (all blocks)")
+    print(f"  checkpointed  {checkpointed / 2**20:>10.1f} MiB (approx.)")
+    print(
+        json.dumps(
+            {
+                "variant": args.variant,
+                "autocast": args.autocast,
+                **totals,
+                "depth": depth,
+                "memory_layers": layers,
+                "per_sample": per_sample,
+                "checkpointed_per_sample": checkpointed,
+                "fixed_per_step": fixed_step,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
