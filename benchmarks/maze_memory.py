@@ -1,0 +1,238 @@
+"""Frames, memory and model inputs of the Memory Maze benchmark (plain torch, no MuJoCo).
+
+Memory protocol, the same in training, one-step evaluation and rollouts: before the model
+predicts frame ``t`` of an episode, frame ``t - context - 1`` (the frame that has just left the
+context window) is written to the sample's :class:`~hybrid_cdit.MemoryBuffer`, then the buffer is
+queried with the pose of frame ``t``. So memory only ever holds frames from before the context
+window: never the target, never anything after it. The buffer's least-recently-used eviction and
+its retrieval refreshes play out exactly as in a rollout.
+
+For training, :func:`replay_memory` runs that protocol over whole episodes with a buffer whose
+"frames" are frame indices (one number each), which yields the same selections as a buffer of
+images (selection depends on poses, steps and the LRU clock only) at a fraction of the memory;
+:func:`memory_for` gathers the images afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from maze_trajectories import Episode
+from torch import Tensor
+
+from hybrid_cdit import MemoryContext
+from hybrid_cdit.memory import MemoryBuffer, relative_pose
+
+__all__ = [
+    "MemorySchedule",
+    "MemorySettings",
+    "ModelInputs",
+    "episode_tensors",
+    "informativeness",
+    "memory_for",
+    "model_inputs",
+    "pairwise_mse",
+    "replay_memory",
+    "step_memory",
+]
+
+
+@dataclass(frozen=True)
+class MemorySettings:
+    """How the hybrid's buffer is used.
+
+    Attributes:
+        context: context frames of the model.
+        capacity: buffer capacity (frames per episode).
+        top_k: frames retrieved per target.
+        strategy: the library's retrieval strategy (``"pose"``, ``"distance"`` or ``"fov"``).
+        threshold: retrieval score under which a slot is masked.
+        scale: distance scale of the ``"pose"`` / ``"distance"`` scores, in cells.
+    """
+
+    context: int = 2
+    capacity: int = 50
+    top_k: int = 4
+    strategy: str = "pose"
+    threshold: float = 0.7
+    scale: float = 10.0
+
+
+@dataclass(frozen=True)
+class MemorySchedule:
+    """What the buffer returns for every frame of every episode.
+
+    Attributes:
+        indices: ``(N, T, k)`` long, episode frame index of each retrieved slot.
+        scores: ``(N, T, k)`` retrieval scores.
+        mask: ``(N, T, k)`` bool, True for usable slots.
+    """
+
+    indices: Tensor
+    scores: Tensor
+    mask: Tensor
+
+
+def episode_tensors(episodes: Sequence[Episode], stride: int, size: int) -> tuple[Tensor, Tensor]:
+    """Every ``stride``-th frame of each episode, resized to ``size x size``.
+
+    Returns:
+        ``frames (N, T, 3, size, size)`` float in ``[0, 1]`` (area-averaged), and ``poses
+        (N, T, 3)`` float32 ``(x, y, yaw)``; ``T`` is the shortest episode's frame count.
+    """
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    length = min(len(e) for e in episodes)
+    frames, poses = [], []
+    for e in episodes:
+        images = torch.from_numpy(np.ascontiguousarray(e.images[:length:stride]))
+        images = images.permute(0, 3, 1, 2).float() / 255.0
+        if images.shape[-1] != size:
+            images = F.interpolate(images, size=(size, size), mode="area")
+        frames.append(images)
+        poses.append(torch.from_numpy(np.ascontiguousarray(e.poses[:length:stride])))
+    return torch.stack(frames), torch.stack(poses).float()
+
+
+def step_memory(
+    buffer: MemoryBuffer,
+    t: int,
+    written: Tensor | None,
+    written_poses: Tensor | None,
+    query: Tensor,
+    settings: MemorySettings,
+) -> MemoryContext:
+    """One step of the memory protocol for frame ``t``: write ``written (B, C, H, W)`` (frame
+    ``t - context - 1``, None when ``t <= context``) at ``written_poses (B, 3)``, then retrieve
+    for ``query (B, 3)``."""
+    if written is not None:
+        if written_poses is None:
+            raise ValueError("written_poses must be given with written, got None")
+        buffer.add(written, written_poses, step=t - settings.context - 1)
+    return buffer.retrieve(
+        query,
+        settings.top_k,
+        strategy=settings.strategy,
+        threshold=settings.threshold,
+        scale=settings.scale,
+        query_step=torch.full((query.shape[0],), t, dtype=torch.long),
+    )
+
+
+def replay_memory(poses: Tensor, settings: MemorySettings) -> MemorySchedule:
+    """Run the memory protocol over whole episodes ``poses (N, T, 3)`` (vectorised over
+    episodes, one step per frame)."""
+    n, t_len, _ = poses.shape
+    buffer = MemoryBuffer(n, settings.capacity, frame_shape=(1, 1, 1), pose_dim=3)
+    index_frames = torch.arange(t_len, dtype=torch.float32)[None, :, None, None, None]
+    index_frames = index_frames.expand(n, t_len, 1, 1, 1)
+    indices, scores, masks = [], [], []
+    for t in range(t_len):
+        src = t - settings.context - 1
+        written = index_frames[:, src] if src >= 0 else None
+        ctx = step_memory(
+            buffer, t, written, poses[:, src] if src >= 0 else None, poses[:, t], settings
+        )
+        indices.append(ctx.frames.reshape(n, -1).round().long())
+        scores.append(ctx.scores)
+        masks.append(ctx.mask)
+    return MemorySchedule(
+        indices=torch.stack(indices, 1), scores=torch.stack(scores, 1), mask=torch.stack(masks, 1)
+    )
+
+
+def memory_for(
+    frames: Tensor,
+    poses: Tensor,
+    schedule: MemorySchedule,
+    episode: Tensor,
+    target: Tensor,
+    withheld: Tensor | None = None,
+) -> MemoryContext:
+    """The :class:`MemoryContext` of samples ``(episode[i], target[i])``.
+
+    Args:
+        frames: ``(N, T, C, H, W)`` the frames the model sees (already scaled).
+        poses: ``(N, T, 3)``.
+        schedule: from :func:`replay_memory` on ``poses``.
+        episode, target: ``(B,)`` long.
+        withheld: optional ``(B,)`` bool: those samples get an all-masked memory (the hybrid
+            then adds exactly nothing from memory).
+    """
+    idx = schedule.indices[episode, target]  # (B, k)
+    mask = schedule.mask[episode, target]
+    if withheld is not None:
+        mask = mask & ~withheld[:, None]
+    safe = torch.where(mask, idx, torch.zeros_like(idx))
+    return MemoryContext(
+        frames=frames[episode[:, None], safe],
+        poses=poses[episode[:, None], safe],
+        scores=schedule.scores[episode, target],
+        mask=mask,
+        query_pose=poses[episode, target],
+        steps=safe,
+        query_step=target,
+    )
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """One target frame per sample: ``x0 (B, C, H, W)``, ``x_cond (B, context, C, H, W)``, ``y
+    (B, 3)`` the pose of the target relative to the last context frame (cells, radians),
+    ``rel_t (B,)`` ones."""
+
+    x0: Tensor
+    x_cond: Tensor
+    y: Tensor
+    rel_t: Tensor
+
+
+def model_inputs(
+    frames: Tensor, poses: Tensor, episode: Tensor, target: Tensor, context: int
+) -> ModelInputs:
+    """Inputs of samples ``(episode[i], target[i])`` from ``frames (N, T, C, H, W)``."""
+    offsets = torch.arange(-context, 0)
+    x_cond = frames[episode[:, None], target[:, None] + offsets]
+    y = relative_pose(poses[episode, target], poses[episode, target - 1])
+    return ModelInputs(
+        x0=frames[episode, target], x_cond=x_cond, y=y, rel_t=torch.ones(episode.shape[0])
+    )
+
+
+def pairwise_mse(frames: Tensor) -> Tensor:
+    """``(N, T, T)`` pixel MSE between every two frames of each episode ``(N, T, C, H, W)``."""
+    flat = frames.flatten(2).double()
+    sq = flat.square().sum(-1)
+    dist = sq[:, :, None] + sq[:, None, :] - 2 * flat @ flat.transpose(1, 2)
+    return (dist.clamp(min=0) / flat.shape[-1]).float()
+
+
+def informativeness(
+    pair_mse: Tensor, schedule: MemorySchedule, episode: Tensor, target: Tensor, context: int
+) -> dict[str, Tensor]:
+    """How much the retrieved memory could tell about each target, in pixel MSE.
+
+    Args:
+        pair_mse: ``(N, T, T)`` from :func:`pairwise_mse`.
+
+    Returns ``(B,)`` tensors: ``retrieved`` the best (lowest-MSE) unmasked retrieved frame
+    (``inf`` with none), ``last_context`` frame ``t - 1``, ``history`` the best frame anywhere
+    before the context window (``inf`` with none), and ``active`` whether any slot is usable.
+    """
+    per_frame = pair_mse[episode, target]  # (B, T)
+    idx = schedule.indices[episode, target]
+    mask = schedule.mask[episode, target]
+    retrieved = torch.where(mask, per_frame.gather(1, idx), torch.inf).amin(1)
+    steps = torch.arange(pair_mse.shape[1])[None]
+    history = torch.where(steps < (target - context)[:, None], per_frame, torch.inf).amin(1)
+    last = per_frame.gather(1, (target - 1)[:, None]).squeeze(1)
+    return {
+        "retrieved": retrieved,
+        "last_context": last,
+        "history": history,
+        "active": mask.any(1),
+    }
