@@ -4,6 +4,7 @@
     python benchmarks/memory_maze.py --quick                 # about 10 minutes on 2 cores
     python benchmarks/memory_maze.py                         # 9x9 mazes, the documented run
     python benchmarks/memory_maze.py --maze-size 11 --seed 1 --out runs/mm11
+    python benchmarks/memory_maze.py --quick --memory-pose-encoding rays --memory-time-embedding
 
 Data. A scripted explorer (``maze_trajectories.py``) walks breadth-first paths between cell
 centres to the cells it has not seen for the longest time, so episodes cover the maze and come
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -149,6 +151,9 @@ def build_models(args: argparse.Namespace) -> tuple[CDiT, HybridCDiT]:
         "spatial_similarity_threshold": args.threshold,
         "memory_activation_threshold": args.threshold,
         "memory_patch_size": args.memory_patch_size or args.patch_size,
+        "memory_time_embedding": args.memory_time_embedding,
+        "memory_pose_encoding": args.memory_pose_encoding,
+        "camera_fov": math.radians(args.camera_fov),
     }
     layers = args.memory_layers
     memory_kwargs["memory_layers"] = layers if layers else list(range(args.depth // 2, args.depth))
@@ -435,6 +440,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--top-k", type=int, default=4)
     p.add_argument("--capacity", type=int, default=50)
+    p.add_argument("--memory-time-embedding", action="store_true", help="embed memory ages")
+    p.add_argument("--memory-pose-encoding", choices=("frame", "rays"), default="frame")
+    p.add_argument("--camera-fov", type=float, default=80.0, help="degrees (Memory Maze's is 80)")
     p.add_argument("--retrieval", choices=("pose", "distance", "fov"), default="pose")
     p.add_argument("--threshold", type=float, default=0.7, help="similarity threshold")
     p.add_argument("--scale", type=float, default=10.0, help="retrieval distance scale, cells")
@@ -526,6 +534,9 @@ def run(
         depth=args.depth,
         patch_size=args.patch_size,
         memory_patch_size=hybrid.memory_patch_size,
+        memory_time_embedding=hybrid.memory_time_embedding,
+        memory_pose_encoding=hybrid.memory_pose_encoding,
+        camera_fov=round(math.degrees(hybrid.camera_fov), 3),
         memory_layers=list(hybrid.memory_layers),
         retrieval=settings.strategy,
         top_k=settings.top_k,
