@@ -74,3 +74,13 @@ def test_to_keeps_mask_bool_and_cache_is_per_owner():
     assert ctx.cached(owner, "key") == 1 and ctx.cached(owner, "other") is None
     ctx.clear_cache()
     assert ctx.cached(owner, "key") is None
+
+
+@pytest.mark.parametrize("bad", [1.5, -0.25, 1.0 + 1e-6])
+def test_scores_outside_unit_interval_are_refused(bad):
+    scores = torch.full((2, 3), 0.5)
+    scores[1, 2] = bad
+    with pytest.raises(ValueError, match=r"scores must lie in \[0, 1\], got values in \[") as err:
+        make(scores=scores)
+    assert f"{bad:g}" in str(err.value)
+    make(scores=torch.tensor([[0.0, 1.0, 0.5], [1.0, 0.0, 0.25]]))  # the bounds are allowed

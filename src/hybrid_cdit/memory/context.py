@@ -55,7 +55,8 @@ class MemoryContext:
             missing, memory carries no time.
 
     Validation runs on construction and raises ``ValueError`` naming the field; every tensor
-    must be finite, masked slots included (an attention weight of zero times NaN is NaN).
+    must be finite, masked slots included (an attention weight of zero times NaN is NaN), and
+    every score must lie in ``[0, 1]``.
     """
 
     frames: Tensor
@@ -97,6 +98,12 @@ class MemoryContext:
         for name in ("frames", "poses", "scores"):
             if not all_finite(getattr(self, name)):
                 raise ValueError(f"{name} must be finite, got non-finite values (NaN or inf)")
+        scores = self.scores
+        if scores.numel() and not bool(((scores >= 0) & (scores <= 1)).all()):
+            raise ValueError(
+                f"scores must lie in [0, 1], got values in [{float(scores.min()):g}, "
+                f"{float(scores.max()):g}]"
+            )
 
     @classmethod
     def empty(

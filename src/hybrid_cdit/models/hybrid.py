@@ -472,9 +472,10 @@ class HybridCDiT(CDiT):
         )
 
     def activation(self, memory: MemoryContext) -> Tensor:
-        """Per-sample activation score ``(N,)``: the best valid retrieval score, 0 with none."""
+        """Per-sample activation score ``(N,)``: the best valid retrieval score, 0 with none;
+        in ``[0, 1]`` because :class:`MemoryContext` refuses scores outside it."""
         best = torch.where(memory.mask, memory.scores, torch.zeros_like(memory.scores))
-        return best.amax(dim=1).clamp(0.0, 1.0)
+        return best.amax(dim=1)
 
     def active_samples(self, memory: MemoryContext) -> Tensor:
         """``(N,)`` bool: samples whose memory is used."""
