@@ -218,6 +218,13 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=None, help="where the files are kept")
     parser.add_argument("--with-opt", action="store_true", help="also load a file with AdamW state")
     parser.add_argument("--delete", action="store_true", help="delete the files afterwards")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=OPERATIONS,
+        help="run these operations only (from_pretrained "
+        "needs the directory an earlier convert wrote)",
+    )
     parser.add_argument("--worker", choices=OPERATIONS, help=argparse.SUPPRESS)
     parser.add_argument("--files", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -244,7 +251,11 @@ def main() -> None:
             make_checkpoint(Path(files[key]), variant, with_opt=with_opt)
             size = Path(files[key]).stat().st_size / GB
             print(f"made {files[key]} ({size:.2f} GB) in {time.perf_counter() - start:.0f} s")
-    shutil.rmtree(files["pretrained"], ignore_errors=True)
+    operations = [
+        name for name in (args.only or OPERATIONS) if name != "from_cdit_opt" or args.with_opt
+    ]
+    if "convert" in operations:
+        shutil.rmtree(files["pretrained"], ignore_errors=True)
 
     model = model_bytes(variant)
     file_gb = Path(files["plain"]).stat().st_size / GB
@@ -252,9 +263,7 @@ def main() -> None:
     head = f"{'operation':<22}{'time s':>8}{'peak anon GB':>14}{'/model':>8}"
     print(f"{head}{'VmHWM GB':>10}{'/model':>8}")
     report: dict[str, Any] = {"variant": variant, "model_gb": model / GB, "file_gb": file_gb}
-    for name in OPERATIONS:
-        if name == "from_cdit_opt" and not args.with_opt:
-            continue
+    for name in operations:
         fig = measure(name, files, variant)
         peak, hwm = fig["peak_anon"], fig["hwm"]
         print(

@@ -191,8 +191,16 @@ def test_convert_and_from_pretrained_copy_at_most_once(monkeypatch, train_py_fil
     assert not {"_to_copy", "clone"} & set(watch.ops["ema"])  # shared by the reference CDiT
     with watching(monkeypatch) as watch:
         model = from_pretrained(out)
+    spans = watch.ranges["weights"]
+    assert all(any(lo <= p.data_ptr() < hi for lo, hi in spans) for p in model.parameters())
+    assert not {"_to_copy", "clone"} & set(watch.ops["weights"])  # read once, then assigned
+    with watching(monkeypatch) as watch:
+        doubled = from_pretrained(out, dtype=torch.float64)
     count = len(model.state_dict())
-    assert watch.ops["weights"] == Counter({"_to_copy": count})
+    assert watch.ops["weights"] == Counter({"_to_copy": count})  # converted tensor by tensor
+    assert all(
+        torch.equal(v, model.state_dict()[k].double()) for k, v in doubled.state_dict().items()
+    )
     with watching(monkeypatch) as watch:
         mapped = from_pretrained(out, mmap=True)
     assert not {"_to_copy", "clone"} & set(watch.ops["weights"])

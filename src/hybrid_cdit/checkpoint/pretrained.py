@@ -15,7 +15,7 @@ from typing import Any, TypeVar, overload
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import nn
+from torch import Tensor, nn
 
 from ..models.cdit import CDiT
 from ..models.hybrid import HybridCDiT
@@ -195,8 +195,12 @@ def from_pretrained(
     config.pop(_VERSION_FIELD, None)
     chosen = _choose_class(root / CONFIG_NAME, stored, cls)
     weights_path = root / WEIGHTS_NAME
+    # A plain copy is read with pread(2) straight into the model's tensors (no file pages
+    # mapped); conversions and mmap=True read through a mapping, tensor by tensor.
+    converts = dtype_ is not None or (device_ is not None and device_.type != "cpu")
+    pread = not mmap and not converts
     try:
-        state_dict = load_file(weights_path, device="cpu")  # memory-mapped, nothing read yet
+        state_dict = _load_safetensors(weights_path, pread=pread)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(
             f"{weights_path}: not a readable safetensors file (corrupt or truncated?): {exc}"
@@ -212,9 +216,22 @@ def from_pretrained(
         state_dict,
         source=WEIGHTS,
         path=str(weights_path),
-        mmap=mmap,
+        mmap=mmap or pread,  # pread tensors are already the model's own copies
         dtype=dtype_,
         device=device_,
-        mapped=True,
+        mapped=not pread,
     )
     return model
+
+
+def _load_safetensors(path: Path, *, pread: bool) -> dict[str, Tensor]:
+    """The file's tensors: read into memory with ``pread`` where safetensors offers it (0.7+),
+    else memory-mapped (nothing read until used)."""
+    if pread:
+        try:
+            tensors: dict[str, Tensor] = load_file(path, device="cpu", backend="pread")
+            return tensors
+        except TypeError:  # an older safetensors without the backend option
+            pass
+    mapped: dict[str, Tensor] = load_file(path, device="cpu")
+    return mapped
