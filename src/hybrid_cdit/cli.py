@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_source(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--source",
-        metavar="NAME",
+        metavar="SOURCE",
         default="ema",
         help="state dict to read: ema (default), model, auto, or a top-level key of the file",
     )
