@@ -212,7 +212,7 @@ def test_update_memory_writes_with_the_models_policy(policy):
     reference = MemoryBuffer(2, 3, frame_shape=(4, 8, 8), pose_dim=3, write_policy=policy)
     gen = torch.Generator().manual_seed(0)
     xs = [0.0, 5.0, 10.0, 10.5, 11.0, 10.25]
-    for i, x in enumerate(xs):
+    for x in xs:
         frame = torch.randn(2, 4, 8, 8, generator=gen)
         pose = torch.tensor([[x, 0.0, 0.0], [x, 1.0, 0.0]])
         model.update_memory(frame, pose)
@@ -273,3 +273,25 @@ def test_config_key_and_saved_config(tmp_path):
     data.pop("memory_write_policy")
     path.write_text(json.dumps(data))
     assert from_pretrained(directory).memory_write_policy == "lru"
+
+
+def test_large_memories_select_exactly_like_the_sorted_path():
+    """Selection over many slots narrows to the candidates with ``topk`` first (time linear in
+    the capacity); ties, steps, empty slots and thresholds come out as in the sorted path."""
+    from hybrid_cdit.memory import select_top_k
+    from hybrid_cdit.memory.selection import _top_k_sorted
+
+    gen = torch.Generator().manual_seed(0)
+    for m, fill in ((200, 1.0), (200, 0.02), (1000, 0.5)):
+        scores = torch.rand(4, m, generator=gen).round(decimals=2)  # many ties
+        valid = torch.rand(4, m, generator=gen) < fill
+        steps = torch.randint(0, 7, (4, m), generator=gen)
+        for k in (1, 8, 20):
+            got = select_top_k(scores, valid, k, 0.5, steps=steps)
+            want = _top_k_sorted(scores, valid, k, 0.5, steps)
+            n = valid.sum(1).clamp(max=k)
+            for row in range(4):
+                r = int(n[row])
+                assert got.indices[row, :r].tolist() == want.indices[row, :r].tolist()
+                assert torch.equal(got.scores[row], want.scores[row])
+                assert torch.equal(got.mask[row], want.mask[row])

@@ -101,6 +101,39 @@ def select_top_k(
 def _top_k(
     scores: Tensor, valid: Tensor, k: int, threshold: float, steps: Tensor | None
 ) -> Selection:
+    if scores.shape[1] > 4 * k:
+        return _top_k_large(scores, valid, k, threshold, steps)
+    return _top_k_sorted(scores, valid, k, threshold, steps)
+
+
+def _top_k_large(
+    scores: Tensor, valid: Tensor, k: int, threshold: float, steps: Tensor | None
+) -> Selection:
+    """:func:`_top_k_sorted` over the candidates only: the slots scored at least the ``k``-th
+    best valid score (ties included), found with ``topk`` in time linear in ``M``. The true top
+    ``k`` are among them, and the candidates keep their slot order, so the result is the same."""
+    key = torch.where(valid, scores, -math.inf)
+    kth = key.topk(k, dim=1).values[:, -1:]
+    candidates = valid & (key >= kth)
+    width = int(candidates.sum(1).max())
+    if width * 2 > scores.shape[1]:  # ties everywhere: nothing to narrow
+        return _top_k_sorted(scores, valid, k, threshold, steps)
+    top = torch.where(candidates, key, -math.inf).topk(max(width, 1), dim=1).indices
+    slots = torch.sort(top, dim=1).values  # candidates in slot order (ties keep lower slot)
+    picked = _top_k_sorted(
+        scores.gather(1, slots),
+        candidates.gather(1, slots),
+        k,
+        threshold,
+        None if steps is None else steps.to(scores.device).gather(1, slots),
+    )
+    indices = slots.gather(1, picked.indices.clamp(max=slots.shape[1] - 1))
+    return Selection(indices, picked.scores, picked.mask)
+
+
+def _top_k_sorted(
+    scores: Tensor, valid: Tensor, k: int, threshold: float, steps: Tensor | None
+) -> Selection:
     b, m = scores.shape
     order = secondary_order(steps, b, m, scores.device)
     key = torch.where(valid, scores, -math.inf).gather(1, order)
