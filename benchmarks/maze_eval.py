@@ -226,13 +226,15 @@ def rollout(
     ddim_steps: int,
     seed: int,
     use_memory: bool,
+    on_memory: Callable[[int, MemoryContext], None] | None = None,
 ) -> Tensor:
     """Autoregressive rollouts along the true poses: frames ``start .. start + length - 1`` of
     each episode are generated one after the other, each generated frame becoming context.
 
     With ``use_memory`` (a :class:`HybridCDiT`), one :class:`MemoryBuffer` per rollout follows
     the memory protocol from frame 0: true frames before ``start``, then generated frames as
-    they leave the context window; its retrievals drive the model.
+    they leave the context window; its retrievals drive the model. ``on_memory(t, context)``,
+    if given, sees every retrieval (for tests and diagnostics).
 
     Returns:
         ``(B, length, C, H, W)`` generated frames (model scale).
@@ -265,6 +267,8 @@ def rollout(
                 pose[:, t],
                 settings,
             )
+            if on_memory is not None:
+                on_memory(t, memory)
         active = (start <= t) & (t < start + length)
         if not bool(active.any()):
             continue

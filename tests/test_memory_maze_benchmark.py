@@ -1,0 +1,308 @@
+"""The Memory Maze benchmark without MuJoCo: memory protocol, inputs, metrics, rollouts, figure
+and a tiny end-to-end run on synthetic episodes."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+BENCHMARKS = str(Path(__file__).resolve().parents[1] / "benchmarks")
+if BENCHMARKS not in sys.path:
+    sys.path.insert(0, BENCHMARKS)
+
+import maze_eval as me  # noqa: E402
+import maze_memory as mmem  # noqa: E402
+import maze_trajectories as mt  # noqa: E402
+import memory_maze as bench  # noqa: E402
+import side_by_side as sbs  # noqa: E402
+
+from hybrid_cdit import HybridCDiT, MemoryContext  # noqa: E402
+from hybrid_cdit.memory import MemoryBuffer  # noqa: E402
+
+SETTINGS = mmem.MemorySettings(context=2, capacity=12, top_k=3, threshold=0.5, scale=4.0)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models: one intra-op thread is fastest (and robust on a busy machine)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+@pytest.fixture(scope="module")
+def episodes() -> list[mt.Episode]:
+    return [mt.synthetic_episode(9, seed, 240) for seed in range(3)]
+
+
+@pytest.fixture(scope="module")
+def data(episodes: list[mt.Episode]) -> tuple[torch.Tensor, torch.Tensor]:
+    frames, poses = mmem.episode_tensors(episodes, stride=4, size=8)
+    return frames * 2 - 1, poses
+
+
+def test_episode_tensors_subsample_and_average(episodes: list[mt.Episode]) -> None:
+    frames, poses = mmem.episode_tensors(episodes, stride=4, size=8)
+    assert frames.shape == (3, 60, 3, 8, 8) and poses.shape == (3, 60, 3)
+    ref = episodes[1].images[8].astype(np.float64).reshape(8, 2, 8, 2, 3).mean((1, 3)) / 255
+    np.testing.assert_allclose(frames[1, 2].permute(1, 2, 0).numpy(), ref, atol=1e-6)
+    np.testing.assert_array_equal(poses[2].numpy(), episodes[2].poses[::4])
+
+
+def test_replay_memory_equals_a_buffer_of_frames_and_never_sees_the_future(
+    data: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    frames, poses = data
+    schedule = mmem.replay_memory(poses, SETTINGS)
+    n, t_len = poses.shape[:2]
+    buffer = MemoryBuffer(n, SETTINGS.capacity, frame_shape=(3, 8, 8), pose_dim=3)
+    used = 0
+    for t in range(t_len):
+        src = t - SETTINGS.context - 1
+        ctx = mmem.step_memory(
+            buffer,
+            t,
+            frames[:, src] if src >= 0 else None,
+            poses[:, src] if src >= 0 else None,
+            poses[:, t],
+            SETTINGS,
+        )
+        mask = schedule.mask[:, t]
+        assert torch.equal(ctx.mask, mask)
+        idx = schedule.indices[:, t]
+        assert bool((idx[mask] < t - SETTINGS.context).all())  # before the context window
+        expected = frames[torch.arange(n)[:, None], idx]
+        assert torch.equal(ctx.frames[mask], expected[mask])
+        torch.testing.assert_close(ctx.scores, schedule.scores[:, t])
+        used += int(mask.sum())
+    assert used > 0
+    # LRU capacity: some retrieved frames are older than `capacity` writes ago only if refreshed
+    assert int(schedule.mask.sum(-1).max()) <= SETTINGS.top_k
+
+
+def test_memory_for_gathers_the_schedule_and_withholds_per_sample(
+    data: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    frames, poses = data
+    schedule = mmem.replay_memory(poses, SETTINGS)
+    episode, target = torch.tensor([0, 1, 2, 1]), torch.tensor([40, 50, 59, 30])
+    withheld = torch.tensor([False, True, False, False])
+    memory = mmem.memory_for(frames, poses, schedule, episode, target, withheld)
+    assert not bool(memory.mask[1].any())
+    for i in (0, 2, 3):
+        m = schedule.mask[episode[i], target[i]]
+        assert torch.equal(memory.mask[i], m)
+        idx = schedule.indices[episode[i], target[i]][m]
+        assert torch.equal(memory.frames[i][m], frames[episode[i], idx])
+        assert torch.equal(memory.poses[i][m], poses[episode[i], idx])
+        assert torch.equal(memory.query_pose[i], poses[episode[i], target[i]])
+
+
+def test_model_inputs_use_the_two_previous_frames_and_the_relative_pose(
+    data: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    frames, poses = data
+    inputs = mmem.model_inputs(frames, poses, torch.tensor([2]), torch.tensor([17]), 2)
+    assert torch.equal(inputs.x0[0], frames[2, 17])
+    assert torch.equal(inputs.x_cond[0], frames[2, 15:17])
+    x0, y0, a0 = poses[2, 16].tolist()
+    x1, y1, a1 = poses[2, 17].tolist()
+    dx, dy = x1 - x0, y1 - y0
+    expected = [
+        math.cos(a0) * dx + math.sin(a0) * dy,
+        -math.sin(a0) * dx + math.cos(a0) * dy,
+        math.remainder(a1 - a0, 2 * math.pi),
+    ]
+    np.testing.assert_allclose(inputs.y[0].numpy(), expected, atol=1e-5)
+
+
+def test_informativeness_matches_brute_force(data: tuple[torch.Tensor, torch.Tensor]) -> None:
+    frames, poses = data
+    schedule = mmem.replay_memory(poses, SETTINGS)
+    pair = mmem.pairwise_mse(frames)
+    direct = (frames[1, 20] - frames[1, 7]).square().mean()
+    torch.testing.assert_close(pair[1, 20, 7], direct, rtol=1e-4, atol=1e-6)
+    episode, target = torch.tensor([0, 2]), torch.tensor([45, 58])
+    info = mmem.informativeness(pair, schedule, episode, target, 2)
+    for i in range(2):
+        e, t = int(episode[i]), int(target[i])
+        mse = [float((frames[e, t] - frames[e, s]).square().mean()) for s in range(t)]
+        m = schedule.mask[e, t]
+        picks = [mse[int(s)] for s in schedule.indices[e, t][m]]
+        assert math.isclose(float(info["retrieved"][i]), min(picks, default=math.inf), rel_tol=1e-4)
+        assert math.isclose(float(info["last_context"][i]), mse[t - 1], rel_tol=1e-4)
+        assert math.isclose(float(info["history"][i]), min(mse[: t - 2]), rel_tol=1e-4)
+
+
+def test_ddim_recovers_x0_from_an_exact_denoiser() -> None:
+    diff = sbs.Diffusion()
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.rand(4, 3, 5, 5, generator=gen) * 1.6 - 0.8
+
+    def exact(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        ab = diff.alpha_bar[t].view(-1, 1, 1, 1)
+        return (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
+
+    out = diff.ddim_sample(exact, torch.randn(x0.shape, generator=gen), 25)
+    torch.testing.assert_close(out, x0, rtol=0, atol=1e-4)
+    assert diff.ddim_timesteps(25)[0] == 999 and diff.ddim_timesteps(25)[-1] == 0
+
+
+def test_psnr_and_table() -> None:
+    a = torch.zeros(2, 3, 4, 4)
+    b = torch.full((2, 3, 4, 4), 0.1)
+    torch.testing.assert_close(sbs.psnr(a, b), torch.full((2,), 20.0))
+    table = sbs.format_table(["name", "x"], [["a", 1.5], ["bb", 2]])
+    assert table.splitlines()[2].split() == ["a", "1.5000"]
+
+
+def test_rollout_starts_pick_revisit_rich_windows() -> None:
+    revisit = torch.zeros(2, 40, dtype=torch.bool)
+    revisit[0, 20:26] = True
+    revisit[0, 30:33] = True
+    revisit[1, 5:9] = True  # before min_start: ignored
+    revisit[1, 35:37] = True
+    episode, start = me.rollout_starts(revisit, 6, min_start=10, per_episode=2)
+    assert episode.tolist() == [0, 0, 1, 1]
+    assert start[0] == 20 and start[1] in (27, 28, 29, 30)
+    assert start[2] in range(31, 36)
+    with pytest.raises(ValueError, match="too short"):
+        me.rollout_starts(revisit, 35, min_start=10)
+
+
+def _tiny_pair() -> tuple[sbs.CDiT, HybridCDiT]:
+    arch = {
+        "input_size": 8, "context_size": 2, "patch_size": 2, "in_channels": 3,
+        "hidden_size": 32, "depth": 2, "num_heads": 2, "learn_sigma": False,
+    }  # fmt: skip
+    memory = {"memory_top_k": 3, "memory_layers": [1], "retrieval": "pose",
+              "spatial_similarity_threshold": 0.5, "memory_activation_threshold": 0.5}  # fmt: skip
+    cdit, hybrid = sbs.build_pair(arch, memory, seed=0)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # open the zero-initialised output and memory gates
+        for p in cdit.final_layer.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+        hybrid.load_state_dict(cdit.state_dict(), strict=False)
+        for name, p in hybrid.named_parameters():
+            if "memory" in name:
+                p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    return cdit.eval(), hybrid.eval()
+
+
+def test_rollout_writes_generated_frames_to_memory_and_never_reads_ahead(
+    data: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    frames, poses = data
+    _, hybrid = _tiny_pair()
+    schedule = mmem.replay_memory(poses, SETTINGS)
+    diff = sbs.Diffusion()
+    episode, start, length = torch.tensor([0, 2]), torch.tensor([30, 36]), 6
+    seen: list[tuple[int, MemoryContext]] = []
+    kwargs = {"ddim_steps": 2, "seed": 1, "use_memory": True}
+    out = me.rollout(
+        hybrid, frames, poses, episode, start, length, diff, SETTINGS,
+        on_memory=lambda t, ctx: seen.append((t, ctx)), **kwargs,  # type: ignore[arg-type]
+    )  # fmt: skip
+    assert out.shape == (2, length, 3, 8, 8) and bool(torch.isfinite(out).all())
+    used_generated = 0
+    for t, ctx in seen:
+        for i in range(2):
+            e, s0 = int(episode[i]), int(start[i])
+            m = schedule.mask[e, t]
+            assert torch.equal(ctx.mask[i], m)
+            for slot, src in zip(m.nonzero().flatten(), schedule.indices[e, t][m], strict=True):
+                src = int(src)
+                expected = out[i, src - s0] if s0 <= src < s0 + length else frames[e, src]
+                assert torch.equal(ctx.frames[i, slot], expected)
+                used_generated += int(s0 <= src < s0 + length)
+    assert used_generated > 0  # generated frames came back from memory
+    # the truth at and after each start is never read
+    spoiled = frames.clone()
+    for i in range(2):
+        spoiled[episode[i], start[i] :] = 1e3
+    again = me.rollout(hybrid, spoiled, poses, episode, start, length, diff, SETTINGS, **kwargs)  # type: ignore[arg-type]
+    torch.testing.assert_close(again, out)
+
+
+def test_rollout_memory_reaches_the_hybrid_only(
+    data: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    frames, poses = data
+    cdit, hybrid = _tiny_pair()
+    diff = sbs.Diffusion()
+    episode, start = torch.tensor([1]), torch.tensor([40])
+    args = (frames, poses, episode, start, 6, diff, SETTINGS)
+    seen: list[MemoryContext] = []
+    me.rollout(
+        hybrid, *args, ddim_steps=2, seed=2, use_memory=True,
+        on_memory=lambda t, ctx: seen.append(ctx) if 40 <= t < 46 else None,
+    )  # fmt: skip
+    assert any(bool(ctx.mask.any()) for ctx in seen)
+    memory = next(ctx for ctx in seen if bool(ctx.mask.any()))
+    inputs = mmem.model_inputs(frames, poses, episode, start, 2)
+    x_t, t = torch.randn(1, 3, 8, 8), torch.tensor([500])
+    with torch.no_grad():
+        eps = sbs.predict(hybrid, x_t, t, inputs.y, inputs.x_cond, inputs.rel_t, memory)
+        plain = sbs.predict(hybrid, x_t, t, inputs.y, inputs.x_cond, inputs.rel_t, None)
+        base = sbs.predict(cdit, x_t, t, inputs.y, inputs.x_cond, inputs.rel_t, memory)
+    assert not torch.allclose(eps, plain)
+    torch.testing.assert_close(base, plain)  # same CDiT weights; the CDiT ignores memory
+    with pytest.raises(ValueError, match="HybridCDiT"):
+        me.rollout(cdit, *args, ddim_steps=3, seed=2, use_memory=True)
+
+
+def test_oracle_memory_holds_the_closest_history_frame(
+    data: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    frames, poses = data
+    pair = mmem.pairwise_mse(frames)
+    mem = me.oracle_memory(frames, poses, pair, torch.tensor([0]), torch.tensor([50]), 2)
+    mse = [float((frames[0, 50] - frames[0, s]).square().mean()) for s in range(48)]
+    assert torch.equal(mem.frames[0, 0], frames[0, int(np.argmin(mse))])
+
+
+def test_rollout_figure_marks_revisit_frames(tmp_path: Path) -> None:
+    from torchvision.io import read_image
+
+    gen = torch.Generator().manual_seed(0)
+    truth, a, b = (torch.rand(4, 3, 8, 8, generator=gen) * 2 - 1 for _ in range(3))
+    revisit = torch.tensor([False, True, False, True])
+    path = tmp_path / "fig.png"
+    me.rollout_figure(truth, a, b, revisit, path, scale=2)
+    image = read_image(str(path)).float() / 255  # (3, 3*(16+2)+2, 4*(16+2)+2)
+    assert image.shape == (3, 56, 74)
+    green = torch.tensor([0.1, 0.9, 0.2])
+    for col in range(4):
+        x = 2 + col * 18
+        corner = image[:, 2, x]
+        assert torch.allclose(corner, green, atol=0.01) == bool(revisit[col])
+
+
+def test_end_to_end_tiny_on_synthetic_episodes(
+    episodes: list[mt.Episode], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [
+        "--steps", "4", "--batch", "8", "--hidden", "32", "--depth", "2", "--heads", "2",
+        "--patch-size", "2", "--size", "8", "--ddim-steps", "2", "--threads", "1", "--stride", "2",
+        "--max-revisit-targets", "12", "--rollout-length", "5", "--rollout-min-start", "20",
+        "--rollouts-per-episode", "1", "--log-every", "2", "--out", str(tmp_path),
+    ]  # fmt: skip
+    args = bench.parse_args(argv)
+    summary = bench.run(args, episodes[:2], episodes[2:])
+    print(json.dumps(summary))
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in bench.SUMMARY_KEYS:
+        assert key in last
+    assert last["revisit_targets"] > 0 and last["novel_targets"] > 0
+    # the memory gate starts at zero and 4 steps move it very little: hybrid == CDiT nearly
+    assert abs(last["revisit_psnr_hybrid"] - last["revisit_psnr_cdit"]) < 0.5
+    assert (tmp_path / "memory_maze_rollout.png").exists()
+    assert json.loads((tmp_path / "summary.json").read_text())["seconds"] > 0
