@@ -12,7 +12,10 @@ holds one at all (what eviction left; recall can only be lower).
 Three buffers replay the same episodes side by side, all episodes of a run batched as the
 buffer's samples: ``lru`` and the chosen policy at ``--capacity``, and an unlimited buffer (one
 slot per frame, the upper bound). Recall needs poses only, so the buffers store a one-number
-frame.
+frame. ``held_hindsight`` is what ``--capacity`` frames chosen with hindsight would hold: a
+greedy maximum cover of the episode's revisit targets by ``--capacity`` of its frames (each
+frame counts only for targets after its context window), a reference no online policy can be
+expected to reach.
 
     python benchmarks/memory_recall.py --maze-size 9            # Memory Maze 9x9, capacity 50
     python benchmarks/memory_recall.py --maze-size 15 --steps 2000 --episodes 4
@@ -139,6 +142,24 @@ def replay(poses: Tensor, revisit: Tensor, buffers: dict[str, MemoryBuffer], arg
     return tallies
 
 
+def hindsight_held(poses: np.ndarray, revisit: np.ndarray, capacity: int, context: int) -> int:
+    """Revisit targets of one episode that ``capacity`` frames chosen greedily with hindsight
+    hold (a frame holds a target when it is ``same_place`` and before its context window)."""
+    p = torch.tensor(poses, dtype=torch.float64)
+    t = p.shape[0]
+    close = same_place(p[:, None], p[None, :]).numpy()  # (target, frame)
+    order = np.arange(t)
+    cover = (close & (order[None, :] < order[:, None] - context))[revisit]
+    covered = np.zeros(cover.shape[0], dtype=bool)
+    for _ in range(capacity):  # greedy maximum coverage
+        gain = (cover & ~covered[:, None]).sum(0)
+        best = int(gain.argmax())
+        if gain[best] == 0:
+            break
+        covered |= cover[:, best]
+    return int(covered.sum())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -183,6 +204,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{names[key]:<26}{recall:>8.3f}{held:>8.3f}")
         result[f"recall_{key}"] = round(recall, 4)
         result[f"held_{key}"] = round(held, 4)
+    hindsight = sum(
+        hindsight_held(p, r, args.capacity, args.context)
+        for p, r in zip(poses.numpy(), revisit.numpy(), strict=True)
+    )
+    result["held_hindsight"] = round(hindsight / max(targets, 1), 4)
+    print(f"{'hindsight (' + str(args.capacity) + ')':<26}{'':>8}{result['held_hindsight']:>8.3f}")
     result.update(
         capacity=args.capacity,
         episodes=b,

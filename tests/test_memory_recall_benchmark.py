@@ -68,13 +68,19 @@ def test_replay_counts_a_return_after_a_long_absence(recall: ModuleType) -> None
     assert tallies["lru"].held == 0
     assert tallies["policy"].held >= 15
     assert all(t.recalled <= t.held for t in tallies.values())
+    # With hindsight one frame of the way out (e.g. x=4.5) holds at most 4 targets (x=3.6, 4.1,
+    # 4.6 and 5.1 lie within one cell of it), and enough frames hold all 20.
+    numpy_poses, numpy_revisit = poses[0].numpy(), revisit[0].numpy()
+    assert recall.hindsight_held(numpy_poses, numpy_revisit, 1, args.context) == 4
+    assert recall.hindsight_held(numpy_poses, numpy_revisit, 60, args.context) == 20
 
 
 def test_end_to_end_synthetic(recall: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--world", "synthetic", "--episodes", "2", "--steps", "400", "--capacity", "20"]
     assert recall.main(argv) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    for key in ("recall_lru", "recall_policy", "recall_unlimited", "capacity", "episodes"):
+    keys = ("recall_lru", "recall_policy", "recall_unlimited", "held_hindsight", "capacity")
+    for key in (*keys, "episodes"):
         assert key in result
     assert result["capacity"] == 20 and result["episodes"] == 2 and result["revisit_targets"] > 50
     assert result["held_unlimited"] == 1.0
