@@ -282,7 +282,7 @@ def test_large_memories_select_exactly_like_the_sorted_path():
     from hybrid_cdit.memory.selection import _top_k_sorted
 
     gen = torch.Generator().manual_seed(0)
-    for m, fill in ((200, 1.0), (200, 0.02), (1000, 0.5)):
+    for m, fill in ((300, 1.0), (300, 0.02), (1000, 0.5)):
         scores = torch.rand(4, m, generator=gen).round(decimals=2)  # many ties
         valid = torch.rand(4, m, generator=gen) < fill
         steps = torch.randint(0, 7, (4, m), generator=gen)

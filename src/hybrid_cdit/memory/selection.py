@@ -98,10 +98,15 @@ def select_top_k(
     return _top_k(scores, mask, k, threshold, steps)
 
 
+_NARROW_FROM = 256
+"""Slot count above which selection first narrows to the candidates (below it a full sort is as
+fast)."""
+
+
 def _top_k(
     scores: Tensor, valid: Tensor, k: int, threshold: float, steps: Tensor | None
 ) -> Selection:
-    if scores.shape[1] > 4 * k:
+    if scores.shape[1] > max(4 * k, _NARROW_FROM):
         return _top_k_large(scores, valid, k, threshold, steps)
     return _top_k_sorted(scores, valid, k, threshold, steps)
 
