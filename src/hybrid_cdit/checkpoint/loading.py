@@ -269,9 +269,8 @@ def load_state_dict_checked(
             "device to keep its own values"
         )
     tensors = materialize(usable, mmap=mmap, dtype=dtype, device=device, mapped=mapped)
+    # the hybrid's load hook derives the memory branch from the assigned CDiT weights
     fresh = assign_state_dict(target, tensors, dtype=dtype, device=device)
-    if fresh and isinstance(target, HybridCDiT):
-        target.reset_memory_parameters(fresh)
     return LoadReport(
         source=source,
         loaded=tuple(usable),

@@ -150,19 +150,19 @@ def assign_state_dict(
     dtype: torch.dtype | None = None,
     device: torch.device | None = None,
 ) -> list[str]:
-    """Assign ``tensors`` to a model built by :func:`build_for_loading`, then give every
-    parameter still on ``meta`` (absent from ``tensors``) uninitialised storage of ``dtype`` on
-    ``device``, and move buffers to ``device`` (floating ones to ``dtype``). Returns the keys
-    that got new storage.
+    """Fill a model built by :func:`build_for_loading`: every parameter on ``meta`` that
+    ``tensors`` lacks first gets uninitialised storage of ``dtype`` on ``device``, buffers move
+    to ``device`` (floating ones to ``dtype``), then ``tensors`` are assigned with
+    ``load_state_dict(assign=True)``. Returns the keys that got new storage.
 
-    The model's load hooks run as for ``load_state_dict``; the caller initialises the returned
-    keys (a hybrid's ``reset_memory_parameters``).
+    The model's load hooks see those keys as missing, as for ``load_state_dict``: a
+    ``HybridCDiT`` puts its memory parameters in their initial state there, derived from the
+    CDiT weights just assigned.
     """
     target = device or torch.device("cpu")
-    model.load_state_dict(dict(tensors), strict=False, assign=True)
     fresh: list[str] = []
     for name, param in list(model.named_parameters()):
-        if param.device.type != "meta":
+        if param.device.type != "meta" or name in tensors:
             continue
         owner_name, _, attr = name.rpartition(".")
         owner = model.get_submodule(owner_name)
@@ -180,4 +180,5 @@ def assign_state_dict(
                 )
             kind = dtype if dtype is not None and buffer.is_floating_point() else buffer.dtype
             module._buffers[name] = buffer.to(device=target, dtype=kind)
+    model.load_state_dict(dict(tensors), strict=False, assign=True)
     return fresh
