@@ -9,7 +9,9 @@ Prints, for the default memory settings and for full-resolution memory tokens
 memory context; 10 forwards sharing one context (a denoising loop); a batch with no active
 sample. ``--memory-time-embedding`` and ``--memory-pose-encoding rays`` turn those options on
 (contexts then carry steps); ``--only-default`` skips the full-resolution rows. Absolute times on
-shared machines mean little: compare ratios measured side by side.
+shared machines mean little: compare ratios measured side by side. ``--flops`` prints, instead
+of times, the floating-point operations of one forward (``torch.utils.flop_counter``): the
+hybrid with a fresh and with a cached context, the CDiT, and a memory layer's parts.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory-time-embedding", action="store_true")
     parser.add_argument("--memory-pose-encoding", default="frame", choices=["frame", "rays"])
     parser.add_argument("--only-default", action="store_true", help="skip full resolution")
+    parser.add_argument("--flops", action="store_true", help="count operations, do not time")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -109,6 +112,9 @@ def main(argv: list[str] | None = None) -> None:
             for p in hybrid.memory_parameters():
                 p.normal_(0, 0.02)
         name = f"{label} (p={hybrid.memory_patch_size})"
+        if args.flops:
+            _print_flops(name, hybrid, cdit, (x, t, y, x_cond, rel_t), context(True))
+            continue
         for workload, h_fn, c_fn, reps in _workloads(
             hybrid, cdit, (x, t, y, x_cond, rel_t), context, args.loop, args.repeats
         ):
@@ -117,6 +123,43 @@ def main(argv: list[str] | None = None) -> None:
                 c_fn()
                 h, c_, ratio = _median_ratio(h_fn, c_fn, reps, device)
             print(f"{name:<22}{workload:<34}{h * 1e3:>10.1f}{c_ * 1e3:>10.1f}{ratio:>8.3f}")
+
+
+def _print_flops(
+    name: str,
+    hybrid: HybridCDiT,
+    cdit: torch.nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    memory: MemoryContext,
+) -> None:
+    """GFLOP of one forward: hybrid with a fresh, then a cached context; CDiT; and, per memory
+    layer, the key/value projection (once per context) and the rest of memory attention (every
+    forward), each as a share of a CDiT layer."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def count(fn: Callable[[], object]) -> dict[str, float]:
+        # the math backend decomposes attention into counted matrix products
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:
+            fn()
+        return {k: float(sum(v.values())) for k, v in fc.get_flop_counts().items()}
+
+    fresh = count(lambda: hybrid(*inputs, memory=memory))
+    cached = count(lambda: hybrid(*inputs, memory=memory))
+    plain = count(lambda: cdit(*inputs))
+    root, layer = type(hybrid).__name__, hybrid.memory_layers[0]
+    attn = f"{root}.blocks.{layer}.memory_attn"
+    block = plain[f"{type(cdit).__name__}.blocks.0"]
+    kv = fresh[f"{attn}.kv_proj"]
+    rest = cached[attn]  # query and output projections and attention, every forward
+    g = 1e9
+    print(
+        f"{name:<22}GFLOP hybrid fresh {fresh['Global'] / g:.2f} "
+        f"({fresh['Global'] / plain['Global']:.3f} x CDiT), cached {cached['Global'] / g:.2f} "
+        f"({cached['Global'] / plain['Global']:.3f} x), CDiT {plain['Global'] / g:.2f}; per memory "
+        f"layer: kv_proj {kv / block:.3f}, rest {rest / block:.3f} of a CDiT layer "
+        f"({block / g:.2f})"
+    )
 
 
 def _workloads(
