@@ -16,13 +16,13 @@ from maze_memory import (
     ModelInputs,
     memory_for,
     model_inputs,
+    new_buffer,
     step_memory,
 )
 from side_by_side import Diffusion, predict, psnr
 from torch import Tensor
 
 from hybrid_cdit import CDiT, HybridCDiT, MemoryContext
-from hybrid_cdit.memory import MemoryBuffer
 
 __all__ = [
     "eps_errors",
@@ -231,8 +231,8 @@ def rollout(
     """Autoregressive rollouts along the true poses: frames ``start .. start + length - 1`` of
     each episode are generated one after the other, each generated frame becoming context.
 
-    With ``use_memory`` (a :class:`HybridCDiT`), one :class:`MemoryBuffer` per rollout follows
-    the memory protocol from frame 0: true frames before ``start``, then generated frames as
+    With ``use_memory`` (a :class:`HybridCDiT`), one memory buffer per rollout follows the
+    memory protocol from frame 0: true frames before ``start``, then generated frames as
     they leave the context window; its retrievals drive the model. ``on_memory(t, context)``,
     if given, sees every retrieval (for tests and diagnostics).
 
@@ -244,11 +244,8 @@ def rollout(
     b = episode.shape[0]
     seq = frames[episode].clone()  # (B, T, C, H, W): true frames, overwritten as generated
     pose = poses[episode]
-    buffer = (
-        MemoryBuffer(b, settings.capacity, frame_shape=tuple(frames.shape[2:]), pose_dim=3)
-        if use_memory
-        else None
-    )
+    c, h, w = frames.shape[2:]
+    buffer = new_buffer(b, (c, h, w), settings) if use_memory else None
     end = int((start + length).max())
     rows = torch.arange(b)
     for t in range(settings.context, end):

@@ -35,6 +35,7 @@ __all__ = [
     "informativeness",
     "memory_for",
     "model_inputs",
+    "new_buffer",
     "pairwise_mse",
     "replay_memory",
     "step_memory",
@@ -52,6 +53,7 @@ class MemorySettings:
         strategy: the library's retrieval strategy (``"pose"``, ``"distance"`` or ``"fov"``).
         threshold: retrieval score under which a slot is masked.
         scale: distance scale of the ``"pose"`` / ``"distance"`` scores, in cells.
+        write_policy: the buffer's write policy (``"lru"`` or ``"coverage"``).
     """
 
     context: int = 2
@@ -60,6 +62,7 @@ class MemorySettings:
     strategy: str = "pose"
     threshold: float = 0.7
     scale: float = 10.0
+    write_policy: str = "lru"
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,19 @@ def episode_tensors(episodes: Sequence[Episode], stride: int, size: int) -> tupl
     return torch.stack(frames), torch.stack(poses).float()
 
 
+def new_buffer(
+    batch: int, frame_shape: tuple[int, int, int], settings: MemorySettings
+) -> MemoryBuffer:
+    """An empty :class:`MemoryBuffer` of ``batch`` samples for the protocol."""
+    return MemoryBuffer(
+        batch,
+        settings.capacity,
+        frame_shape=frame_shape,
+        pose_dim=3,
+        write_policy=settings.write_policy,  # type: ignore[arg-type]
+    )
+
+
 def step_memory(
     buffer: MemoryBuffer,
     t: int,
@@ -127,7 +143,7 @@ def replay_memory(poses: Tensor, settings: MemorySettings) -> MemorySchedule:
     """Run the memory protocol over whole episodes ``poses (N, T, 3)`` (vectorised over
     episodes, one step per frame)."""
     n, t_len, _ = poses.shape
-    buffer = MemoryBuffer(n, settings.capacity, frame_shape=(1, 1, 1), pose_dim=3)
+    buffer = new_buffer(n, (1, 1, 1), settings)
     index_frames = torch.arange(t_len, dtype=torch.float32)[None, :, None, None, None]
     index_frames = index_frames.expand(n, t_len, 1, 1, 1)
     indices, scores, masks = [], [], []

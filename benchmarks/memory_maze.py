@@ -129,6 +129,7 @@ def settings_from(args: argparse.Namespace) -> MemorySettings:
         strategy=args.retrieval,
         threshold=args.threshold,
         scale=args.scale,
+        write_policy=args.write_policy,
     )
 
 
@@ -439,7 +440,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="default: every layer of the second half",
     )
     p.add_argument("--top-k", type=int, default=4)
-    p.add_argument("--capacity", type=int, default=50)
+    p.add_argument("--capacity", type=int, default=50, help="memory buffer capacity")
+    p.add_argument("--write-policy", choices=("lru", "coverage"), default="lru")
     p.add_argument("--memory-time-embedding", action="store_true", help="embed memory ages")
     p.add_argument("--memory-pose-encoding", choices=("frame", "rays"), default="frame")
     p.add_argument("--camera-fov", type=float, default=80.0, help="degrees (Memory Maze's is 80)")
@@ -505,7 +507,7 @@ def run(
         f"{sum(p.numel() for p in hybrid.memory_parameters()):,} params in layers "
         f"{hybrid.memory_layers}, memory_patch_size {hybrid.memory_patch_size}, retrieval "
         f"{settings.strategy!r} k={settings.top_k} threshold {settings.threshold} scale "
-        f"{settings.scale} capacity {settings.capacity}",
+        f"{settings.scale} capacity {settings.capacity} write policy {settings.write_policy!r}",
         flush=True,
     )
     info = train(args, train_data, cdit, hybrid, diff, settings)
@@ -543,6 +545,7 @@ def run(
         threshold=settings.threshold,
         scale=settings.scale,
         capacity=settings.capacity,
+        write_policy=settings.write_policy,
         threads=args.threads,
         data_seconds=round(data_seconds, 1),
         train_seconds=round(info["train_seconds"], 1),

@@ -3,6 +3,7 @@ and a tiny end-to-end run on synthetic episodes."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -57,13 +58,21 @@ def test_episode_tensors_subsample_and_average(episodes: list[mt.Episode]) -> No
     np.testing.assert_array_equal(poses[2].numpy(), episodes[2].poses[::4])
 
 
+@pytest.mark.parametrize("policy", ["lru", "coverage"])
 def test_replay_memory_equals_a_buffer_of_frames_and_never_sees_the_future(
-    data: tuple[torch.Tensor, torch.Tensor],
+    data: tuple[torch.Tensor, torch.Tensor], policy: str
 ) -> None:
     frames, poses = data
-    schedule = mmem.replay_memory(poses, SETTINGS)
+    settings = dataclasses.replace(SETTINGS, write_policy=policy)
+    schedule = mmem.replay_memory(poses, settings)
     n, t_len = poses.shape[:2]
-    buffer = MemoryBuffer(n, SETTINGS.capacity, frame_shape=(3, 8, 8), pose_dim=3)
+    buffer = MemoryBuffer(
+        n,
+        SETTINGS.capacity,
+        frame_shape=(3, 8, 8),
+        pose_dim=3,
+        write_policy=policy,  # type: ignore[arg-type]
+    )
     used = 0
     for t in range(t_len):
         src = t - SETTINGS.context - 1
@@ -73,7 +82,7 @@ def test_replay_memory_equals_a_buffer_of_frames_and_never_sees_the_future(
             frames[:, src] if src >= 0 else None,
             poses[:, src] if src >= 0 else None,
             poses[:, t],
-            SETTINGS,
+            settings,
         )
         mask = schedule.mask[:, t]
         assert torch.equal(ctx.mask, mask)
