@@ -43,6 +43,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import torch
 from maze_eval import (
@@ -519,8 +520,9 @@ def run(
         paths.append(Path(args.out) / "memory_maze_rollout.png")
     if args.figure is not None:
         paths.append(Path(args.figure))
+    truth, gen_cdit, gen_hybrid, revisit = cast(tuple[Tensor, Tensor, Tensor, Tensor], figure)
     for path in paths:
-        rollout_figure(*figure, path)  # type: ignore[misc]
+        rollout_figure(truth, gen_cdit, gen_hybrid, revisit, path)
     summary: dict[str, object] = {key: result[key] for key in SUMMARY_KEYS if key in result}
     summary.update({k: v for k, v in result.items() if k not in summary})
     summary.update(

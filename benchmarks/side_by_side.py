@@ -141,6 +141,7 @@ def predict(
 ) -> Tensor:
     """Epsilon prediction ``(B, C, H, W)``: the first ``C`` output channels. A plain CDiT never
     sees ``memory``."""
+    out: Tensor
     if isinstance(model, HybridCDiT):
         out = model(x_t, t, y, x_cond, rel_t, memory=memory)
     else:
@@ -170,7 +171,7 @@ def train_step(
         per_sample = (predict(model, x_t, t, y, x_cond, rel_t, memory) - eps).square()
         per_sample = per_sample.flatten(1).mean(1)
         opt.zero_grad(set_to_none=True)
-        per_sample.mean().backward()
+        per_sample.mean().backward()  # type: ignore[no-untyped-call]
         nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
         losses.append(per_sample.detach())
