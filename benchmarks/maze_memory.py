@@ -15,6 +15,7 @@ images (selection depends on poses, steps and the LRU clock only) at a fraction 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -38,6 +39,7 @@ __all__ = [
     "new_buffer",
     "pairwise_mse",
     "replay_memory",
+    "retrieval_hits",
     "step_memory",
 ]
 
@@ -252,3 +254,24 @@ def informativeness(
         "history": history,
         "active": mask.any(1),
     }
+
+
+def retrieval_hits(
+    poses: Tensor,
+    schedule: MemorySchedule,
+    episode: Tensor,
+    target: Tensor,
+    *,
+    distance: float = 1.0,
+    angle: float = math.pi / 4,
+) -> Tensor:
+    """``(B,)`` bool: some usable retrieved slot lies within ``distance`` cells and ``angle``
+    radians of the target's pose (the revisit criterion)."""
+    idx = schedule.indices[episode, target]
+    mask = schedule.mask[episode, target]
+    mem = poses[episode[:, None], idx]
+    query = poses[episode, target][:, None]
+    near = (mem[..., :2] - query[..., :2]).norm(dim=-1) <= distance
+    turn = torch.remainder(mem[..., 2] - query[..., 2] + math.pi, 2 * math.pi) - math.pi
+    hits: Tensor = (near & (turn.abs() <= angle) & mask).any(1)
+    return hits

@@ -63,6 +63,7 @@ from maze_memory import (
     model_inputs,
     pairwise_mse,
     replay_memory,
+    retrieval_hits,
 )
 from maze_trajectories import Episode, load_episodes, revisit_labels
 from side_by_side import (
@@ -241,6 +242,30 @@ def _eval_targets(data: Data, limit: int, gen: torch.Generator) -> tuple[Tensor,
     return both[:, 0], both[:, 1]
 
 
+def memory_report(data: Data, settings: MemorySettings) -> dict[str, float]:
+    """Retrieval and memory informativeness over every revisit target (pixel MSE on RGB in
+    ``[0, 1]``), and how often novel targets activate memory."""
+    r_ep, r_t = data.revisit.nonzero(as_tuple=True)
+    info = informativeness(data.pair_mse, data.schedule, r_ep, r_t, settings.context)
+    active = info["active"]
+    scale = 0.25  # model frames are in [-1, 1]: MSE on [0, 1] RGB is a quarter of it
+    n_ep, n_t = data.novel.nonzero(as_tuple=True)
+    return {
+        "revisit_active_rate": float(active.float().mean()),
+        "revisit_hit_rate": float(
+            retrieval_hits(data.poses, data.schedule, r_ep, r_t).float().mean()
+        ),
+        "mse_best_retrieved": float(info["retrieved"][active].mean() * scale),
+        "mse_last_context": float(info["last_context"].mean() * scale),
+        "mse_last_context_active": float(info["last_context"][active].mean() * scale),
+        "mse_closest_in_history": float(info["history"].mean() * scale),
+        "retrieved_beats_context_rate": float(
+            (info["retrieved"] < info["last_context"])[active].float().mean()
+        ),
+        "novel_active_rate": float(data.schedule.mask[n_ep, n_t].any(1).float().mean()),
+    }
+
+
 def evaluate(
     args: argparse.Namespace,
     data: Data,
@@ -263,24 +288,7 @@ def evaluate(
         "eval_frames": int(data.revisit.shape[0] * (data.length - settings.context)),
     }
 
-    # memory informativeness and retrieval on every revisit target
-    r_ep, r_t = data.revisit.nonzero(as_tuple=True)
-    info = informativeness(data.pair_mse, data.schedule, r_ep, r_t, settings.context)
-    active = info["active"]
-    scale = 0.25  # model frames are in [-1, 1]: MSE on [0, 1] RGB is a quarter of it
-    result["informativeness"] = {
-        "revisit_active_rate": float(active.float().mean()),
-        "mse_best_retrieved": float(info["retrieved"][active].mean() * scale),
-        "mse_last_context": float(info["last_context"].mean() * scale),
-        "mse_last_context_active": float(info["last_context"][active].mean() * scale),
-        "mse_closest_in_history": float(info["history"].mean() * scale),
-        "retrieved_beats_context_rate": float(
-            (info["retrieved"] < info["last_context"])[active].float().mean()
-        ),
-    }
-    n_ep, n_t = data.novel.nonzero(as_tuple=True)
-    n_mask = data.schedule.mask[n_ep, n_t].any(1)
-    result["informativeness"]["novel_active_rate"] = float(n_mask.float().mean())  # type: ignore[index]
+    result["informativeness"] = memory_report(data, settings)
 
     # noise-prediction error at fixed levels
     print(f"[eval] noise-prediction error at t={args.eval_t} on {len(episode)} targets", flush=True)
@@ -456,6 +464,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rollout-min-start", type=int, default=60)
     p.add_argument("--rollouts-per-episode", type=int, default=2)
     p.add_argument("--log-every", type=int, default=100)
+    p.add_argument(
+        "--memory-report-only",
+        action="store_true",
+        help="only the retrieval and informativeness report on the held-out episodes (no training)",
+    )
     args = p.parse_args(argv)
     quick = args.quick
     defaults = {
@@ -487,16 +500,26 @@ def run(
     start, cpu_start = time.perf_counter(), _cpu_seconds()
     torch.set_num_threads(args.threads)
     settings = settings_from(args)
-    if train_episodes is None or eval_episodes is None:
+    if eval_episodes is None:
         eval_episodes = load_episodes(
             args.maze_size, 1000 + args.seed, args.eval_episodes, args.env_steps,
             cache_dir=args.cache_dir, workers=args.workers,
         )  # fmt: skip
+    if train_episodes is None and not args.memory_report_only:
         train_episodes = load_episodes(
             args.maze_size, args.seed, args.train_episodes, args.env_steps,
             cache_dir=args.cache_dir, workers=args.workers,
         )  # fmt: skip
     data_seconds = time.perf_counter() - start
+    if args.memory_report_only:
+        report = memory_report(Data(eval_episodes, args, settings), settings)
+        print(
+            format_table(
+                ["memory report (held-out revisit targets)", "value"], list(report.items())
+            )
+        )
+        return {**report, **vars(settings), "seconds": round(time.perf_counter() - start, 1)}
+    assert train_episodes is not None
     train_data = Data(train_episodes, args, settings)
     eval_data = Data(eval_episodes, args, settings)
     diff = Diffusion()

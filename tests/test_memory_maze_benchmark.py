@@ -151,6 +151,25 @@ def test_informativeness_matches_brute_force(data: tuple[torch.Tensor, torch.Ten
         assert math.isclose(float(info["history"][i]), min(mse[: t - 2]), rel_tol=1e-4)
 
 
+def test_retrieval_hits_match_brute_force(data: tuple[torch.Tensor, torch.Tensor]) -> None:
+    _, poses = data
+    schedule = mmem.replay_memory(poses, SETTINGS)
+    episode = torch.arange(3).repeat_interleave(57)
+    target = torch.arange(3, 60).repeat(3)
+    hits = mmem.retrieval_hits(poses, schedule, episode, target)
+    for i in range(len(episode)):
+        e, t = int(episode[i]), int(target[i])
+        expected = False
+        for slot in range(SETTINGS.top_k):
+            if not bool(schedule.mask[e, t, slot]):
+                continue
+            p, q = poses[e, int(schedule.indices[e, t, slot])].tolist(), poses[e, t].tolist()
+            turn = abs(math.remainder(p[2] - q[2], 2 * math.pi))
+            expected |= math.dist(p[:2], q[:2]) <= 1.0 and turn <= math.pi / 4 + 1e-6
+        assert bool(hits[i]) == expected
+    assert 0 < int(hits.sum()) < len(hits)
+
+
 def test_ddim_recovers_x0_from_an_exact_denoiser() -> None:
     diff = sbs.Diffusion()
     gen = torch.Generator().manual_seed(0)
@@ -314,4 +333,7 @@ def test_end_to_end_tiny_on_synthetic_episodes(
     # the memory gate starts at zero and 4 steps move it very little: hybrid == CDiT nearly
     assert abs(last["revisit_psnr_hybrid"] - last["revisit_psnr_cdit"]) < 0.5
     assert (tmp_path / "memory_maze_rollout.png").exists()
+    assert 0 <= last["informativeness"]["revisit_hit_rate"] <= 1
+    report = bench.run(bench.parse_args([*argv, "--memory-report-only"]), None, episodes[2:])
+    assert report["revisit_hit_rate"] == last["informativeness"]["revisit_hit_rate"]
     assert json.loads((tmp_path / "summary.json").read_text())["seconds"] > 0
