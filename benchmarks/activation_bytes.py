@@ -1,21 +1,26 @@
 """Bytes that autograd saves for the backward, per sample, per CDiT block and per memory block.
 
     python benchmarks/activation_bytes.py                    # XL/2, input 32, k=8
-    python benchmarks/activation_bytes.py --variant B/2 --autocast
+    python benchmarks/activation_bytes.py --autocast          # bf16 autocast, as NWM trains
+    python benchmarks/activation_bytes.py --bf16              # bf16 weights (FSDP2 param_dtype)
 
 Builds the variant's geometry (width, heads, input size, context size, memory settings) with
-two blocks, the second a memory block, runs training forwards of one and of two samples with
+three blocks, the second a memory block, runs training forwards of one and of two samples with
 every memory slot valid, and records every tensor that autograd saves
-(``saved_tensors_hooks``), counted once per storage, parameters excluded. A block's figure
-counts what it saves itself; tensors made before the blocks and saved by every block (context
-tokens, memory tokens) count once, under "shared". The full model's activations per sample are
-``shared + (depth - memory layers) * cdit_block + memory layers * memory_block + final``; with
-``set_grad_checkpointing()``, about the block inputs of every block plus one block's own
-activations (recomputed in the backward). The figures are differences between the two-sample
-and the one-sample forward; what does not grow with the batch (under bf16 autocast, the bf16
-copies of the weights kept for the backward) is printed as "fixed". Attention runs on PyTorch's
-CPU kernels for ``F.scaled_dot_product_attention``: whatever they save (attention weights
-included, where a kernel saves them) is counted; fused CUDA kernels save less.
+(``saved_tensors_hooks``), counted once per storage, parameters excluded, under the block that
+saves it first: the first block also holds what every block shares (the normalised context
+tokens), the memory block and the last block (a CDiT block after a memory layer) only what
+they save themselves. The full model, ``F`` blocks before its first memory layer, ``m`` memory
+layers and ``A`` CDiT blocks after the first memory layer, saves per sample
+``root + first + (F - 1) * before + A * cdit_block + m * memory_block + final``, where
+``before`` is ``cdit_block``, or the first block's figure with ``--freeze-cdit`` (frozen
+blocks before the first memory layer save nothing). With ``set_grad_checkpointing()`` it keeps
+about the block inputs of every block plus one block's own activations (recomputed in the
+backward). The figures are differences between the two-sample and the one-sample forward; what
+does not grow with the batch (under bf16 autocast, the bf16 copies of the weights kept for the
+backward) is printed as "fixed". Attention runs on PyTorch's CPU kernels for
+``F.scaled_dot_product_attention``: whatever they save is counted; fused CUDA kernels may save
+less.
 Prints a table and, last, a JSON line with the figures in bytes.
 """
 
@@ -39,22 +44,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--input-size", type=int, default=None)
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--autocast", action="store_true", help="bf16 autocast, as NWM trains")
+    parser.add_argument("--bf16", action="store_true", help="bf16 parameters and inputs")
+    parser.add_argument("--freeze-cdit", action="store_true", help="memory-only fine-tuning")
     args = parser.parse_args(argv)
-    overrides: dict[str, Any] = {"depth": 2, "memory_layers": [1]}
+    overrides: dict[str, Any] = {"depth": 3, "memory_layers": [1]}
     if args.input_size is not None:
         overrides["input_size"] = args.input_size
     with torch.device("meta"):  # the full model's depth and memory layers, no weights
         full = create_model(f"HybridCDiT-{args.variant}")
     assert isinstance(full, HybridCDiT)
-    depth, layers = full.depth, len(full.memory_layers)
+    depth, layers, first = full.depth, len(full.memory_layers), full.memory_layers[0]
+    after = depth - first - layers
     torch.manual_seed(0)
     model = create_model(f"HybridCDiT-{args.variant}", **overrides).train()
     assert isinstance(model, HybridCDiT)
     del full
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    model.to(dtype)
 
     c, s, ctx, k = model.in_channels, model.input_size, model.context_size, args.k
-    names = {id(model.blocks[0]): "cdit_block", id(model.blocks[1]): "memory_block"}
-    where = ["shared"]
+    names = dict(zip(map(id, model.blocks), ("first", "memory_block", "cdit_block"), strict=True))
+    if args.freeze_cdit:
+        model.freeze_cdit()
+    where = ["root"]
     for block in model.blocks:
         block.register_forward_pre_hook(lambda m, a: where.__setitem__(0, names[id(m)]))
         block.register_forward_hook(lambda m, a, o: where.__setitem__(0, "final"))
@@ -64,11 +76,11 @@ def main(argv: list[str] | None = None) -> None:
         """Bytes saved for the backward by a training forward of ``n`` samples, by owner."""
         g = torch.Generator().manual_seed(0)
         inputs = {
-            "x": torch.randn(n, c, s, s, generator=g),
+            "x": torch.randn(n, c, s, s, generator=g).to(dtype),
             "t": torch.randint(0, 1000, (n,), generator=g),
-            "y": torch.randn(n, 3, generator=g),
-            "x_cond": torch.randn(n, ctx, c, s, s, generator=g),
-            "rel_t": torch.rand(n, generator=g),
+            "y": torch.randn(n, 3, generator=g).to(dtype),
+            "x_cond": torch.randn(n, ctx, c, s, s, generator=g).to(dtype),
+            "rel_t": torch.rand(n, generator=g).to(dtype),
         }
         memory = MemoryContext(
             frames=torch.randn(n, k, c, s, s, generator=g),
@@ -86,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
                 owner[ptr] = (where[0], storage.nbytes())
             return tensor
 
-        where[0] = "shared"
+        where[0] = "root"
         autocast = (
             torch.autocast("cpu", dtype=torch.bfloat16)
             if args.autocast
@@ -94,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         with autocast, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             out = model(**inputs, memory=memory)
-        totals = dict.fromkeys(("shared", "cdit_block", "memory_block", "final"), 0)
+        totals = dict.fromkeys(("root", "first", "memory_block", "cdit_block", "final"), 0)
         for name, size in owner.values():
             totals[name] += size
         del out
@@ -106,28 +118,39 @@ def main(argv: list[str] | None = None) -> None:
     totals = {key: two[key] - one[key] for key in one}
     fixed = {key: 2 * one[key] - two[key] for key in one}
     per_sample = (
-        totals["shared"]
-        + (depth - layers) * totals["cdit_block"]
+        totals["root"]
+        + totals["first"]
+        + (first - 1) * totals["first" if args.freeze_cdit else "cdit_block"]
+        + after * totals["cdit_block"]
         + layers * totals["memory_block"]
         + totals["final"]
     )
     fixed_step = (
-        fixed["shared"]
-        + (depth - layers) * fixed["cdit_block"]
+        fixed["root"]
+        + fixed["first"]
+        + (first - 1) * fixed["first" if args.freeze_cdit else "cdit_block"]
+        + after * fixed["cdit_block"]
         + layers * fixed["memory_block"]
         + fixed["final"]
     )
     tokens = model.num_patches
-    block_input = tokens * model.hidden_size * 4  # the residual stream is float32 (autocast too)
+    # the residual stream is float32 under autocast too; bf16 with bf16 parameters
+    block_input = tokens * model.hidden_size * (2 if args.bf16 else 4)
     checkpointed = (
-        totals["shared"]
+        totals["root"]
+        + max(0, totals["first"] - totals["cdit_block"])  # what the blocks share
         + depth * block_input
         + max(totals["cdit_block"], totals["memory_block"])
         + totals["final"]
     )
+    precision = "bf16 autocast" if args.autocast else "float32"
+    if args.bf16:
+        precision = "bf16 parameters" + (" and autocast" if args.autocast else "")
+    if args.freeze_cdit:
+        precision += ", freeze_cdit"
     print(
         f"HybridCDiT-{args.variant}: input {s}, context {ctx}, k={k}, depth {depth}, "
-        f"{layers} memory layers, {'bf16 autocast' if args.autocast else 'float32'}"
+        f"{layers} memory layers, {precision}"
     )
     for key, value in totals.items():
         print(f"  {key:<14}{value / 2**20:>10.2f} MiB per sample")
@@ -138,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         json.dumps(
             {
                 "variant": args.variant,
-                "autocast": args.autocast,
+                "precision": precision,
                 **totals,
                 "depth": depth,
                 "memory_layers": layers,
