@@ -163,6 +163,11 @@ def _fsdp_matches_single_process(rank: int, tmp: Path) -> None:
         assert torch.equal(_local(p), _local(q))
         buffers = optimizer.state[p]["momentum_buffer"], fresh_opt.state[q]["momentum_buffer"]
         assert torch.equal(_local(buffers[0]), _local(buffers[1]))
+    torch.manual_seed(321)
+    model_only = fully_shard_model(HybridCDiT(**TINY))
+    load_sharded_checkpoint(tmp / "dcp", model_only)  # the model alone, without the optimizer
+    for p, q in zip(model.parameters(), model_only.parameters(), strict=True):
+        assert torch.equal(_local(p), _local(q))
     for net, opt in ((model, optimizer), (fresh, fresh_opt)):  # the same next step
         opt.zero_grad()
         net(**_inputs(rank, 5), memory=schedule[0][1][rank]).square().mean().backward()
@@ -283,3 +288,19 @@ def test_memory_context_survives_field_by_field_rebuild():
     assert torch.equal(cast.frames, memory.frames.to(torch.bfloat16))
     assert cast.cached(memory, "key") is None  # a fresh, empty cache
     assert dataclasses.replace(memory).cached(memory, "key") is None
+
+
+def test_training_doc_parameter_counts():
+    """docs/training-at-scale.md's arithmetic starts from these counts: they are the code's."""
+    from hybrid_cdit import create_model
+
+    with torch.device("meta"):
+        model = create_model("HybridCDiT-XL/2")
+    assert isinstance(model, HybridCDiT)
+    total = sum(p.numel() for p in model.parameters())
+    memory = sum(p.numel() for p in model.memory_parameters())
+    largest = max(sum(p.numel() for p in b.parameters()) for b in model.blocks)
+    root = total - sum(p.numel() for p in model.blocks.parameters())
+    text = (Path(__file__).parents[1] / "docs" / "training-at-scale.md").read_text()
+    for count in (total, memory, largest, root, 4 * total, 16 * total, 16 * total // 8):
+        assert f"{count:,}" in text, count

@@ -33,6 +33,7 @@ PACKAGES = (
     "hybrid_cdit.attention",
     "hybrid_cdit.blocks",
     "hybrid_cdit.checkpoint",
+    "hybrid_cdit.distributed",
 )
 
 FENCE = re.compile(r"^```[^\n]*\n.*?^```[ \t]*$", re.M | re.S)

@@ -24,6 +24,7 @@ from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
     get_state_dict,
+    set_model_state_dict,
     set_state_dict,
 )
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
@@ -181,7 +182,7 @@ def load_sharded_checkpoint(
     dcp_load(state, checkpoint_id=os.fspath(directory))
     target = unwrap_model(model)
     if optimizer is None:
-        set_state_dict(target, (), model_state_dict=state["model"], optim_state_dict={})
+        set_model_state_dict(target, state["model"])
     else:
         set_state_dict(
             target,
