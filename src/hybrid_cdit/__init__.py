@@ -15,7 +15,7 @@ from .memory import MemoryContext
 from .models import CDiT, HybridCDiT
 from .registry import CDiT_models, HybridCDiT_models, create_model, list_models, register_model
 
-__version__ = "0.1.0.dev0"
+__version__ = "0.2.0.dev0"
 
 __all__ = [
     "CDiT",
