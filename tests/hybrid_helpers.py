@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -62,16 +63,8 @@ def make_memory(
 
 
 def replace(memory: MemoryContext, **fields: torch.Tensor) -> MemoryContext:
-    """A new context with some tensors replaced."""
-    values = {
-        "frames": memory.frames,
-        "poses": memory.poses,
-        "scores": memory.scores,
-        "mask": memory.mask,
-        "query_pose": memory.query_pose,
-        **fields,
-    }
-    return MemoryContext(**values)
+    """A new context with some tensors replaced (every other field, steps included, kept)."""
+    return dataclasses.replace(memory, **fields)
 
 
 def trained_like_hybrid(**kwargs: Any) -> HybridCDiT:
