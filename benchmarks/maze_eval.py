@@ -43,12 +43,13 @@ def to_unit(x: Tensor) -> Tensor:
 
 
 def eps_function(
-    model: CDiT, inputs: ModelInputs, memory: MemoryContext | None
+    model: CDiT, inputs: ModelInputs, memory: MemoryContext | None, diff: Diffusion
 ) -> Callable[[Tensor, Tensor], Tensor]:
     """``(x_t, t) -> eps`` of ``model`` for fixed conditioning (what a sampler calls)."""
 
     def eps_fn(x_t: Tensor, t: Tensor) -> Tensor:
-        return predict(model, x_t, t, inputs.y, inputs.x_cond, inputs.rel_t, memory)
+        out = predict(model, x_t, t, inputs.y, inputs.x_cond, inputs.rel_t, memory)
+        return diff.eps_from(out, x_t, t)
 
     return eps_fn
 
@@ -138,9 +139,8 @@ def eps_errors(
             eps = eps_all[j, sl]
             x_t = diff.noise(inputs.x0, tt, eps)
             for name, (model, kind) in models.items():
-                pred = predict(
-                    model, x_t, tt, inputs.y, inputs.x_cond, inputs.rel_t, memories[kind]
-                )
+                raw = predict(model, x_t, tt, inputs.y, inputs.x_cond, inputs.rel_t, memories[kind])
+                pred = diff.eps_from(raw, x_t, tt)
                 out[name][j, sl] = (pred - eps).square().flatten(1).mean(1)
     return out
 
@@ -175,7 +175,7 @@ def one_step_samples(
         inputs = model_inputs(frames, poses, e, t, settings.context)
         memory = memory_for(frames, poses, schedule, e, t)
         for name, (model, use_memory) in models.items():
-            fn = eps_function(model, inputs, memory if use_memory else None)
+            fn = eps_function(model, inputs, memory if use_memory else None, diff)
             sample = diff.ddim_sample(fn, noise[sl], ddim_steps)
             out[name][sl] = psnr(to_unit(sample), to_unit(inputs.x0))
     return out
@@ -275,7 +275,7 @@ def rollout(
         mem = None if memory is None else subset_memory(memory, sel)
         gen = torch.Generator().manual_seed(seed * 100_003 + t)
         noise = torch.randn((b, *frames.shape[2:]), generator=gen)[sel]
-        seq[sel, t] = diff.ddim_sample(eps_function(model, inputs, mem), noise, ddim_steps)
+        seq[sel, t] = diff.ddim_sample(eps_function(model, inputs, mem, diff), noise, ddim_steps)
     index = start[:, None] + torch.arange(length)
     return seq[rows[:, None], index]
 

@@ -15,12 +15,13 @@ overrides the root). Every ``--stride``-th camera frame is used, at ``--size`` p
 in pixel space (RGB scaled to ``[-1, 1]``); poses are ``(x, y, yaw)`` in cells and radians.
 
 Models. A CDiT and a HybridCDiT with the same CDiT weights at initialisation are trained side by
-side on the same batches, timesteps and noise (``side_by_side.py``: DDPM epsilon loss, cosine
-schedule). The hybrid's memory for each sample is what its :class:`~hybrid_cdit.MemoryBuffer`
-holds at that point of the episode under the protocol of ``maze_memory.py`` (a frame enters
-memory as it leaves the context window; retrieval with the library's strategy), the same in
-training, one-step evaluation and rollouts. For ``--withhold`` of the training samples the
-hybrid's memory is withheld (all slots masked), so the hybrid stays a good model without memory.
+side on the same batches, timesteps and noise (``side_by_side.py``: the DDPM loss with a v
+target by default, ``--prediction eps`` for the epsilon target; cosine schedule). The hybrid's
+memory for each sample is what its :class:`~hybrid_cdit.MemoryBuffer` holds at that point of the
+episode under the protocol of ``maze_memory.py`` (a frame enters memory as it leaves the context
+window; retrieval with the library's strategy), the same in training, one-step evaluation and
+rollouts. For ``--withhold`` of the training samples the hybrid's memory is withheld (all slots
+masked), so the hybrid stays a good model without memory.
 
 Evaluation, on the held-out episodes. Labels: a target is a *revisit* when a frame before the
 context window lies within 1 cell and 45 degrees of it (not the identical pose), *novel* when no
@@ -70,6 +71,7 @@ from side_by_side import (
     Diffusion,
     build_pair,
     format_table,
+    load_cdit_weights,
     optimizer,
     psnr,
     set_warmup,
@@ -175,7 +177,12 @@ def train(
     diff: Diffusion,
     settings: MemorySettings,
 ) -> dict[str, float]:
-    """Side-by-side training; prints progress with the revisit losses and an ETA."""
+    """Side-by-side training (after ``--pretrain-steps`` of the CDiT alone, whose weights both
+    models then start from); prints progress with the revisit losses and an ETA."""
+    if args.pretrain_steps:
+        pretrain(args, data, cdit, diff, settings)
+        torch.manual_seed(args.seed + 2)  # the memory branch's fresh initial state
+        load_cdit_weights(hybrid, cdit)
     gen = torch.Generator().manual_seed(args.seed + 100)
     opts = [
         optimizer(cdit, args.lr, args.lr),
@@ -201,7 +208,7 @@ def train(
             [(cdit, opts[0]), (hybrid, opts[1])],
             x_t,
             t,
-            eps,
+            diff.target(inputs.x0, eps, t),
             inputs.y,
             inputs.x_cond,
             inputs.rel_t,
@@ -229,6 +236,38 @@ def train(
             )
             window = {k: [] for k in names}
     return {"train_seconds": time.perf_counter() - start}
+
+
+def pretrain(
+    args: argparse.Namespace, data: Data, cdit: CDiT, diff: Diffusion, settings: MemorySettings
+) -> None:
+    """``--pretrain-steps`` of the CDiT alone (the same loss, its own batches): the initial
+    weights both models start from, as a user's trained CDiT is for fine-tuning a hybrid."""
+    gen = torch.Generator().manual_seed(args.seed + 300)
+    opt = optimizer(cdit, args.lr, args.lr)
+    n, t_len = data.frames.shape[:2]
+    start = time.perf_counter()
+    cdit.train()
+    for step in range(1, args.pretrain_steps + 1):
+        set_warmup([opt], step, args.warmup)
+        episode = torch.randint(0, n, (args.batch,), generator=gen)
+        target = torch.randint(settings.context, t_len, (args.batch,), generator=gen)
+        inputs = model_inputs(data.frames, data.poses, episode, target, settings.context)
+        t = torch.randint(0, diff.num_steps, (args.batch,), generator=gen)
+        eps = torch.randn(inputs.x0.shape, generator=gen)
+        x_t = diff.noise(inputs.x0, t, eps)
+        (loss,) = train_step(
+            [(cdit, opt)], x_t, t, diff.target(inputs.x0, eps, t), inputs.y, inputs.x_cond,
+            inputs.rel_t, None, clip=args.clip,
+        )  # fmt: skip
+        if step % args.log_every == 0 or step == args.pretrain_steps:
+            elapsed = time.perf_counter() - start
+            eta = elapsed / step * (args.pretrain_steps - step)
+            print(
+                f"[pretrain {step:5d}/{args.pretrain_steps}] loss cdit {float(loss.mean()):.4f}"
+                f" | {_duration(elapsed)} eta {_duration(eta)}",
+                flush=True,
+            )
 
 
 def _eval_targets(data: Data, limit: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -431,6 +470,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=32, help="frame side in pixels")
     p.add_argument("--context", type=int, default=2)
     p.add_argument("--steps", type=int, default=None, help="default 2000 (quick 400)")
+    p.add_argument(
+        "--pretrain-steps",
+        type=int,
+        default=None,
+        help="CDiT-only steps before side-by-side training; default 1000 (quick 300)",
+    )
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--memory-lr", type=float, default=2.0, help="memory lr / --lr")
@@ -457,6 +502,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--retrieval", choices=("pose", "distance", "fov"), default="pose")
     p.add_argument("--threshold", type=float, default=0.7, help="similarity threshold")
     p.add_argument("--scale", type=float, default=10.0, help="retrieval distance scale, cells")
+    p.add_argument(
+        "--prediction",
+        choices=("eps", "v"),
+        default="v",
+        help="what the networks predict (the DDPM loss's target); see side_by_side.Diffusion",
+    )
     p.add_argument("--ddim-steps", type=int, default=25)
     p.add_argument("--eval-t", type=lambda s: [int(v) for v in s.split(",")], default=None)
     p.add_argument("--max-revisit-targets", type=int, default=None, help="default 320 (quick 96)")
@@ -475,6 +526,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "train_episodes": 8 if quick else 16,
         "eval_episodes": 3 if quick else 6,
         "steps": 400 if quick else 2000,
+        "pretrain_steps": 300 if quick else 1000,
         "max_revisit_targets": 96 if quick else 320,
         "eval_t": [100, 300, 500, 700],
     }
@@ -522,7 +574,7 @@ def run(
     assert train_episodes is not None
     train_data = Data(train_episodes, args, settings)
     eval_data = Data(eval_episodes, args, settings)
-    diff = Diffusion()
+    diff = Diffusion(prediction=args.prediction)
     cdit, hybrid = build_models(args)
     print(
         f"{len(train_episodes)} training / {len(eval_episodes)} held-out episodes of "
@@ -553,8 +605,10 @@ def run(
         seed=args.seed,
         quick=args.quick,
         steps=args.steps,
+        pretrain_steps=args.pretrain_steps,
         batch=args.batch,
         lr=args.lr,
+        prediction=args.prediction,
         memory_lr=args.lr * args.memory_lr,
         withhold=args.withhold,
         hidden=args.hidden,

@@ -20,6 +20,7 @@ __all__ = [
     "Diffusion",
     "build_pair",
     "format_table",
+    "load_cdit_weights",
     "optimizer",
     "predict",
     "psnr",
@@ -29,11 +30,22 @@ __all__ = [
 
 
 class Diffusion:
-    """Minimal DDPM forward process (cosine ``alpha_bar``, Nichol & Dhariwal; epsilon target)
-    and a deterministic DDIM sampler (Song et al., ``eta = 0``)."""
+    """Minimal DDPM forward process (cosine ``alpha_bar``, Nichol & Dhariwal) and a
+    deterministic DDIM sampler (Song et al., ``eta = 0``).
 
-    def __init__(self, num_steps: int = 1000) -> None:
+    The network predicts ``prediction``: ``"eps"`` (the noise, as DiT and NWM do) or ``"v"``
+    (``v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0``, Salimans & Ho). Both are the same
+    DDPM model; they differ in how a network's error at high noise maps onto ``x0``: recovering
+    ``x0`` from an epsilon prediction divides its error by ``sqrt(alpha_bar_t)``, which is 5e-5
+    at the last step of the cosine schedule, so a briefly trained epsilon network starts DDIM
+    from a meaningless ``x0`` estimate; a v prediction stays well conditioned at every level.
+    """
+
+    def __init__(self, num_steps: int = 1000, prediction: str = "eps") -> None:
+        if prediction not in ("eps", "v"):
+            raise ValueError(f"prediction must be 'eps' or 'v', got {prediction!r}")
         self.num_steps = num_steps
+        self.prediction = prediction
         s = 0.008
         u = torch.linspace(0, num_steps, num_steps + 1, dtype=torch.float64) / num_steps
         f = torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2
@@ -44,6 +56,20 @@ class Diffusion:
         """``x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps``; ``t (B,)`` long."""
         ab = self.alpha_bar[t].view(-1, *([1] * (x0.dim() - 1)))
         return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+
+    def target(self, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
+        """What the network learns to output for ``x_t = noise(x0, t, eps)``: ``eps`` or ``v``."""
+        if self.prediction == "eps":
+            return eps
+        ab = self.alpha_bar[t].view(-1, *([1] * (x0.dim() - 1)))
+        return ab.sqrt() * eps - (1 - ab).sqrt() * x0
+
+    def eps_from(self, out: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        """The noise estimate implied by a network output ``out`` at ``(x_t, t)``."""
+        if self.prediction == "eps":
+            return out
+        ab = self.alpha_bar[t].view(-1, *([1] * (x_t.dim() - 1)))
+        return (1 - ab).sqrt() * x_t + ab.sqrt() * out
 
     def ddim_timesteps(self, steps: int) -> Tensor:
         """``steps`` timesteps from ``num_steps - 1`` down to 0, evenly spaced (long)."""
@@ -97,11 +123,19 @@ def build_pair(
     cdit = CDiT(**arch)
     torch.manual_seed(seed + 1)
     hybrid = HybridCDiT(**arch, **memory_kwargs)
+    load_cdit_weights(hybrid, cdit)
+    return cdit, hybrid
+
+
+def load_cdit_weights(hybrid: HybridCDiT, cdit: CDiT) -> None:
+    """Give ``hybrid`` the CDiT weights of ``cdit``; its memory parameters start again from
+    their function-preserving initial state (derived from those weights), as when a user loads
+    a CDiT checkpoint into a HybridCDiT. Anything but memory parameters missing raises
+    ``RuntimeError``."""
     result = hybrid.load_state_dict(cdit.state_dict(), strict=False)
     wrong = [k for k in result.missing_keys if "memory" not in k] + list(result.unexpected_keys)
     if wrong:
         raise RuntimeError(f"CDiT weights did not map onto the hybrid: {wrong}")
-    return cdit, hybrid
 
 
 def optimizer(model: nn.Module, lr: float, memory_lr: float) -> torch.optim.Optimizer:
@@ -139,8 +173,8 @@ def predict(
     rel_t: Tensor,
     memory: MemoryContext | None,
 ) -> Tensor:
-    """Epsilon prediction ``(B, C, H, W)``: the first ``C`` output channels. A plain CDiT never
-    sees ``memory``."""
+    """The network's prediction ``(B, C, H, W)`` (epsilon or v, see :class:`Diffusion`): the
+    first ``C`` output channels. A plain CDiT never sees ``memory``."""
     out: Tensor
     if isinstance(model, HybridCDiT):
         out = model(x_t, t, y, x_cond, rel_t, memory=memory)
@@ -153,7 +187,7 @@ def train_step(
     models: Sequence[tuple[CDiT, torch.optim.Optimizer]],
     x_t: Tensor,
     t: Tensor,
-    eps: Tensor,
+    target: Tensor,
     y: Tensor,
     x_cond: Tensor,
     rel_t: Tensor,
@@ -161,14 +195,15 @@ def train_step(
     *,
     clip: float,
 ) -> list[Tensor]:
-    """One optimiser step of every model on the same noised batch (the DDPM epsilon loss).
+    """One optimiser step of every model on the same noised batch (the DDPM loss: mean
+    squared error against ``target``, from :meth:`Diffusion.target`).
 
     Returns:
-        per model, the detached per-sample losses ``(B,)`` (mean squared epsilon error).
+        per model, the detached per-sample losses ``(B,)``.
     """
     losses = []
     for model, opt in models:
-        per_sample = (predict(model, x_t, t, y, x_cond, rel_t, memory) - eps).square()
+        per_sample = (predict(model, x_t, t, y, x_cond, rel_t, memory) - target).square()
         per_sample = per_sample.flatten(1).mean(1)
         opt.zero_grad(set_to_none=True)
         per_sample.mean().backward()  # type: ignore[no-untyped-call]

@@ -184,6 +184,36 @@ def test_ddim_recovers_x0_from_an_exact_denoiser() -> None:
     assert diff.ddim_timesteps(25)[0] == 999 and diff.ddim_timesteps(25)[-1] == 0
 
 
+def test_v_prediction_target_and_its_noise_estimate() -> None:
+    diff = sbs.Diffusion(prediction="v")
+    gen = torch.Generator().manual_seed(1)
+    x0 = torch.rand(6, 3, 4, 4, generator=gen) * 2 - 1
+    eps = torch.randn(x0.shape, generator=gen)
+    t = torch.tensor([0, 1, 250, 500, 998, 999])
+    x_t = diff.noise(x0, t, eps)
+    v = diff.target(x0, eps, t)
+    ab = diff.alpha_bar[t].double().view(-1, 1, 1, 1)
+    # Salimans & Ho: x0 = sqrt(ab) x_t - sqrt(1 - ab) v and eps = sqrt(1 - ab) x_t + sqrt(ab) v
+    torch.testing.assert_close(
+        (ab.sqrt() * x_t - (1 - ab).sqrt() * v).float(), x0, atol=1e-5, rtol=0
+    )
+    torch.testing.assert_close(diff.eps_from(v, x_t, t), eps, atol=1e-5, rtol=0)
+    assert not torch.allclose(v, eps, atol=1e-2)
+    plain = sbs.Diffusion()
+    assert torch.equal(plain.target(x0, eps, t), eps) and torch.equal(plain.eps_from(v, x_t, t), v)
+
+    def exact_v(x: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
+        a = diff.alpha_bar[tt].view(-1, 1, 1, 1)
+        return diff.eps_from(
+            a.sqrt() * (x - a.sqrt() * x0) / (1 - a).sqrt() - (1 - a).sqrt() * x0, x, tt
+        )
+
+    out = diff.ddim_sample(exact_v, torch.randn(x0.shape, generator=gen), 25)
+    torch.testing.assert_close(out, x0, rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="prediction must be 'eps' or 'v', got 'x0'"):
+        sbs.Diffusion(prediction="x0")
+
+
 def test_psnr_and_table() -> None:
     a = torch.zeros(2, 3, 4, 4)
     b = torch.full((2, 3, 4, 4), 0.1)
@@ -314,12 +344,45 @@ def test_rollout_figure_marks_revisit_frames(tmp_path: Path) -> None:
         assert torch.allclose(corner, green, atol=0.01) == bool(revisit[col])
 
 
+def test_pretraining_starts_both_models_from_the_trained_cdit(
+    episodes: list[mt.Episode],
+) -> None:
+    argv = [
+        "--steps", "0", "--pretrain-steps", "3", "--batch", "4", "--hidden", "32", "--depth", "2",
+        "--heads", "2", "--patch-size", "2", "--size", "8", "--stride", "2", "--log-every", "1",
+    ]  # fmt: skip
+    args = bench.parse_args(argv)
+    settings = bench.settings_from(args)
+    data = bench.Data(episodes[:2], args, settings)
+    cdit, hybrid = bench.build_models(args)
+    initial = {k: v.clone() for k, v in cdit.state_dict().items()}
+    bench.train(args, data, cdit, hybrid, sbs.Diffusion(prediction="v"), settings)
+    trained = cdit.state_dict()
+    assert any(not torch.equal(initial[k], trained[k]) for k in initial)
+    hybrid_state = hybrid.state_dict()
+    for key, value in trained.items():
+        assert torch.equal(hybrid_state[key], value), key
+    # the memory branch starts switched off: with memory the hybrid computes the trained CDiT
+    e, t = torch.tensor([0, 1]), torch.tensor([30, 40])
+    inputs = mmem.model_inputs(data.frames, data.poses, e, t, settings.context)
+    memory = mmem.memory_for(data.frames, data.poses, data.schedule, e, t)
+    assert bool(memory.mask.any())
+    x_t = torch.randn(inputs.x0.shape, generator=torch.Generator().manual_seed(0))
+    tt = torch.tensor([500, 900])
+    cdit.eval()
+    hybrid.eval()
+    with torch.no_grad():
+        expected = sbs.predict(cdit, x_t, tt, inputs.y, inputs.x_cond, inputs.rel_t, None)
+        got = sbs.predict(hybrid, x_t, tt, inputs.y, inputs.x_cond, inputs.rel_t, memory)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+
+
 def test_end_to_end_tiny_on_synthetic_episodes(
     episodes: list[mt.Episode], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = [
-        "--steps", "4", "--batch", "8", "--hidden", "32", "--depth", "2", "--heads", "2",
-        "--patch-size", "2", "--size", "8", "--ddim-steps", "2", "--threads", "1", "--stride", "2",
+        "--steps", "4", "--pretrain-steps", "2", "--batch", "8", "--hidden", "32", "--depth", "2",
+        "--heads", "2", "--patch-size", "2", "--size", "8", "--ddim-steps", "2", "--threads", "1", "--stride", "2",
         "--max-revisit-targets", "12", "--rollout-length", "5", "--rollout-min-start", "20",
         "--rollouts-per-episode", "1", "--log-every", "2", "--out", str(tmp_path),
     ]  # fmt: skip
