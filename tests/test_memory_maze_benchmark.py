@@ -382,7 +382,8 @@ def test_end_to_end_tiny_on_synthetic_episodes(
 ) -> None:
     argv = [
         "--steps", "4", "--pretrain-steps", "2", "--batch", "8", "--hidden", "32", "--depth", "2",
-        "--heads", "2", "--patch-size", "2", "--size", "8", "--ddim-steps", "2", "--threads", "1", "--stride", "2",
+        "--heads", "2", "--patch-size", "2", "--size", "8", "--ddim-steps", "2", "--threads", "1",
+        "--stride", "2",
         "--max-revisit-targets", "12", "--rollout-length", "5", "--rollout-min-start", "20",
         "--rollouts-per-episode", "1", "--log-every", "2", "--out", str(tmp_path),
     ]  # fmt: skip
