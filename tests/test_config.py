@@ -113,11 +113,39 @@ def test_round_trip_through_a_dict(tmp_path):
         ("memory_activation_threshold", -0.1, "memory_activation_threshold must be a number >="),
         ("retrieval", "nearest", "retrieval must be one of distance, fov, pose, got 'nearest'"),
         ("memory_patch_size", 3, "memory_patch_size must be a multiple of the patch size"),
+        ("memory_retrieval_scale", 0, "memory_retrieval_scale must be > 0, got 0"),
+        ("memory_retrieval_scale", -1.0, r"memory_retrieval_scale must be > 0, got -1\.0"),
+        ("memory_retrieval_scale", float("nan"), "memory_retrieval_scale must be .*, got nan"),
+        ("memory_retrieval_scale", float("inf"), "memory_retrieval_scale must be .*, got inf"),
+        ("memory_retrieval_scale", "far", "memory_retrieval_scale must be .*, got 'far'"),
     ],
 )
 def test_invalid_settings_name_key_expected_and_received(key, value, message):
     with pytest.raises(ValueError, match=message):
         HybridCDiTConfig.from_dict({**seed_dict(), key: value})
+
+
+def test_memory_retrieval_scale_defaults_and_round_trips(tmp_path):
+    assert HybridCDiTConfig().memory_retrieval_scale == 10.0
+    assert HybridCDiTConfig.from_yaml(SEED_YAML).memory_retrieval_scale == 10.0  # key absent
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({**seed_dict(), "memory_retrieval_scale": 2.5}))
+    config = HybridCDiTConfig.from_yaml(path)
+    assert config.memory_retrieval_scale == 2.5
+    assert config.to_dict()["memory_retrieval_scale"] == 2.5
+    assert HybridCDiTConfig.from_dict(config.to_dict()) == config
+    with torch.device("meta"):
+        model = build_model(config)
+    assert isinstance(model, HybridCDiT)
+    assert model.memory_retrieval_scale == 2.5
+    assert model.get_config()["memory_retrieval_scale"] == 2.5
+    tiny = HybridCDiT(
+        input_size=8, hidden_size=24, depth=2, num_heads=2, memory_retrieval_scale=2.5
+    )
+    loaded = HybridCDiT.from_pretrained(tiny.save_pretrained(tmp_path / "tiny"))
+    assert isinstance(loaded, HybridCDiT)
+    assert loaded.memory_retrieval_scale == 2.5
+    assert loaded.get_config() == tiny.get_config()
 
 
 def test_model_name_suggestion():

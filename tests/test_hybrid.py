@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import math
+import re
 import warnings
 
 import pytest
 import torch
 
-from hybrid_cdit import CDiT, CDiT_models, HybridCDiT, HybridCDiT_models, create_model
+from hybrid_cdit import (
+    CDiT,
+    CDiT_models,
+    HybridCDiT,
+    HybridCDiT_models,
+    MemoryContext,
+    create_model,
+)
+from hybrid_cdit.blocks import MemoryInputs
 from hybrid_cdit.models import is_memory_key
 
 from .hybrid_helpers import TINY, make_inputs, make_memory, randomise, replace, trained_like_hybrid
@@ -113,6 +123,7 @@ def test_constructor_arguments_are_attributes():
         retrieval="pose",
         memory_activation_threshold=0.4,
         spatial_similarity_threshold=0.6,
+        memory_retrieval_scale=2.5,
         memory_patch_size=4,
         memory_layers=[1],
     )
@@ -430,7 +441,12 @@ def test_narrow_memory_attention_keeps_function_preservation(
 
 @pytest.mark.parametrize(
     ("setting", "value"),
-    [("memory_top_k", 1), ("retrieval", "pose"), ("spatial_similarity_threshold", 0.99)],
+    [
+        ("memory_top_k", 1),
+        ("retrieval", "pose"),
+        ("spatial_similarity_threshold", 0.99),
+        ("memory_retrieval_scale", 1.0),
+    ],
 )
 def test_own_retrieval_follows_setting_changes(setting, value):
     """Changing a retrieval setting on the model takes effect at the next forward, for the same
@@ -453,10 +469,81 @@ def test_own_retrieval_follows_setting_changes(setting, value):
             model.memory_top_k,
             strategy=model.retrieval,
             threshold=model.spatial_similarity_threshold,
+            scale=model.memory_retrieval_scale,
         )
         expected = model(**inputs, memory=fresh)
     assert not torch.allclose(before, expected)
     assert torch.equal(after, expected)
+
+
+def _own_contexts(model: HybridCDiT, monkeypatch: pytest.MonkeyPatch) -> list[MemoryContext]:
+    """The contexts the model's forwards hand to ``memory_inputs``, in call order."""
+    seen: list[MemoryContext] = []
+    original = model.memory_inputs
+
+    def spy(memory: MemoryContext, x: torch.Tensor) -> MemoryInputs | None:
+        seen.append(memory)
+        return original(memory, x)
+
+    monkeypatch.setattr(model, "memory_inputs", spy)
+    return seen
+
+
+# frames at distances 0.25, 3 and 5 from the query (0, 0), headings arbitrary
+SCALE_POSES = [(0.15, 0.2, 1.0), (3.0, 0.0, -2.0), (3.0, 4.0, 0.5)]
+
+
+@pytest.mark.parametrize("scale", [10.0, 1.0])
+def test_own_retrieval_scores_use_memory_retrieval_scale(scale, monkeypatch):
+    """Every retrieved score is exp(-d / memory_retrieval_scale); at threshold 0.7 the frame
+    3 away is kept at scale 10 (score 0.74) and masked at scale 1 (score 0.05)."""
+    model = HybridCDiT(
+        **TINY,
+        retrieval="distance",
+        memory_top_k=3,
+        spatial_similarity_threshold=0.7,
+        memory_retrieval_scale=scale,
+    ).eval()
+    g = torch.Generator().manual_seed(0)
+    for pose in SCALE_POSES:
+        model.update_memory(torch.randn(1, 4, 8, 8, generator=g), torch.tensor([pose]))
+    seen = _own_contexts(model, monkeypatch)
+    with torch.no_grad():
+        model(**make_inputs(n=1), current_pose=torch.zeros(1, 3))
+    (memory,) = seen
+    kept = {}
+    for slot in range(3):
+        x, y = (float(v) for v in memory.poses[0, slot, :2])
+        d = math.hypot(x, y)
+        expected = math.exp(-d / scale)
+        assert float(memory.scores[0, slot]) == pytest.approx(expected, rel=1e-6)
+        assert bool(memory.mask[0, slot]) == (expected >= 0.7)
+        kept[round(d, 6)] = bool(memory.mask[0, slot])
+    assert kept == {0.25: True, 3.0: scale == 10.0, 5.0: False}
+
+
+def test_changing_memory_retrieval_scale_is_not_served_from_the_cache(monkeypatch):
+    model = HybridCDiT(**TINY, memory_top_k=3).eval()
+    g = torch.Generator().manual_seed(0)
+    for pose in SCALE_POSES:
+        model.update_memory(torch.randn(1, 4, 8, 8, generator=g), torch.tensor([pose]))
+    seen = _own_contexts(model, monkeypatch)
+    inputs, query = make_inputs(n=1), torch.zeros(1, 3)
+    with torch.no_grad():
+        model(**inputs, current_pose=query)
+        model(**inputs, current_pose=query)  # nothing changed: the same context
+        model.memory_retrieval_scale = 1.0
+        model(**inputs, current_pose=query)
+    first, again, rescaled = seen
+    assert again is first and rescaled is not first
+    assert int(first.mask.sum()) == 2 and int(rescaled.mask.sum()) == 1
+    torch.testing.assert_close(rescaled.scores[0, 0], torch.tensor(math.exp(-0.25)))
+
+
+@pytest.mark.parametrize("value", [0, -1.0, float("nan"), float("inf"), "far"])
+def test_invalid_memory_retrieval_scale_raises(value):
+    with pytest.raises(ValueError, match=rf"memory_retrieval_scale .*got {re.escape(repr(value))}"):
+        HybridCDiT(**TINY, memory_retrieval_scale=value)
 
 
 def test_own_retrieval_is_reused_while_nothing_changes():

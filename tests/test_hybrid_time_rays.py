@@ -109,6 +109,8 @@ def test_previous_version_directory_loads_with_its_old_outputs():
     io, inputs, memory = _old_io()
     model = HybridCDiT.from_pretrained(OLD_DIR).eval()
     assert not model.memory_time_embedding and model.memory_pose_encoding == "frame"
+    assert "memory_retrieval_scale" not in _old_config()
+    assert model.memory_retrieval_scale == 10.0  # the key it predates takes its default
     with torch.no_grad():
         torch.testing.assert_close(
             model(*inputs, memory=memory), io["out_memory"], atol=1e-6, rtol=0

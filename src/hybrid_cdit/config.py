@@ -13,6 +13,7 @@ datasets, learning rate...) with the memory keys added::
     memory_layers: [16, 18, 20, 22]
     memory_activation_threshold: 0.3
     spatial_similarity_threshold: 0.7
+    memory_retrieval_scale: 10.0    # pose units at which a distance/pose score is 1/e
 
 Keys this library does not use (NWM's training keys) are ignored; an unknown key that looks like
 a misspelt memory key warns with the closest valid key.
@@ -33,6 +34,7 @@ import yaml
 from torch import nn
 
 from .memory import STRATEGIES, WRITE_POLICIES
+from .memory._checks import check_real
 from .models.hybrid import DEFAULT_CAMERA_FOV, POSE_ENCODINGS
 from .registry import VARIANTS, create_model
 
@@ -95,6 +97,9 @@ class HybridCDiTConfig:
             second half.
         memory_activation_threshold: minimum activation for a sample to use memory.
         spatial_similarity_threshold: retrieval score under which a memory frame is masked.
+        memory_retrieval_scale: distance at which a ``"distance"`` or ``"pose"`` retrieval
+            score falls to ``1/e``, in the units of the poses; a finite number > 0, unused by
+            ``"fov"``.
         memory_top_k: frames retrieved per prediction.
         retrieval: retrieval strategy, ``"distance"``, ``"fov"`` or ``"pose"``.
         memory_patch_size: latent patch side of one memory token; None lets the model choose.
@@ -118,6 +123,7 @@ class HybridCDiTConfig:
     memory_layers: tuple[int, ...] | None = None
     memory_activation_threshold: float = 0.3
     spatial_similarity_threshold: float = 0.7
+    memory_retrieval_scale: float = 10.0
     memory_top_k: int = 8
     retrieval: str = "distance"
     memory_patch_size: int | None = None
@@ -156,6 +162,11 @@ class HybridCDiTConfig:
             self,
             "spatial_similarity_threshold",
             _number("spatial_similarity_threshold", self.spatial_similarity_threshold, 0.0, 1.0),
+        )
+        object.__setattr__(
+            self,
+            "memory_retrieval_scale",
+            check_real("memory_retrieval_scale", self.memory_retrieval_scale, positive=True),
         )
         if self.retrieval not in STRATEGIES:
             raise ValueError(
@@ -238,6 +249,7 @@ class HybridCDiTConfig:
                 memory_top_k=self.memory_top_k,
                 memory_activation_threshold=self.memory_activation_threshold,
                 spatial_similarity_threshold=self.spatial_similarity_threshold,
+                memory_retrieval_scale=self.memory_retrieval_scale,
                 retrieval=self.retrieval,
                 memory_patch_size=self.memory_patch_size,
                 memory_dim=self.memory_dim,

@@ -260,6 +260,7 @@ def _peek_retrieval(model: HybridCDiT, pose: Tensor) -> tuple[int, float, bool]:
         steps=state["steps"],
         strategy=model.retrieval,
         threshold=model.spatial_similarity_threshold,
+        scale=model.memory_retrieval_scale,
     )
     k = selection.mask.shape[1]
     context = MemoryContext(

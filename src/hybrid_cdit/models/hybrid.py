@@ -27,6 +27,7 @@ from ..memory import (
     relative_pose,
     to_pose5,
 )
+from ..memory._checks import check_real
 from .cdit import CDiT
 
 
@@ -94,6 +95,11 @@ class HybridCDiT(CDiT):
         memory_activation_threshold: minimum activation for a sample to use memory; above 1 turns
             memory off.
         spatial_similarity_threshold: retrieval score under which a frame is masked.
+        memory_retrieval_scale: distance scale of the ``"distance"`` and ``"pose"`` scores of
+            the model's own buffer: the distance at which a frame's score falls to ``1/e``
+            (``exp(-d / scale)``), in the units of the poses; a finite number > 0, unused by
+            ``"fov"``. It depends on the world's units: with ``spatial_similarity_threshold``
+            0.7, a frame more than ``0.36 * scale`` away is masked.
         retrieval: strategy of the model's own buffer, one of ``"distance"``, ``"fov"``, ``"pose"``.
         memory_patch_size: side of the latent patch one memory token covers. Equal to
             ``patch_size`` means full resolution; a multiple ``r * patch_size`` gives memory frames
@@ -135,6 +141,7 @@ class HybridCDiT(CDiT):
         memory_top_k: int = 8,
         memory_activation_threshold: float = 0.3,
         spatial_similarity_threshold: float = 0.7,
+        memory_retrieval_scale: float = 10.0,
         retrieval: str = "distance",
         memory_patch_size: int | None = None,
         memory_dim: int | None = None,
@@ -162,6 +169,9 @@ class HybridCDiT(CDiT):
         )
         self.spatial_similarity_threshold = _check_unit(
             "spatial_similarity_threshold", spatial_similarity_threshold, upper=1.0
+        )
+        self.memory_retrieval_scale = check_real(
+            "memory_retrieval_scale", memory_retrieval_scale, positive=True
         )
         if retrieval not in STRATEGIES:
             raise ValueError(f"retrieval must be one of {sorted(STRATEGIES)}, got {retrieval!r}")
@@ -248,6 +258,7 @@ class HybridCDiT(CDiT):
             "memory_top_k": self.memory_top_k,
             "memory_activation_threshold": self.memory_activation_threshold,
             "spatial_similarity_threshold": self.spatial_similarity_threshold,
+            "memory_retrieval_scale": self.memory_retrieval_scale,
             "retrieval": self.retrieval,
             "memory_patch_size": self.memory_patch_size,
             "memory_dim": self.memory_dim,
@@ -437,6 +448,7 @@ class HybridCDiT(CDiT):
             self.memory_top_k,
             self.retrieval,
             self.spatial_similarity_threshold,
+            self.memory_retrieval_scale,
             torch.device(device),
         )
         hit = self._retrieved
@@ -454,6 +466,7 @@ class HybridCDiT(CDiT):
             strategy=self.retrieval,
             threshold=self.spatial_similarity_threshold,
             device=device,
+            scale=self.memory_retrieval_scale,
         )
         self._retrieved = _Retrieval(buffer, key, pose.clone(), context)
         return context
