@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> None:
                 k=model.memory_top_k,
                 strategy=model.retrieval,
                 threshold=model.spatial_similarity_threshold,
+                scale=model.memory_retrieval_scale,
                 device=device,
             )
             model_kwargs = dict(y=y, x_cond=x_cond, rel_t=rel_t, memory=memory)

@@ -109,6 +109,7 @@ def collate_with_memory(
     k: int = 8,
     strategy: str = "distance",
     threshold: float = 0.7,
+    scale: float = 10.0,
     capacity: int = 50,
 ) -> Batch:
     """Batch ``windows`` and select each sample's memory among the frames before its target.
@@ -141,6 +142,7 @@ def collate_with_memory(
         steps=steps,
         strategy=strategy,
         threshold=threshold,
+        scale=scale,
     )
     memory_frames = torch.stack(
         [  # slot j of sample i is frame steps[i, j]
@@ -240,6 +242,7 @@ def main(argv: list[str] | None = None) -> None:
         k=model.memory_top_k,
         strategy=args.strategy,
         threshold=model.spatial_similarity_threshold,
+        scale=model.memory_retrieval_scale,
         capacity=model.memory_buffer_size,
     )
     loader = DataLoader(
