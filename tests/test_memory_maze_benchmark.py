@@ -401,3 +401,29 @@ def test_end_to_end_tiny_on_synthetic_episodes(
     report = bench.run(bench.parse_args([*argv, "--memory-report-only"]), None, episodes[2:])
     assert report["revisit_hit_rate"] == last["informativeness"]["revisit_hit_rate"]
     assert json.loads((tmp_path / "summary.json").read_text())["seconds"] > 0
+
+
+@pytest.mark.parametrize("kind", ["oracle", "retrieved"])
+def test_learnability_probe_on_synthetic_episodes(episodes: list[mt.Episode], kind: str) -> None:
+    import memory_learnability as ml
+
+    own, args = ml.parse_args(
+        [
+            "--memory", kind, "--finetune-steps", "3", "--eval-every", "2", "--eval-samples", "6",
+            "--min-target", "20", "--pretrain-steps", "2", "--batch", "4", "--hidden", "32",
+            "--depth", "2", "--heads", "2", "--patch-size", "2", "--size", "8", "--stride", "4",
+            "--threads", "1", "--scale", "4", "--capacity", "12",
+        ]
+    )  # fmt: skip
+    summary = ml.run(own, args, episodes[:2], episodes[2:])
+    curve = summary["curve"]
+    assert isinstance(curve, list)
+    assert [row["step"] for row in curve] == [0, 2, 3]
+    # before fine-tuning the hybrid is the pretrained CDiT exactly, with or without memory
+    assert curve[0]["memory"] == pytest.approx(1.0, abs=1e-6)
+    assert curve[0]["withheld"] == pytest.approx(1.0, abs=1e-6)
+    # fine-tuning moved the hybrid away from the fixed CDiT
+    assert curve[-1]["withheld"] != pytest.approx(1.0, abs=1e-6)
+    gain = summary["memory_gain"]
+    assert gain == pytest.approx(curve[-1]["withheld"] - curve[-1]["memory"], abs=1e-4)
+    assert summary["memory"] == kind and summary["pretrain_steps"] == 2
