@@ -238,20 +238,25 @@ def informativeness(
         pair_mse: ``(N, T, T)`` from :func:`pairwise_mse`.
 
     Returns ``(B,)`` tensors: ``retrieved`` the best (lowest-MSE) unmasked retrieved frame
-    (``inf`` with none), ``last_context`` frame ``t - 1``, ``history`` the best frame anywhere
-    before the context window (``inf`` with none), and ``active`` whether any slot is usable.
+    (``inf`` with none), ``top`` the highest-scored retrieved frame (slot 0; ``inf`` when
+    masked), ``last_context`` frame ``t - 1``, ``history`` the best frame anywhere before the
+    context window (``inf`` with none) and ``history_index`` its step, and ``active`` whether
+    any slot is usable.
     """
     per_frame = pair_mse[episode, target]  # (B, T)
     idx = schedule.indices[episode, target]
     mask = schedule.mask[episode, target]
-    retrieved = torch.where(mask, per_frame.gather(1, idx), torch.inf).amin(1)
+    slot_mse = torch.where(mask, per_frame.gather(1, idx), torch.inf)
     steps = torch.arange(pair_mse.shape[1])[None]
-    history = torch.where(steps < (target - context)[:, None], per_frame, torch.inf).amin(1)
+    before = torch.where(steps < (target - context)[:, None], per_frame, torch.inf)
+    history, history_index = before.min(1)
     last = per_frame.gather(1, (target - 1)[:, None]).squeeze(1)
     return {
-        "retrieved": retrieved,
+        "retrieved": slot_mse.amin(1),
+        "top": slot_mse[:, 0],
         "last_context": last,
         "history": history,
+        "history_index": history_index,
         "active": mask.any(1),
     }
 

@@ -295,6 +295,8 @@ def memory_report(data: Data, settings: MemorySettings) -> dict[str, float]:
     active = info["active"]
     scale = 0.25  # model frames are in [-1, 1]: MSE on [0, 1] RGB is a quarter of it
     n_ep, n_t = data.novel.nonzero(as_tuple=True)
+    offset = data.poses[r_ep, info["history_index"]] - data.poses[r_ep, r_t]
+    offset[:, 2] = torch.remainder(offset[:, 2] + math.pi, 2 * math.pi) - math.pi
     return {
         "revisit_active_rate": float(active.float().mean()),
         "revisit_hit_rate": float(
@@ -307,6 +309,10 @@ def memory_report(data: Data, settings: MemorySettings) -> dict[str, float]:
         "retrieved_beats_context_rate": float(
             (info["retrieved"] < info["last_context"])[active].float().mean()
         ),
+        "mse_top_retrieved": float(info["top"][active].mean() * scale),
+        # where the pixel-closest history frame was taken, relative to the target
+        "closest_history_distance_median": float(offset[:, :2].norm(dim=1).median()),
+        "closest_history_turn_median_deg": float(offset[:, 2].abs().median().rad2deg()),
         "novel_active_rate": float(data.schedule.mask[n_ep, n_t].any(1).float().mean()),
     }
 

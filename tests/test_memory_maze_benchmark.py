@@ -139,9 +139,10 @@ def test_informativeness_matches_brute_force(data: tuple[torch.Tensor, torch.Ten
     pair = mmem.pairwise_mse(frames)
     direct = (frames[1, 20] - frames[1, 7]).square().mean()
     torch.testing.assert_close(pair[1, 20, 7], direct, rtol=1e-4, atol=1e-6)
-    episode, target = torch.tensor([0, 2]), torch.tensor([45, 58])
+    episode, target = torch.tensor([0, 2, 1]), torch.tensor([45, 58, 30])
     info = mmem.informativeness(pair, schedule, episode, target, 2)
-    for i in range(2):
+    assert bool(info["active"].any())
+    for i in range(3):
         e, t = int(episode[i]), int(target[i])
         mse = [float((frames[e, t] - frames[e, s]).square().mean()) for s in range(t)]
         m = schedule.mask[e, t]
@@ -149,6 +150,11 @@ def test_informativeness_matches_brute_force(data: tuple[torch.Tensor, torch.Ten
         assert math.isclose(float(info["retrieved"][i]), min(picks, default=math.inf), rel_tol=1e-4)
         assert math.isclose(float(info["last_context"][i]), mse[t - 1], rel_tol=1e-4)
         assert math.isclose(float(info["history"][i]), min(mse[: t - 2]), rel_tol=1e-4)
+        assert int(info["history_index"][i]) == min(range(t - 2), key=mse.__getitem__)
+        top = mse[int(schedule.indices[e, t, 0])] if bool(m[0]) else math.inf
+        assert math.isclose(float(info["top"][i]), top, rel_tol=1e-4)
+        if bool(m.any()):  # slot 0 holds the highest score
+            assert float(schedule.scores[e, t, 0]) == float(schedule.scores[e, t][m].max())
 
 
 def test_retrieval_hits_match_brute_force(data: tuple[torch.Tensor, torch.Tensor]) -> None:
