@@ -36,7 +36,8 @@ hybrid/CDiT on revisit targets at fixed noise levels (plus two diagnostics: memo
 an oracle memory holding the pixel-closest history frame); memory informativeness (pixel MSE of
 the best retrieved frame, the last context frame and the closest history frame); autoregressive
 rollouts of ``--rollout-length`` frames, generated frames becoming context and entering the
-hybrid's memory; and the figure of one rollout. The last printed line is one JSON object.
+hybrid's memory (also run by the hybrid with its memory withheld, the rollouts' control); and the
+figure of one rollout. The last printed line is one JSON object.
 """
 
 from __future__ import annotations
@@ -423,15 +424,17 @@ def evaluate(
         hybrid, data.frames, data.poses, r_episode, r_start, args.rollout_length, diff, settings,
         use_memory=True, **common,
     )  # fmt: skip
+    gen_w = rollout(
+        hybrid, data.frames, data.poses, r_episode, r_start, args.rollout_length, diff, settings,
+        use_memory=False, **common,
+    )  # fmt: skip
     index = r_start[:, None] + torch.arange(args.rollout_length)
     truth = data.frames[r_episode[:, None], index]
     rev = data.revisit[r_episode[:, None], index]
-    p_c = psnr(to_unit(gen_c).flatten(0, 1), to_unit(truth).flatten(0, 1)).view_as(rev)
-    p_h = psnr(to_unit(gen_h).flatten(0, 1), to_unit(truth).flatten(0, 1)).view_as(rev)
-    result["rollout_revisit_psnr_cdit"] = float(p_c[rev].mean())
-    result["rollout_revisit_psnr_hybrid"] = float(p_h[rev].mean())
-    result["rollout_psnr_cdit"] = float(p_c.mean())
-    result["rollout_psnr_hybrid"] = float(p_h.mean())
+    for name, generated in (("cdit", gen_c), ("hybrid", gen_h), ("hybrid_no_memory", gen_w)):
+        p = psnr(to_unit(generated).flatten(0, 1), to_unit(truth).flatten(0, 1)).view_as(rev)
+        result[f"rollout_revisit_psnr_{name}"] = float(p[rev].mean())
+        result[f"rollout_psnr_{name}"] = float(p.mean())
     result["rollout_revisit_frames"] = int(rev.sum())
     result["rollout_frames"] = int(rev.numel())
     best = int(rev.sum(1).argmax())
@@ -446,6 +449,13 @@ def print_tables(result: dict[str, object]) -> None:
             rows.append([split, name, float(result[f"{split}_psnr_{name}"])])  # type: ignore[arg-type]
     rows.append(["rollout revisit", "cdit", float(result["rollout_revisit_psnr_cdit"])])  # type: ignore[arg-type]
     rows.append(["rollout revisit", "hybrid", float(result["rollout_revisit_psnr_hybrid"])])  # type: ignore[arg-type]
+    rows.append(
+        [
+            "rollout revisit",
+            "hybrid_no_memory",
+            float(result["rollout_revisit_psnr_hybrid_no_memory"]),  # type: ignore[arg-type]
+        ]
+    )
     print(format_table(["PSNR (dB)", "model", "value"], rows))
     eps = result["eps_mse"]
     assert isinstance(eps, dict)

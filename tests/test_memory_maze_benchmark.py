@@ -400,6 +400,9 @@ def test_end_to_end_tiny_on_synthetic_episodes(
     for key in bench.SUMMARY_KEYS:
         assert key in last
     assert last["revisit_targets"] > 0 and last["novel_targets"] > 0
+    # the hybrid's rollout with memory withheld: 4 steps leave it next to the CDiT's
+    withheld = last["rollout_revisit_psnr_hybrid_no_memory"]
+    assert abs(withheld - last["rollout_revisit_psnr_cdit"]) < 0.5
     # the memory gate starts at zero and 4 steps move it very little: hybrid == CDiT nearly
     assert abs(last["revisit_psnr_hybrid"] - last["revisit_psnr_cdit"]) < 0.5
     assert (tmp_path / "memory_maze_rollout.png").exists()
