@@ -26,7 +26,7 @@ from maze_trajectories import Episode
 from torch import Tensor
 
 from hybrid_cdit import MemoryContext
-from hybrid_cdit.memory import MemoryBuffer, relative_pose
+from hybrid_cdit.memory import MemoryBuffer, relative_pose, wrap_angle
 
 __all__ = [
     "MemorySchedule",
@@ -277,6 +277,6 @@ def retrieval_hits(
     mem = poses[episode[:, None], idx]
     query = poses[episode, target][:, None]
     near = (mem[..., :2] - query[..., :2]).norm(dim=-1) <= distance
-    turn = torch.remainder(mem[..., 2] - query[..., 2] + math.pi, 2 * math.pi) - math.pi
+    turn = wrap_angle(mem[..., 2] - query[..., 2])
     hits: Tensor = (near & (turn.abs() <= angle) & mask).any(1)
     return hits

@@ -86,6 +86,7 @@ from side_by_side import (
 from torch import Tensor
 
 from hybrid_cdit import CDiT, HybridCDiT
+from hybrid_cdit.memory import wrap_angle
 
 SUMMARY_KEYS = (
     "revisit_psnr_cdit",
@@ -297,7 +298,7 @@ def memory_report(data: Data, settings: MemorySettings) -> dict[str, float]:
     scale = 0.25  # model frames are in [-1, 1]: MSE on [0, 1] RGB is a quarter of it
     n_ep, n_t = data.novel.nonzero(as_tuple=True)
     offset = data.poses[r_ep, info["history_index"]] - data.poses[r_ep, r_t]
-    offset[:, 2] = torch.remainder(offset[:, 2] + math.pi, 2 * math.pi) - math.pi
+    offset[:, 2] = wrap_angle(offset[:, 2])
     return {
         "revisit_active_rate": float(active.float().mean()),
         "revisit_hit_rate": float(

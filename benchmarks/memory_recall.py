@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hybrid_cdit.memory import STRATEGIES, CoveragePolicy, MemoryBuffer
+from hybrid_cdit.memory import STRATEGIES, CoveragePolicy, MemoryBuffer, wrap_angle
 
 # This directory goes last on the path: the benchmark script memory_maze.py beside this one
 # must not shadow the memory_maze package the trajectory generator imports.
@@ -101,7 +101,7 @@ def same_place(a: Tensor, b: Tensor) -> Tensor:
     """Within 1 cell and 45 degrees, not the identical pose (the revisit rule), elementwise
     over ``(..., 3)`` poses."""
     dist = torch.linalg.vector_norm(a[..., :2] - b[..., :2], dim=-1)
-    angle = torch.remainder(a[..., 2] - b[..., 2] + math.pi, 2 * math.pi) - math.pi
+    angle = wrap_angle(a[..., 2] - b[..., 2])
     identical = (dist == 0) & (angle == 0)
     return (dist <= 1.0) & (angle.abs() <= math.pi / 4) & ~identical
 
