@@ -30,8 +30,15 @@ import torch
 from maze_eval import oracle_memory
 from maze_memory import memory_for, model_inputs
 from maze_trajectories import Episode, load_episodes
-from side_by_side import Diffusion, load_cdit_weights, optimizer, predict, set_warmup
-from torch import Tensor, nn
+from side_by_side import (
+    Diffusion,
+    load_cdit_weights,
+    optimizer,
+    predict,
+    set_warmup,
+    train_step,
+)
+from torch import Tensor
 
 from hybrid_cdit import CDiT, HybridCDiT, MemoryContext
 
@@ -48,10 +55,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, argparse
     p.add_argument("--eval-samples", type=int, default=128)
     p.add_argument("--min-target", type=int, default=30, help="earliest target frame")
     own, rest = p.parse_known_args(argv)
-    shared = mm.parse_args(["--quick", *rest])
-    if shared.pretrain_steps == 300 and "--pretrain-steps" not in rest:
-        shared.pretrain_steps = 600
-    return own, shared
+    # a later --pretrain-steps in ``rest`` overrides this default (argparse keeps the last)
+    return own, mm.parse_args(["--quick", "--pretrain-steps", "600", *rest])
 
 
 class Batches:
@@ -140,14 +145,13 @@ def run(
     for step in range(1, own.finetune_steps + 1):
         set_warmup([opt], step, 50)
         episode, target = train.draw(args.batch, gen)
-        t = torch.randint(0, diff.num_steps, (args.batch,), generator=gen)
-        eps = torch.randn((args.batch, *train.data.frames.shape[2:]), generator=gen)
+        inputs = model_inputs(train.data.frames, train.data.poses, episode, target, args.context)
+        x_t, t, loss_target = diff.training_sample(inputs.x0, gen)
         memory = train.memory(episode, target)
-        loss = _loss(hybrid, train, diff, episode, target, t, eps, memory).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        nn.utils.clip_grad_norm_(hybrid.parameters(), args.clip)
-        opt.step()
+        train_step(
+            [(hybrid, opt)], x_t, t, loss_target, inputs.y, inputs.x_cond, inputs.rel_t, memory,
+            clip=args.clip,
+        )  # fmt: skip
         if step % own.eval_every == 0 or step == own.finetune_steps:
             row = {"step": step, **held_out_ratios(cdit, hybrid, held, diff, samples, level)}
             curve.append(row)

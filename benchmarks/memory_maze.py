@@ -209,14 +209,12 @@ def train(
         withheld = torch.rand(args.batch, generator=gen) < args.withhold
         inputs = model_inputs(data.frames, data.poses, episode, target, settings.context)
         memory = memory_for(data.frames, data.poses, data.schedule, episode, target, withheld)
-        t = torch.randint(0, diff.num_steps, (args.batch,), generator=gen)
-        eps = torch.randn(inputs.x0.shape, generator=gen)
-        x_t = diff.noise(inputs.x0, t, eps)
+        x_t, t, loss_target = diff.training_sample(inputs.x0, gen)
         losses = train_step(
             [(cdit, opts[0]), (hybrid, opts[1])],
             x_t,
             t,
-            diff.target(inputs.x0, eps, t),
+            loss_target,
             inputs.y,
             inputs.x_cond,
             inputs.rel_t,
@@ -261,12 +259,10 @@ def pretrain(
         episode = torch.randint(0, n, (args.batch,), generator=gen)
         target = torch.randint(settings.context, t_len, (args.batch,), generator=gen)
         inputs = model_inputs(data.frames, data.poses, episode, target, settings.context)
-        t = torch.randint(0, diff.num_steps, (args.batch,), generator=gen)
-        eps = torch.randn(inputs.x0.shape, generator=gen)
-        x_t = diff.noise(inputs.x0, t, eps)
+        x_t, t, loss_target = diff.training_sample(inputs.x0, gen)
         (loss,) = train_step(
-            [(cdit, opt)], x_t, t, diff.target(inputs.x0, eps, t), inputs.y, inputs.x_cond,
-            inputs.rel_t, None, clip=args.clip,
+            [(cdit, opt)], x_t, t, loss_target, inputs.y, inputs.x_cond, inputs.rel_t, None,
+            clip=args.clip,
         )  # fmt: skip
         if step % args.log_every == 0 or step == args.pretrain_steps:
             elapsed = time.perf_counter() - start

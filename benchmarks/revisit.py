@@ -404,14 +404,12 @@ def train(
         batch = make_batch(
             pool, index, target, frames, cfg, top_k=args.top_k, threshold=_threshold(hybrid)
         )
-        t = torch.randint(0, diff.num_steps, (args.batch,), generator=gen)
-        eps = torch.randn(batch.x0.shape, generator=gen)
-        x_t = diff.noise(batch.x0, t, eps)
+        x_t, t, loss_target = diff.training_sample(batch.x0, gen)
         losses = train_step(
             list(zip((cdit, hybrid), opts, strict=True)),
             x_t,
             t,
-            eps,
+            loss_target,
             batch.y,
             batch.x_cond,
             batch.rel_t,

@@ -52,24 +52,35 @@ class Diffusion:
         betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
         self.alpha_bar = torch.cumprod(1 - betas, 0).float()
 
+    def _alpha_bar(self, t: Tensor, like: Tensor) -> Tensor:
+        """``alpha_bar_t`` for ``t (B,)``, shaped to broadcast against ``like (B, ...)``."""
+        return self.alpha_bar[t].view(-1, *([1] * (like.dim() - 1)))
+
     def noise(self, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
         """``x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps``; ``t (B,)`` long."""
-        ab = self.alpha_bar[t].view(-1, *([1] * (x0.dim() - 1)))
+        ab = self._alpha_bar(t, x0)
         return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
 
     def target(self, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
         """What the network learns to output for ``x_t = noise(x0, t, eps)``: ``eps`` or ``v``."""
         if self.prediction == "eps":
             return eps
-        ab = self.alpha_bar[t].view(-1, *([1] * (x0.dim() - 1)))
+        ab = self._alpha_bar(t, x0)
         return ab.sqrt() * eps - (1 - ab).sqrt() * x0
 
     def eps_from(self, out: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         """The noise estimate implied by a network output ``out`` at ``(x_t, t)``."""
         if self.prediction == "eps":
             return out
-        ab = self.alpha_bar[t].view(-1, *([1] * (x_t.dim() - 1)))
+        ab = self._alpha_bar(t, x_t)
         return (1 - ab).sqrt() * x_t + ab.sqrt() * out
+
+    def training_sample(self, x0: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """Draw timesteps ``t (B,)`` and noise for clean ``x0 (B, ...)`` with ``gen`` (in that
+        order); return ``(x_t, t, target)``, the inputs and the target of the DDPM loss."""
+        t = torch.randint(0, self.num_steps, (x0.shape[0],), generator=gen)
+        eps = torch.randn(x0.shape, generator=gen)
+        return self.noise(x0, t, eps), t, self.target(x0, eps, t)
 
     def ddim_timesteps(self, steps: int) -> Tensor:
         """``steps`` timesteps from ``num_steps - 1`` down to 0, evenly spaced (long)."""
