@@ -117,22 +117,19 @@ def main(argv: list[str] | None = None) -> None:
     one, two = saved_bytes(1), saved_bytes(2)
     totals = {key: two[key] - one[key] for key in one}
     fixed = {key: 2 * one[key] - two[key] for key in one}
-    per_sample = (
-        totals["root"]
-        + totals["first"]
-        + (first - 1) * totals["first" if args.freeze_cdit else "cdit_block"]
-        + after * totals["cdit_block"]
-        + layers * totals["memory_block"]
-        + totals["final"]
-    )
-    fixed_step = (
-        fixed["root"]
-        + fixed["first"]
-        + (first - 1) * fixed["first" if args.freeze_cdit else "cdit_block"]
-        + after * fixed["cdit_block"]
-        + layers * fixed["memory_block"]
-        + fixed["final"]
-    )
+
+    def whole_model(parts: dict[str, int]) -> int:
+        """Bytes of the full-depth model from the measured parts."""
+        return (
+            parts["root"]
+            + parts["first"]
+            + (first - 1) * parts["first" if args.freeze_cdit else "cdit_block"]
+            + after * parts["cdit_block"]
+            + layers * parts["memory_block"]
+            + parts["final"]
+        )
+
+    per_sample, fixed_step = whole_model(totals), whole_model(fixed)
     tokens = model.num_patches
     # the residual stream is float32 under autocast too; bf16 with bf16 parameters
     block_input = tokens * model.hidden_size * (2 if args.bf16 else 4)
