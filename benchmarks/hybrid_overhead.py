@@ -3,15 +3,17 @@
     python benchmarks/hybrid_overhead.py            # B/2, 224-pixel images, batch 2, k=8, CPU
     python benchmarks/hybrid_overhead.py --device cuda --dtype bfloat16 --batch 16
     python benchmarks/hybrid_overhead.py --memory-time-embedding --memory-pose-encoding rays
+    python benchmarks/hybrid_overhead.py --memory-ray-alignment
 
 Prints, for the default memory settings and for full-resolution memory tokens
 (``memory_patch_size = patch_size``), hybrid time / CDiT time for: one forward with a fresh
 memory context; 10 forwards sharing one context (a denoising loop); a batch with no active
-sample. ``--memory-time-embedding`` and ``--memory-pose-encoding rays`` turn those options on
-(contexts then carry steps); ``--only-default`` skips the full-resolution rows. Absolute times on
-shared machines mean little: compare ratios measured side by side. ``--flops`` prints, instead
-of times, the floating-point operations of one forward (``torch.utils.flop_counter``): the
-hybrid with a fresh and with a cached context, the CDiT, and a memory layer's parts.
+sample. ``--memory-time-embedding``, ``--memory-pose-encoding rays`` and
+``--memory-ray-alignment`` turn those options on (contexts then carry steps);
+``--only-default`` skips the full-resolution rows. Absolute times on shared machines mean
+little: compare ratios measured side by side. ``--flops`` prints, instead of times, the
+floating-point operations of one forward (``torch.utils.flop_counter``): the hybrid with a
+fresh and with a cached context, the CDiT, and a memory layer's parts.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     parser.add_argument("--memory-time-embedding", action="store_true")
     parser.add_argument("--memory-pose-encoding", default="frame", choices=["frame", "rays"])
+    parser.add_argument("--memory-ray-alignment", action="store_true")
     parser.add_argument("--only-default", action="store_true", help="skip full resolution")
     parser.add_argument("--flops", action="store_true", help="count operations, do not time")
     args = parser.parse_args(argv)
@@ -84,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     options = {
         "memory_time_embedding": timed,
         "memory_pose_encoding": args.memory_pose_encoding,
+        "memory_ray_alignment": args.memory_ray_alignment,
     }
 
     def context(active: bool) -> MemoryContext:

@@ -32,6 +32,7 @@ OPTIONS: list[dict[str, Any]] = [
     {"memory_time_embedding": True},
     {"memory_pose_encoding": "rays"},
     {"memory_time_embedding": True, "memory_pose_encoding": "rays", "camera_fov": 1.0},
+    {"memory_ray_alignment": True},
 ]
 
 
@@ -123,10 +124,16 @@ def test_previous_version_directory_with_the_options_turned_on(tmp_path):
     target = tmp_path / "turned_on"
     shutil.copytree(OLD_DIR, target)
     config = json.loads((target / "config.json").read_text())
-    config.update(memory_time_embedding=True, memory_pose_encoding="rays", camera_fov=1.1)
+    config.update(
+        memory_time_embedding=True,
+        memory_pose_encoding="rays",
+        camera_fov=1.1,
+        memory_ray_alignment=True,
+    )
     (target / "config.json").write_text(json.dumps(config))
     model = HybridCDiT.from_pretrained(target).eval()
     assert model.memory_time_embedding and model.memory_pose_encoding == "rays"
+    assert model.memory_ray_alignment
     with torch.no_grad():
         torch.testing.assert_close(
             model(*inputs, memory=memory), io["out_memory"], atol=1e-6, rtol=0
@@ -278,6 +285,7 @@ def test_own_buffer_gives_ages():
         ({"camera_fov": 0.0}, "camera_fov"),
         ({"camera_fov": math.pi}, "camera_fov"),
         ({"camera_fov": "wide"}, "camera_fov"),
+        ({"memory_ray_alignment": "yes"}, "memory_ray_alignment"),
     ],
 )
 def test_invalid_options_raise(kwargs, needle):
@@ -289,9 +297,14 @@ def test_invalid_options_raise(kwargs, needle):
 
 
 def test_options_round_trip_through_config_and_pretrained(tmp_path):
-    model = _trained(memory_time_embedding=True, memory_pose_encoding="rays", camera_fov=1.25)
+    model = _trained(
+        memory_time_embedding=True,
+        memory_pose_encoding="rays",
+        camera_fov=1.25,
+        memory_ray_alignment=True,
+    )
     config = model.get_config()
-    assert config["memory_time_embedding"] is True
+    assert config["memory_time_embedding"] is True and config["memory_ray_alignment"] is True
     assert config["memory_pose_encoding"] == "rays" and config["camera_fov"] == 1.25
     loaded = HybridCDiT.from_pretrained(model.save_pretrained(tmp_path / "m")).eval()
     memory, inputs = _with_time(make_memory(pose_dim=5)), make_inputs()
@@ -304,15 +317,18 @@ def test_options_round_trip_through_config_and_pretrained(tmp_path):
             "memory_time_embedding": True,
             "memory_pose_encoding": "rays",
             "camera_fov": 1.25,
+            "memory_ray_alignment": True,
         }
     )
     built = build_model(yaml_config)
     assert isinstance(built, HybridCDiT)
     assert built.memory_time_embedding and built.memory_pose_encoding == "rays"
+    assert built.memory_ray_alignment
     assert built.camera_fov == 1.25
     assert HybridCDiTConfig.from_dict(yaml_config.to_dict()) == yaml_config
     defaults = HybridCDiTConfig()
     assert not defaults.memory_time_embedding and defaults.memory_pose_encoding == "frame"
+    assert not defaults.memory_ray_alignment
 
 
 def test_memory_options_are_inferred_from_a_state_dict():
@@ -321,6 +337,8 @@ def test_memory_options_are_inferred_from_a_state_dict():
         inferred = infer_memory_config(model.state_dict())
         assert inferred.get("memory_time_embedding", False) == model.memory_time_embedding
         assert inferred.get("memory_pose_encoding", "frame") == model.memory_pose_encoding
+        assert inferred.get("memory_ray_alignment", False) == model.memory_ray_alignment
         rebuilt = HybridCDiT.from_cdit_checkpoint(model.state_dict(), num_heads=4)
         assert rebuilt.memory_time_embedding == model.memory_time_embedding
         assert rebuilt.memory_pose_encoding == model.memory_pose_encoding
+        assert rebuilt.memory_ray_alignment == model.memory_ray_alignment

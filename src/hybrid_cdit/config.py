@@ -108,6 +108,8 @@ class HybridCDiTConfig:
         memory_pose_encoding: ``"frame"`` (one relative-pose embedding per memory frame) or
             ``"rays"`` (also a Plücker-ray embedding per memory token).
         camera_fov: horizontal field of view of the camera in radians, in ``(0, pi)``.
+        memory_ray_alignment: bias memory attention towards memory tokens whose view rays
+            match the query cell's (see :class:`~hybrid_cdit.HybridCDiT`).
 
     Raises:
         ValueError: naming the field, the expected and the received value.
@@ -131,6 +133,7 @@ class HybridCDiTConfig:
     memory_time_embedding: bool = False
     memory_pose_encoding: str = "frame"
     camera_fov: float = DEFAULT_CAMERA_FOV
+    memory_ray_alignment: bool = False
 
     def __post_init__(self) -> None:
         _, variant = parse_model_name(self.model)
@@ -144,7 +147,12 @@ class HybridCDiTConfig:
                 f"image_size must be a multiple of {LATENT_DOWNSAMPLE * patch} (the latent is "
                 f"image_size // {LATENT_DOWNSAMPLE}, patched by {patch}), got {self.image_size}"
             )
-        for name in ("use_hybrid_model", "memory_enabled", "memory_time_embedding"):
+        for name in (
+            "use_hybrid_model",
+            "memory_enabled",
+            "memory_time_embedding",
+            "memory_ray_alignment",
+        ):
             _flag(name, getattr(self, name))
         _positive_int("memory_buffer_size", self.memory_buffer_size)
         if self.memory_write_policy not in WRITE_POLICIES:
@@ -256,6 +264,7 @@ class HybridCDiTConfig:
                 memory_time_embedding=self.memory_time_embedding,
                 memory_pose_encoding=self.memory_pose_encoding,
                 camera_fov=self.camera_fov,
+                memory_ray_alignment=self.memory_ray_alignment,
             )
         return kwargs
 

@@ -18,7 +18,12 @@ def merge_heads(x: Tensor) -> Tensor:
 
 
 def multihead_attention(
-    q: Tensor, k: Tensor, v: Tensor, num_heads: int, key_mask: Tensor | None = None
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    num_heads: int,
+    key_mask: Tensor | None = None,
+    bias: Tensor | None = None,
 ) -> Tensor:
     """Scaled dot-product attention over heads.
 
@@ -28,6 +33,8 @@ def multihead_attention(
             ``(N, H, Lk, d)`` together with ``v`` in the same layout.
         num_heads: ``H``; ``D`` must be divisible by it.
         key_mask: optional ``(N, Lk)`` bool, True where a key may be attended.
+        bias: optional ``(N, H, Lq, Lk)`` (or broadcastable) float added to the attention
+            logits; keys outside ``key_mask`` stay excluded.
 
     Returns:
         ``(N, Lq, D)``.
@@ -36,4 +43,9 @@ def multihead_attention(
     kh = k if k.dim() == 4 else split_heads(k, num_heads)
     vh = v if v.dim() == 4 else split_heads(v, num_heads)
     mask = None if key_mask is None else key_mask[:, None, None, :]
+    if bias is not None:
+        bias = bias.to(qh.dtype)
+        if mask is not None:
+            bias = bias.masked_fill(~mask, float("-inf"))
+        mask = bias
     return merge_heads(F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask))

@@ -30,10 +30,20 @@ class SelectiveMemoryAttention(nn.Module):
         ratio: memory grid coarseness ``r``; must divide ``grid_size``.
         inner_dim: width ``Dm`` of queries, keys and values (``dim`` when None); a narrower
             attention makes the memory branch cheaper.
+        ray_alignment: add to each head's logits ``-ray_strength[h] * ray_distance``, where
+            ``ray_distance`` ``(N, S'*S', M)`` (given to :meth:`forward`) says how far apart the
+            view rays of a query cell and a memory token are; ``ray_strength`` ``(H,)`` is
+            learned.
     """
 
     def __init__(
-        self, dim: int, num_heads: int, grid_size: int, ratio: int = 1, inner_dim: int | None = None
+        self,
+        dim: int,
+        num_heads: int,
+        grid_size: int,
+        ratio: int = 1,
+        inner_dim: int | None = None,
+        ray_alignment: bool = False,
     ) -> None:
         super().__init__()
         inner = dim if inner_dim is None else inner_dim
@@ -52,6 +62,9 @@ class SelectiveMemoryAttention(nn.Module):
         self.q_proj = nn.Linear(group * dim, inner, bias=True)
         self.kv_proj = nn.Linear(dim, 2 * inner, bias=True)
         self.out_proj = nn.Linear(inner, group * dim, bias=True)
+        self.ray_strength: nn.Parameter | None = None
+        if ray_alignment:
+            self.ray_strength = nn.Parameter(torch.ones(num_heads))
         self.kv_computations = 0
         """How many times :meth:`keys_values` ran eagerly (the cache test counts it)."""
 
@@ -62,7 +75,14 @@ class SelectiveMemoryAttention(nn.Module):
         k, v = self.kv_proj(memory_tokens).chunk(2, dim=-1)
         return split_heads(k, self.num_heads), split_heads(v, self.num_heads)
 
-    def forward(self, x: Tensor, keys: Tensor, values: Tensor, key_mask: Tensor) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        keys: Tensor,
+        values: Tensor,
+        key_mask: Tensor,
+        ray_distance: Tensor | None = None,
+    ) -> Tensor:
         """Attend from hidden tokens to memory.
 
         Args:
@@ -70,6 +90,8 @@ class SelectiveMemoryAttention(nn.Module):
             keys, values: ``(N, H, M, Dm/H)`` from :meth:`keys_values`.
             key_mask: ``(N, M)`` bool, True where a memory token may be attended. Rows with no
                 True entry attend to everything; the caller gates those rows to zero.
+            ray_distance: ``(N, S'*S', M)`` with ``ray_alignment`` (``S' = S / ratio``), else
+                ignored.
 
         Returns:
             ``(N, S*S, D)``.
@@ -77,8 +99,11 @@ class SelectiveMemoryAttention(nn.Module):
         r, side = self.ratio, self.grid_size // self.ratio
         groups = rearrange(x, "n (h a w b) d -> n (h w) (a b d)", h=side, a=r, w=side, b=r)
         empty = ~key_mask.any(dim=-1, keepdim=True)
+        bias = None
+        if self.ray_strength is not None and ray_distance is not None:
+            bias = -self.ray_strength[None, :, None, None] * ray_distance[:, None]
         attended = multihead_attention(
-            self.q_proj(groups), keys, values, self.num_heads, key_mask | empty
+            self.q_proj(groups), keys, values, self.num_heads, key_mask | empty, bias
         )
         out: Tensor = rearrange(
             self.out_proj(attended), "n (h w) (a b d) -> n (h a w b) d", h=side, w=side, a=r, b=r
@@ -86,10 +111,12 @@ class SelectiveMemoryAttention(nn.Module):
         return out
 
     def reset_parameters(self) -> None:
-        """Xavier-uniform weights and zero biases."""
+        """Xavier-uniform weights, zero biases and a ray strength of 1."""
         for layer in (self.q_proj, self.kv_proj, self.out_proj):
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
+        if self.ray_strength is not None:
+            nn.init.ones_(self.ray_strength)
 
 
 def memory_key_mask(frame_mask: Tensor, tokens_per_frame: int) -> Tensor:

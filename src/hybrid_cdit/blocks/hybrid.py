@@ -21,6 +21,8 @@ class MemoryInputs(NamedTuple):
         gate: ``(N,)`` 1 for samples whose memory is active, 0 otherwise (dtype of the tokens).
         cache: where keys/values are kept across forwards, or None (no caching).
         cache_key: identifies ``tokens``; a cached entry under another key is stale.
+        ray_distance: ``(N, S'*S', M)`` view-ray distances between query cells and memory
+            tokens, for blocks with ray alignment (see :class:`SelectiveMemoryAttention`).
     """
 
     tokens: Tensor
@@ -28,6 +30,7 @@ class MemoryInputs(NamedTuple):
     gate: Tensor
     cache: KVCache | None = None
     cache_key: Any = None
+    ray_distance: Tensor | None = None
 
 
 class HybridCDiTBlock(CDiTBlock):
@@ -47,6 +50,8 @@ class HybridCDiTBlock(CDiTBlock):
         memory_ratio: how much coarser the memory token grid is (see
             :class:`SelectiveMemoryAttention`).
         memory_dim: width of the memory attention (``hidden_size`` when None).
+        memory_ray_alignment: bias memory attention towards memory tokens whose view rays
+            match the query's (see :class:`SelectiveMemoryAttention`).
     """
 
     def __init__(
@@ -59,13 +64,14 @@ class HybridCDiTBlock(CDiTBlock):
         grid_size: int = 1,
         memory_ratio: int = 1,
         memory_dim: int | None = None,
+        memory_ray_alignment: bool = False,
     ) -> None:
         super().__init__(hidden_size, num_heads, mlp_ratio)
         self.enable_memory = enable_memory
         if enable_memory:
             self.memory_norm = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
             self.memory_attn = SelectiveMemoryAttention(
-                hidden_size, num_heads, grid_size, memory_ratio, memory_dim
+                hidden_size, num_heads, grid_size, memory_ratio, memory_dim, memory_ray_alignment
             )
             self.memory_adaLN_modulation = nn.Sequential(
                 nn.SiLU(), nn.Linear(hidden_size, 3 * hidden_size, bias=True)
@@ -95,7 +101,7 @@ class HybridCDiTBlock(CDiTBlock):
         shift, scale, gate = self.memory_adaLN_modulation(c).chunk(3, dim=1)
         keys, values = self.memory_keys_values(memory)
         query = modulate(self.memory_norm(x), shift, scale)
-        branch = self.memory_attn(query, keys, values, memory.key_mask)
+        branch = self.memory_attn(query, keys, values, memory.key_mask, memory.ray_distance)
         return gated_residual(x, gate * memory.gate[:, None], branch)
 
     def forward(

@@ -23,6 +23,7 @@ from ..memory import (
     MemoryBuffer,
     MemoryContext,
     check_write_policy,
+    patch_directions,
     plucker_rays,
     relative_pose,
     to_pose5,
@@ -119,7 +120,14 @@ class HybridCDiT(CDiT):
             frame (:func:`~hybrid_cdit.memory.plucker_rays`; parameters
             ``memory_ray_embedder.*``, output layer zero-initialised).
         camera_fov: horizontal field of view of the (square, pinhole) camera in radians, in
-            ``(0, pi)``, used by ``"rays"``.
+            ``(0, pi)``, used by ``"rays"`` and ``memory_ray_alignment``.
+        memory_ray_alignment: add to the memory attention's logits, per head,
+            ``-strength * (1 - cos a) / (1 - cos(camera_fov / G))``, ``a`` the angle between
+            the view ray of a query cell (from the query camera) and that of a memory token
+            (from the memory camera), ``G`` memory tokens per side: tokens looking the way the
+            query cell looks are preferred, one token spacing off costs 1 at strength 1.
+            Strengths (``memory_attn.ray_strength``) are learned and start at 1 in a new
+            branch, at 0 when a trained branch without them is loaded.
     """
 
     def __init__(
@@ -148,6 +156,7 @@ class HybridCDiT(CDiT):
         memory_time_embedding: bool = False,
         memory_pose_encoding: str = "frame",
         camera_fov: float = DEFAULT_CAMERA_FOV,
+        memory_ray_alignment: bool = False,
     ) -> None:
         check_positive_int("depth", depth)
         check_positive_int("patch_size", patch_size)
@@ -188,6 +197,9 @@ class HybridCDiT(CDiT):
             )
         self.memory_pose_encoding = memory_pose_encoding
         self.camera_fov = _check_fov(camera_fov)
+        if not isinstance(memory_ray_alignment, bool):
+            raise ValueError(f"memory_ray_alignment must be a bool, got {memory_ray_alignment!r}")
+        self.memory_ray_alignment = memory_ray_alignment
         super().__init__(
             input_size,
             context_size,
@@ -240,6 +252,7 @@ class HybridCDiT(CDiT):
                 grid_size=grid,
                 memory_ratio=self.memory_ratio,
                 memory_dim=self.memory_dim,
+                memory_ray_alignment=self.memory_ray_alignment,
             )
             for i in range(self.depth)
         ]
@@ -265,6 +278,7 @@ class HybridCDiT(CDiT):
             "memory_time_embedding": self.memory_time_embedding,
             "memory_pose_encoding": self.memory_pose_encoding,
             "camera_fov": self.camera_fov,
+            "memory_ray_alignment": self.memory_ray_alignment,
         }
 
     def memory_parameters(self) -> Iterator[nn.Parameter]:
@@ -303,6 +317,8 @@ class HybridCDiT(CDiT):
         the memory position embedding as the target frame's, pooled to the memory grid, so memory
         tokens begin in the space of the hidden tokens; output gates start at zero. Called at
         construction and after loading a CDiT checkpoint (then only for the missing ``keys``).
+        A loaded branch missing only its ray strengths (trained without ``memory_ray_alignment``)
+        gets strengths of 0, which keep its outputs.
         """
         if not self.memory_enabled:
             return
@@ -312,7 +328,15 @@ class HybridCDiT(CDiT):
             return wanted is None or any(k.startswith(prefix) for k in wanted)
 
         for index, block in enumerate(self.hybrid_blocks()):
-            if block.enable_memory and due(f"blocks.{index}.memory"):
+            prefix = f"blocks.{index}.memory"
+            strength = block.memory_attn.ray_strength if block.enable_memory else None
+            if wanted is not None and strength is not None:
+                missing = {k for k in wanted if k.startswith(prefix)}
+                if missing == {f"{prefix}_attn.ray_strength"}:
+                    # a branch trained without ray alignment keeps its function
+                    strength.zero_()
+                    continue
+            if block.enable_memory and due(prefix):
                 block.reset_memory_parameters()
         r, p = self.memory_ratio, self.patch_size
         if due("memory_pos_embed"):
@@ -541,6 +565,20 @@ class HybridCDiT(CDiT):
             tokens = tokens + self.memory_ray_embedder(rays).to(tokens.dtype)
         return tokens
 
+    def ray_distance(self, memory: MemoryContext) -> Tensor:
+        """``(N, G*G, k*G*G)`` float32 ray distances ``(1 - cos a) / (1 - cos(camera_fov / G))``
+        between the view ray of each query cell (``G x G`` memory-grid cells of the query
+        camera, row-major) and that of each memory token, ``a`` their angle (see
+        ``memory_ray_alignment``)."""
+        side = self.input_size // self.memory_patch_size
+        query = to_pose5(memory.query_pose).float()[:, None]
+        poses = torch.where(memory.mask[..., None], to_pose5(memory.poses).float(), query)
+        memory_rays = plucker_rays(poses, query, side, self.camera_fov)[..., :3]  # (N, k, M, 3)
+        query_rays = patch_directions(side, self.camera_fov, device=poses.device)
+        cos = torch.einsum("qc,nkmc->nqkm", query_rays, memory_rays).flatten(2)
+        spacing = 1.0 - math.cos(self.camera_fov / side)
+        return (1.0 - cos) / spacing
+
     def _token_version(self) -> tuple[int, ...]:
         embedder = self.memory_embedder if self.memory_ratio > 1 else self.x_embedder
         params = [
@@ -565,14 +603,20 @@ class HybridCDiT(CDiT):
         if not self.training and not torch.compiler.is_compiling() and not bool(active.any()):
             return None
         if not caching:
-            tokens, key_mask = self.memory_tokens(memory)
-            return MemoryInputs(tokens, key_mask, active.to(x.dtype))
+            tokens, key_mask, rays = self._memory_token_inputs(memory)
+            return MemoryInputs(tokens, key_mask, active.to(x.dtype), ray_distance=rays)
         version = self._token_version()
         entry = memory.cached(self, "tokens")
         if entry is None or entry[0] != version:
-            entry = (version, *self.memory_tokens(memory))
+            entry = (version, *self._memory_token_inputs(memory))
             memory.store(self, "tokens", entry)
-        return MemoryInputs(entry[1], entry[2], active.to(x.dtype), memory, version)
+        return MemoryInputs(entry[1], entry[2], active.to(x.dtype), memory, version, entry[3])
+
+    def _memory_token_inputs(self, memory: MemoryContext) -> tuple[Tensor, Tensor, Tensor | None]:
+        """:meth:`memory_tokens` and, with ``memory_ray_alignment``, :meth:`ray_distance`."""
+        tokens, key_mask = self.memory_tokens(memory)
+        rays = self.ray_distance(memory) if self.memory_ray_alignment else None
+        return tokens, key_mask, rays
 
     def _memory_parameter_anchor(self) -> Tensor:
         """``0 * sum(model-level memory parameters)``, added to the tokens entering the first
