@@ -53,6 +53,7 @@ __all__ = [
     "episode_seeds",
     "generate_episode",
     "load_episodes",
+    "long_return_labels",
     "revisit_labels",
     "synthetic_episode",
 ]
@@ -319,6 +320,35 @@ def revisit_labels(
     revisit = (close & history).any(1)
     novel = ~((dist <= novel_distance) & before_window).any(1)
     return revisit, novel & ~revisit
+
+
+def long_return_labels(
+    poses: FloatArray,
+    context: int,
+    gap: int,
+    *,
+    revisit_distance: float = 1.0,
+    revisit_angle: float = math.pi / 4,
+) -> NDArray[np.bool_]:
+    """``(T,)`` bool: frames that return to a view after a long absence (vectorised).
+
+    Frame ``t`` is a long return when some frame ``s < t - context`` lies within
+    ``revisit_distance`` cells and ``revisit_angle`` radians of its pose (the revisit rule of
+    :func:`revisit_labels`, identical poses excluded) and the latest such frame is at least
+    ``gap`` frames before ``t``: the view was last seen ``gap`` or more frames ago.
+    """
+    if gap < 1:
+        raise ValueError(f"gap must be >= 1, got {gap}")
+    p = np.asarray(poses, dtype=np.float64)
+    t = p.shape[0]
+    dist = np.linalg.norm(p[:, None, :2] - p[None, :, :2], axis=-1)
+    angle = np.abs((p[:, None, 2] - p[None, :, 2] + np.pi) % (2 * np.pi) - np.pi)
+    identical = (dist == 0) & (angle == 0)
+    src = np.arange(t)
+    close = (dist <= revisit_distance) & (angle <= revisit_angle) & ~identical
+    close &= src[None, :] < (src[:, None] - context)
+    latest = np.where(close, src[None, :], -1).max(1)
+    return (latest >= 0) & (src - latest >= gap)
 
 
 # --------------------------------------------------------------------------- environment

@@ -177,6 +177,7 @@ def run(
         "threshold": args.threshold,
         "memory_pose_encoding": args.memory_pose_encoding,
         "memory_time_embedding": args.memory_time_embedding,
+        "memory_ray_alignment": args.memory_ray_alignment,
         "seconds": round(time.perf_counter() - start, 1),
     }
     return summary

@@ -43,6 +43,7 @@ figure of one rollout. The last printed line is one JSON object.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -72,7 +73,7 @@ from maze_memory import (
     replay_memory,
     retrieval_hits,
 )
-from maze_trajectories import Episode, load_episodes, revisit_labels
+from maze_trajectories import Episode, load_episodes, long_return_labels, revisit_labels
 from side_by_side import (
     Diffusion,
     build_pair,
@@ -85,7 +86,7 @@ from side_by_side import (
 )
 from torch import Tensor
 
-from hybrid_cdit import CDiT, HybridCDiT
+from hybrid_cdit import CDiT, HybridCDiT, MemoryContext
 from hybrid_cdit.memory import wrap_angle
 
 SUMMARY_KEYS = (
@@ -167,6 +168,7 @@ def build_models(args: argparse.Namespace) -> tuple[CDiT, HybridCDiT]:
         "memory_time_embedding": args.memory_time_embedding,
         "memory_pose_encoding": args.memory_pose_encoding,
         "camera_fov": math.radians(args.camera_fov),
+        "memory_ray_alignment": args.memory_ray_alignment,
     }
     layers = args.memory_layers
     memory_kwargs["memory_layers"] = layers if layers else list(range(args.depth // 2, args.depth))
@@ -436,7 +438,98 @@ def evaluate(
     result["rollout_frames"] = int(rev.numel())
     best = int(rev.sum(1).argmax())
     result["_figure"] = (truth[best], gen_c[best], gen_h[best], rev[best])
+    if args.long_rollouts:
+        result.update(long_rollouts(args, data, cdit, hybrid, diff, settings))
     return result
+
+
+def long_rollouts(
+    args: argparse.Namespace,
+    data: Data,
+    cdit: CDiT,
+    hybrid: HybridCDiT,
+    diff: Diffusion,
+    settings: MemorySettings,
+) -> dict[str, object]:
+    """Rollouts through returns after long absences, the hybrid's buffer under each policy.
+
+    Windows of ``--rollout-length`` frames from frame ``--long-min-start`` on, chosen for their
+    *long returns* (frames whose view was last seen ``--long-gap`` or more frames earlier,
+    :func:`long_return_labels`); the hybrid rolls out with a buffer of ``--long-capacity``
+    frames under the ``lru`` and the ``coverage`` write policy, and with the whole episode
+    (the training buffer) as the upper bound. PSNR on the long-return frames, and how often
+    the buffer's retrieval holds a frame within 1 cell and 45 degrees of them (hit rate).
+    """
+    labels = torch.stack(
+        [
+            torch.from_numpy(long_return_labels(p.numpy(), settings.context, args.long_gap))
+            for p in data.poses
+        ]
+    )
+    length = args.rollout_length
+    episode, start = rollout_starts(
+        labels,
+        length,
+        min_start=min(args.long_min_start, data.length - length),
+        per_episode=args.rollouts_per_episode,
+    )
+    index = start[:, None] + torch.arange(length)
+    truth = data.frames[episode[:, None], index]
+    marked = labels[episode[:, None], index]
+    policies = {
+        "lru": dataclasses.replace(settings, capacity=args.long_capacity, write_policy="lru"),
+        "coverage": dataclasses.replace(
+            settings, capacity=args.long_capacity, write_policy="coverage"
+        ),
+        "whole_episode": settings,
+    }
+    print(
+        f"[eval] long returns: {len(episode)} rollouts of {length} frames from frame "
+        f">= {args.long_min_start}, {int(marked.sum())} frames last seen >= {args.long_gap} "
+        f"frames earlier; buffers of {args.long_capacity} frames (lru, coverage) and of the "
+        f"whole episode",
+        flush=True,
+    )
+    common = {"ddim_steps": args.ddim_steps, "seed": args.seed + 60_000}
+    out: dict[str, object] = {
+        "long_rollout_frames": int(marked.sum()),
+        "long_gap": args.long_gap,
+        "long_capacity": args.long_capacity,
+    }
+    baseline = rollout(
+        cdit, data.frames, data.poses, episode, start, length, diff, settings,
+        use_memory=False, **common,
+    )  # fmt: skip
+    generated = {"cdit": baseline}
+    for name, policy in policies.items():
+        hits = torch.zeros(len(episode), length, dtype=torch.bool)
+
+        def record(t: int, memory: MemoryContext, hits: Tensor = hits) -> None:
+            inside = (t >= start) & (t < start + length)
+            if bool(inside.any()):
+                rows = inside.nonzero().squeeze(1)
+                near = _near_target(memory, rows)
+                hits[rows, t - start[rows]] = near
+
+        generated[name] = rollout(
+            hybrid, data.frames, data.poses, episode, start, length, diff, policy,
+            use_memory=True, on_memory=record, **common,
+        )  # fmt: skip
+        out[f"long_rollout_hit_rate_{name}"] = float(hits[marked].float().mean())
+    for name, frames in generated.items():
+        p = psnr(to_unit(frames).flatten(0, 1), to_unit(truth).flatten(0, 1)).view_as(marked)
+        out[f"long_rollout_revisit_psnr_{name}"] = float(p[marked].mean())
+    return out
+
+
+def _near_target(memory: MemoryContext, rows: Tensor) -> Tensor:
+    """``(R,)`` bool: a usable retrieved slot of each row lies within 1 cell and 45 degrees of
+    the query pose (the revisit rule)."""
+    poses, query = memory.poses[rows], memory.query_pose[rows][:, None]
+    near = (poses[..., :2] - query[..., :2]).norm(dim=-1) <= 1.0
+    turn = wrap_angle(poses[..., 2] - query[..., 2]).abs() <= math.pi / 4
+    hit: Tensor = (near & turn & memory.mask[rows]).any(1)
+    return hit
 
 
 def print_tables(result: dict[str, object]) -> None:
@@ -453,6 +546,12 @@ def print_tables(result: dict[str, object]) -> None:
             float(result["rollout_revisit_psnr_hybrid_no_memory"]),  # type: ignore[arg-type]
         ]
     )
+    for name in ("cdit", "lru", "coverage", "whole_episode"):
+        key = f"long_rollout_revisit_psnr_{name}"
+        if key in result:
+            hit = result.get(f"long_rollout_hit_rate_{name}")
+            label = name if hit is None else f"{name} (memory hit rate {float(hit):.2f})"  # type: ignore[arg-type]
+            rows.append(["long-return rollout", label, float(result[key])])  # type: ignore[arg-type]
     print(format_table(["PSNR (dB)", "model", "value"], rows))
     eps = result["eps_mse"]
     assert isinstance(eps, dict)
@@ -518,8 +617,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--write-policy", choices=("lru", "coverage"), default="lru")
     p.add_argument("--memory-time-embedding", action="store_true", help="embed memory ages")
-    p.add_argument("--memory-pose-encoding", choices=("frame", "rays"), default="frame")
+    p.add_argument("--memory-pose-encoding", choices=("frame", "rays"), default="rays")
     p.add_argument("--camera-fov", type=float, default=80.0, help="degrees (Memory Maze's is 80)")
+    p.add_argument(
+        "--memory-ray-alignment",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="bias memory attention to tokens whose view rays match the query's",
+    )
     p.add_argument("--retrieval", choices=("pose", "distance", "fov"), default="pose")
     p.add_argument("--threshold", type=float, default=0.5, help="similarity threshold")
     p.add_argument("--scale", type=float, default=2.0, help="retrieval distance scale, cells")
@@ -535,6 +640,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rollout-length", type=int, default=16)
     p.add_argument("--rollout-min-start", type=int, default=60)
     p.add_argument("--rollouts-per-episode", type=int, default=2)
+    p.add_argument(
+        "--long-rollouts",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also roll out through returns after long absences with small buffers per policy",
+    )
+    p.add_argument("--long-gap", type=int, default=75, help="frames since the view was last seen")
+    p.add_argument("--long-capacity", type=int, default=50, help="buffer of the policy rollouts")
+    p.add_argument("--long-min-start", type=int, default=100, help="earliest long rollout frame")
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument(
         "--memory-report-only",
@@ -639,6 +753,7 @@ def run(
         memory_time_embedding=hybrid.memory_time_embedding,
         memory_pose_encoding=hybrid.memory_pose_encoding,
         camera_fov=round(math.degrees(hybrid.camera_fov), 3),
+        memory_ray_alignment=hybrid.memory_ray_alignment,
         memory_layers=list(hybrid.memory_layers),
         retrieval=settings.strategy,
         top_k=settings.top_k,

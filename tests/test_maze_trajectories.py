@@ -52,6 +52,33 @@ def test_revisit_labels_match_brute_force(min_gap: int | None) -> None:
     assert 0 < revisit.sum() < 40 and novel.sum() > 0
 
 
+@pytest.mark.parametrize("gap", [1, 5, 12])
+def test_long_return_labels_match_brute_force(gap: int) -> None:
+    rng = np.random.default_rng(1)
+    poses = np.concatenate(
+        [rng.uniform(0, 4, (60, 2)), rng.uniform(-math.pi, math.pi, (60, 1))], axis=1
+    ).astype(np.float32)
+    poses[50] = poses[10] + np.array([0.2, 0.1, 0.1], dtype=np.float32)  # seen 40 frames ago
+    expected = []
+    for t in range(len(poses)):
+        latest = -1
+        for s in range(t - 2):
+            d = math.dist(poses[t, :2], poses[s, :2])
+            a = abs(math.remainder(float(poses[t, 2] - poses[s, 2]), 2 * math.pi))
+            if d <= 1.0 and a <= math.pi / 4 and not (d == 0 and a == 0):
+                latest = s
+        expected.append(latest >= 0 and t - latest >= gap)
+    got = mt.long_return_labels(poses, 2, gap)
+    assert got.tolist() == expected
+    revisit, _ = mt.revisit_labels(poses, 2)
+    assert not (got & ~revisit).any()  # every long return is a revisit
+    assert got.sum() > 0
+    if gap == 12:
+        assert got.sum() < revisit.sum()
+    with pytest.raises(ValueError, match="gap"):
+        mt.long_return_labels(poses, 2, 0)
+
+
 def test_identical_pose_alone_is_not_a_revisit() -> None:
     poses = np.array([[0, 0, 0], [5, 5, 0], [9, 9, 0], [0, 0, 0]], dtype=np.float32)
     revisit, novel = mt.revisit_labels(poses, 1)

@@ -414,6 +414,50 @@ def test_end_to_end_tiny_on_synthetic_episodes(
     assert json.loads((tmp_path / "summary.json").read_text())["seconds"] > 0
 
 
+def test_long_rollouts_compare_write_policies(episodes: list[mt.Episode]) -> None:
+    argv = [
+        "--hidden", "32", "--depth", "2", "--heads", "2", "--patch-size", "2", "--size", "8",
+        "--ddim-steps", "2", "--stride", "2", "--rollout-length", "6", "--rollouts-per-episode",
+        "1", "--long-gap", "10", "--long-min-start", "30", "--scale", "4", "--capacity", "200",
+        "--long-capacity", "6",
+    ]  # fmt: skip
+    args = bench.parse_args(argv)
+    assert args.long_rollouts
+    settings = bench.settings_from(args)
+    data = bench.Data(episodes, args, settings)
+    cdit, hybrid = bench.build_models(args)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a CDiT whose output is not zero (DiT zero-initialises it)
+        for p in cdit.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.1)
+    sbs.load_cdit_weights(hybrid, cdit)
+    with torch.no_grad():  # open the memory gates: the hybrid's rollouts then use memory
+        for name, p in hybrid.named_parameters():
+            if "memory_adaLN" in name:
+                p.normal_(0, 0.5, generator=gen)
+    diff = sbs.Diffusion(prediction="v")
+    small = bench.long_rollouts(args, data, cdit, hybrid, diff, settings)
+    frames = small["long_rollout_frames"]
+    assert isinstance(frames, int) and frames > 0
+    for name in ("lru", "coverage", "whole_episode"):
+        assert 0.0 <= small[f"long_rollout_hit_rate_{name}"] <= 1.0  # type: ignore[operator]
+    for name in ("cdit", "lru", "coverage", "whole_episode"):
+        assert math.isfinite(small[f"long_rollout_revisit_psnr_{name}"])  # type: ignore[arg-type]
+    # an LRU buffer that evicts nothing is the whole-episode buffer: the same rollouts
+    large = bench.long_rollouts(
+        bench.parse_args([*argv, "--long-capacity", "200"]), data, cdit, hybrid, diff, settings
+    )
+    assert (
+        large["long_rollout_revisit_psnr_lru"] == large["long_rollout_revisit_psnr_whole_episode"]
+    )
+    assert large["long_rollout_hit_rate_lru"] == large["long_rollout_hit_rate_whole_episode"]
+    # with 6 slots, LRU has lost views the whole-episode buffer still finds
+    assert small["long_rollout_hit_rate_lru"] < small["long_rollout_hit_rate_whole_episode"]  # type: ignore[operator]
+    # memory matters to these rollouts: the hybrid's differ from the CDiT's
+    whole = small["long_rollout_revisit_psnr_whole_episode"]
+    assert whole != small["long_rollout_revisit_psnr_cdit"]
+
+
 @pytest.mark.parametrize("kind", ["oracle", "retrieved"])
 def test_learnability_probe_on_synthetic_episodes(episodes: list[mt.Episode], kind: str) -> None:
     import memory_learnability as ml

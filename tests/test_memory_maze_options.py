@@ -20,14 +20,18 @@ import memory_maze as bench  # noqa: E402
 def test_flags_reach_the_model_and_its_memory_carries_ages() -> None:
     argv = [
         "--hidden", "32", "--depth", "2", "--heads", "2", "--patch-size", "2", "--size", "8",
-        "--memory-pose-encoding", "rays", "--memory-time-embedding", "--camera-fov", "80",
+        "--memory-pose-encoding", "frame", "--memory-time-embedding", "--camera-fov", "70",
+        "--no-memory-ray-alignment",
     ]  # fmt: skip
     args = bench.parse_args(argv)
     _, hybrid = bench.build_models(args)
-    assert hybrid.memory_time_embedding and hybrid.memory_pose_encoding == "rays"
-    assert math.isclose(hybrid.camera_fov, math.radians(80))
+    assert hybrid.memory_time_embedding and hybrid.memory_pose_encoding == "frame"
+    assert not hybrid.memory_ray_alignment
+    assert math.isclose(hybrid.camera_fov, math.radians(70))
     _, default = bench.build_models(bench.parse_args(argv[:10]))
-    assert not default.memory_time_embedding and default.memory_pose_encoding == "frame"
+    assert not default.memory_time_embedding and default.memory_pose_encoding == "rays"
+    assert default.memory_ray_alignment
+    assert math.isclose(default.camera_fov, math.radians(80))
     # The benchmark's memory contexts carry steps and the query step, so ages reach the model.
     episodes = [mt.synthetic_episode(9, seed, 120) for seed in range(2)]
     frames, poses = mmem.episode_tensors(episodes, stride=4, size=8)
