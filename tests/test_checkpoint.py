@@ -430,6 +430,7 @@ def test_hybrid_state_dict_rebuilds_with_its_memory_geometry(tmp_path):
         "memory_layers": [1, 3],
         "memory_patch_size": 4,
         "memory_dim": 48,
+        "memory_ray_alignment": True,
     }
     assert (
         infer_memory_config(CDiT(input_size=8, hidden_size=48, depth=1, num_heads=4).state_dict())

@@ -153,7 +153,7 @@ def test_fresh_alignment_starts_at_strength_one_and_learns():
 
 def test_alignment_changes_outputs_and_zero_strength_is_no_alignment():
     aligned = trained_like_hybrid(memory_ray_alignment=True)
-    plain = HybridCDiT(**TINY).eval()
+    plain = HybridCDiT(**TINY, memory_ray_alignment=False).eval()
     plain.load_state_dict(aligned.state_dict(), strict=False)
     inputs, memory = make_inputs(), make_memory()
     with torch.no_grad():
@@ -166,7 +166,7 @@ def test_alignment_changes_outputs_and_zero_strength_is_no_alignment():
 
 
 def test_loading_a_branch_trained_without_alignment_zeroes_only_the_strengths():
-    trained = trained_like_hybrid()
+    trained = trained_like_hybrid(memory_ray_alignment=False)
     model = HybridCDiT(**TINY, memory_ray_alignment=True).eval()
     report = model.load_state_dict(trained.state_dict(), strict=False)
     assert sorted(report.missing_keys) == [

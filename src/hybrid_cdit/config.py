@@ -133,7 +133,7 @@ class HybridCDiTConfig:
     memory_time_embedding: bool = False
     memory_pose_encoding: str = "frame"
     camera_fov: float = DEFAULT_CAMERA_FOV
-    memory_ray_alignment: bool = False
+    memory_ray_alignment: bool = True
 
     def __post_init__(self) -> None:
         _, variant = parse_model_name(self.model)

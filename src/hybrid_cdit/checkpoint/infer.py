@@ -150,7 +150,7 @@ def infer_memory_config(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
       tokens), else the CDiT patch size (full-resolution memory tokens);
     - ``memory_time_embedding=True`` / ``memory_pose_encoding="rays"`` when the embedders those
       options add are present;
-    - ``memory_ray_alignment=True`` when the memory layers have ray strengths
+    - ``memory_ray_alignment``: whether the memory layers have ray strengths
       (``blocks.N.memory_attn.ray_strength``).
 
     Options that shape no tensor (``memory_top_k``, thresholds, ``retrieval``,
@@ -181,6 +181,5 @@ def infer_memory_config(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
     for prefix, option, value in _PRESENCE_OPTIONS:
         if any(k.startswith(prefix) for k in cleaned):
             config[option] = value
-    if any(k.endswith(".memory_attn.ray_strength") for k in cleaned):
-        config["memory_ray_alignment"] = True
+    config["memory_ray_alignment"] = any(k.endswith(".memory_attn.ray_strength") for k in cleaned)
     return config

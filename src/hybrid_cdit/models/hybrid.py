@@ -156,7 +156,7 @@ class HybridCDiT(CDiT):
         memory_time_embedding: bool = False,
         memory_pose_encoding: str = "frame",
         camera_fov: float = DEFAULT_CAMERA_FOV,
-        memory_ray_alignment: bool = False,
+        memory_ray_alignment: bool = True,
     ) -> None:
         check_positive_int("depth", depth)
         check_positive_int("patch_size", patch_size)
