@@ -3,13 +3,13 @@
     python benchmarks/hybrid_overhead.py            # B/2, 224-pixel images, batch 2, k=8, CPU
     python benchmarks/hybrid_overhead.py --device cuda --dtype bfloat16 --batch 16
     python benchmarks/hybrid_overhead.py --memory-time-embedding --memory-pose-encoding rays
-    python benchmarks/hybrid_overhead.py --memory-ray-alignment
+    python benchmarks/hybrid_overhead.py --no-memory-ray-alignment
 
 Prints, for the default memory settings and for full-resolution memory tokens
 (``memory_patch_size = patch_size``), hybrid time / CDiT time for: one forward with a fresh
 memory context; 10 forwards sharing one context (a denoising loop); a batch with no active
-sample. ``--memory-time-embedding``, ``--memory-pose-encoding rays`` and
-``--memory-ray-alignment`` turn those options on (contexts then carry steps);
+sample. ``--memory-time-embedding`` and ``--memory-pose-encoding rays`` turn those options on
+(contexts then carry steps), ``--no-memory-ray-alignment`` turns ray alignment off;
 ``--only-default`` skips the full-resolution rows. Absolute times on shared machines mean
 little: compare ratios measured side by side. ``--flops`` prints, instead of times, the
 floating-point operations of one forward (``torch.utils.flop_counter``): the hybrid with a
@@ -65,7 +65,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     parser.add_argument("--memory-time-embedding", action="store_true")
     parser.add_argument("--memory-pose-encoding", default="frame", choices=["frame", "rays"])
-    parser.add_argument("--memory-ray-alignment", action="store_true")
+    parser.add_argument(
+        "--memory-ray-alignment",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="ray-aligned memory attention (the library's default)",
+    )
     parser.add_argument("--only-default", action="store_true", help="skip full resolution")
     parser.add_argument("--flops", action="store_true", help="count operations, do not time")
     args = parser.parse_args(argv)
