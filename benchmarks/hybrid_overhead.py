@@ -2,14 +2,15 @@
 
     python benchmarks/hybrid_overhead.py            # B/2, 224-pixel images, batch 2, k=8, CPU
     python benchmarks/hybrid_overhead.py --device cuda --dtype bfloat16 --batch 16
-    python benchmarks/hybrid_overhead.py --memory-time-embedding --memory-pose-encoding rays
-    python benchmarks/hybrid_overhead.py --no-memory-ray-alignment
+    python benchmarks/hybrid_overhead.py --memory-time-embedding
+    python benchmarks/hybrid_overhead.py --memory-pose-encoding frame --no-memory-ray-alignment
 
 Prints, for the default memory settings and for full-resolution memory tokens
 (``memory_patch_size = patch_size``), hybrid time / CDiT time for: one forward with a fresh
 memory context; 10 forwards sharing one context (a denoising loop); a batch with no active
-sample. ``--memory-time-embedding`` and ``--memory-pose-encoding rays`` turn those options on
-(contexts then carry steps), ``--no-memory-ray-alignment`` turns ray alignment off;
+sample, at the library's memory defaults (rays, ray alignment). ``--memory-time-embedding``
+turns the age embedding on (contexts then carry steps); ``--memory-pose-encoding frame`` and
+``--no-memory-ray-alignment`` turn the defaults off;
 ``--only-default`` skips the full-resolution rows. Absolute times on shared machines mean
 little: compare ratios measured side by side. ``--flops`` prints, instead of times, the
 floating-point operations of one forward (``torch.utils.flop_counter``): the hybrid with a
@@ -64,7 +65,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     parser.add_argument("--memory-time-embedding", action="store_true")
-    parser.add_argument("--memory-pose-encoding", default="frame", choices=["frame", "rays"])
+    parser.add_argument(
+        "--memory-pose-encoding",
+        default="rays",
+        choices=["frame", "rays"],
+        help="library default: rays",
+    )
     parser.add_argument(
         "--memory-ray-alignment",
         action=argparse.BooleanOptionalAction,

@@ -430,6 +430,8 @@ def test_hybrid_state_dict_rebuilds_with_its_memory_geometry(tmp_path):
         "memory_layers": [1, 3],
         "memory_patch_size": 4,
         "memory_dim": 48,
+        "memory_time_embedding": False,
+        "memory_pose_encoding": "rays",
         "memory_ray_alignment": True,
     }
     assert (

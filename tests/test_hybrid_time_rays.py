@@ -32,7 +32,7 @@ OPTIONS: list[dict[str, Any]] = [
     {"memory_time_embedding": True},
     {"memory_pose_encoding": "rays"},
     {"memory_time_embedding": True, "memory_pose_encoding": "rays", "camera_fov": 1.0},
-    {"memory_ray_alignment": False},
+    {"memory_pose_encoding": "frame", "memory_ray_alignment": False},  # the earlier defaults
 ]
 
 
@@ -93,7 +93,7 @@ def test_cdit_checkpoint_gives_the_cdit_output_with_each_option(
 @pytest.mark.parametrize("options", OPTIONS)
 def test_new_embeddings_start_at_exactly_zero(options):
     torch.manual_seed(0)
-    base = HybridCDiT(**TINY, memory_ray_alignment=False).eval()
+    base = HybridCDiT(**TINY, memory_pose_encoding="frame", memory_ray_alignment=False).eval()
     model = HybridCDiT(**TINY, **{"memory_ray_alignment": True, **options}).eval()
     model.load_state_dict(base.state_dict(), strict=False)
     memory = _with_time(make_memory(pose_dim=5))
@@ -111,7 +111,9 @@ def test_new_embeddings_start_at_exactly_zero(options):
 def test_previous_version_directory_loads_with_its_old_outputs():
     io, inputs, memory = _old_io()
     model = HybridCDiT.from_pretrained(OLD_DIR).eval()
-    assert not model.memory_time_embedding and model.memory_pose_encoding == "frame"
+    # the options it predates take today's defaults; their new parameters start as no-ops
+    assert not model.memory_time_embedding and model.memory_pose_encoding == "rays"
+    assert model.memory_ray_alignment
     assert "memory_retrieval_scale" not in _old_config()
     assert model.memory_retrieval_scale == 10.0  # the key it predates takes its default
     with torch.no_grad():
@@ -220,7 +222,7 @@ def test_masked_slots_age_changes_nothing():
 def test_rays_make_tokens_depend_on_where_each_patch_looks():
     model = _trained(memory_pose_encoding="rays")
     memory = make_memory(pose_dim=5)
-    frame_only = _trained()
+    frame_only = _trained(memory_pose_encoding="frame")
     with torch.no_grad():
         tokens = model.memory_tokens(memory)[0]
         turned = memory.poses.clone()
@@ -329,7 +331,7 @@ def test_options_round_trip_through_config_and_pretrained(tmp_path):
     assert built.camera_fov == 1.25
     assert HybridCDiTConfig.from_dict(yaml_config.to_dict()) == yaml_config
     defaults = HybridCDiTConfig()
-    assert not defaults.memory_time_embedding and defaults.memory_pose_encoding == "frame"
+    assert not defaults.memory_time_embedding and defaults.memory_pose_encoding == "rays"
     assert defaults.memory_ray_alignment
 
 

@@ -133,9 +133,9 @@ def config_differences(checkpoint: Mapping[str, Any], model: Mapping[str, Any]) 
 
 
 _MEMORY_BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.memory")
-_PRESENCE_OPTIONS: tuple[tuple[str, str, object], ...] = (
-    ("memory_time_embedder.", "memory_time_embedding", True),
-    ("memory_ray_embedder.", "memory_pose_encoding", "rays"),
+_PRESENCE_OPTIONS: tuple[tuple[str, str, object, object], ...] = (
+    ("memory_time_embedder.", "memory_time_embedding", True, False),
+    ("memory_ray_embedder.", "memory_pose_encoding", "rays", "frame"),
 )
 
 
@@ -148,8 +148,8 @@ def infer_memory_config(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
       (``blocks.N.memory_attn.q_proj.weight`` is ``(memory_dim, r*r*hidden_size)``);
     - ``memory_patch_size``: the memory patch embedding's kernel (present for coarse memory
       tokens), else the CDiT patch size (full-resolution memory tokens);
-    - ``memory_time_embedding=True`` / ``memory_pose_encoding="rays"`` when the embedders those
-      options add are present;
+    - ``memory_time_embedding`` and ``memory_pose_encoding`` (``"rays"`` or ``"frame"``): whether
+      the embedders those options add are present;
     - ``memory_ray_alignment``: whether the memory layers have ray strengths
       (``blocks.N.memory_attn.ray_strength``).
 
@@ -178,8 +178,7 @@ def infer_memory_config(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
                 f"widths (blocks.N.memory_attn.q_proj.weight rows by layer: {widths})"
             )
         config["memory_dim"] = next(iter(widths.values()))
-    for prefix, option, value in _PRESENCE_OPTIONS:
-        if any(k.startswith(prefix) for k in cleaned):
-            config[option] = value
+    for prefix, option, present, absent in _PRESENCE_OPTIONS:
+        config[option] = present if any(k.startswith(prefix) for k in cleaned) else absent
     config["memory_ray_alignment"] = any(k.endswith(".memory_attn.ray_strength") for k in cleaned)
     return config

@@ -154,7 +154,7 @@ class HybridCDiT(CDiT):
         memory_patch_size: int | None = None,
         memory_dim: int | None = None,
         memory_time_embedding: bool = False,
-        memory_pose_encoding: str = "frame",
+        memory_pose_encoding: str = "rays",
         camera_fov: float = DEFAULT_CAMERA_FOV,
         memory_ray_alignment: bool = True,
     ) -> None:
