@@ -369,6 +369,10 @@ def build_models(args: argparse.Namespace, cfg: WorldConfig) -> tuple[CDiT, Hybr
         memory_kwargs["spatial_similarity_threshold"] = args.similarity_threshold
     if args.activation_threshold is not None:
         memory_kwargs["memory_activation_threshold"] = args.activation_threshold
+    if args.memory_pose_encoding is not None:
+        memory_kwargs["memory_pose_encoding"] = args.memory_pose_encoding
+    if args.memory_ray_alignment is not None:
+        memory_kwargs["memory_ray_alignment"] = args.memory_ray_alignment
     return build_pair(arch, memory_kwargs, args.seed)
 
 
@@ -563,6 +567,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--top-k", type=int, default=4, help="memory slots per sample")
     p.add_argument("--similarity-threshold", type=float, default=None, help="None: library's")
     p.add_argument("--activation-threshold", type=float, default=None, help="None: library's")
+    p.add_argument(
+        "--memory-pose-encoding", choices=("frame", "rays"), default=None, help="None: library's"
+    )
+    p.add_argument(
+        "--memory-ray-alignment",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="None: library's",
+    )
     p.add_argument("--grid", type=int, default=6)
     p.add_argument("--cell", type=float, default=4.0, help="place spacing in pose units")
     p.add_argument("--length", type=int, default=24, help="frames per trajectory")
