@@ -40,6 +40,7 @@ __all__ = [
     "pairwise_mse",
     "replay_memory",
     "retrieval_hits",
+    "slots_near",
     "step_memory",
 ]
 
@@ -273,10 +274,22 @@ def retrieval_hits(
     """``(B,)`` bool: some usable retrieved slot lies within ``distance`` cells and ``angle``
     radians of the target's pose (the revisit criterion)."""
     idx = schedule.indices[episode, target]
-    mask = schedule.mask[episode, target]
     mem = poses[episode[:, None], idx]
-    query = poses[episode, target][:, None]
-    near = (mem[..., :2] - query[..., :2]).norm(dim=-1) <= distance
-    turn = wrap_angle(mem[..., 2] - query[..., 2])
+    mask = schedule.mask[episode, target]
+    return slots_near(mem, poses[episode, target], mask, distance=distance, angle=angle)
+
+
+def slots_near(
+    slot_poses: Tensor,
+    query: Tensor,
+    mask: Tensor,
+    *,
+    distance: float = 1.0,
+    angle: float = math.pi / 4,
+) -> Tensor:
+    """``(B,)`` bool: some usable slot of ``slot_poses (B, k, 3)`` (``mask (B, k)``) lies within
+    ``distance`` cells and ``angle`` radians of ``query (B, 3)`` (the revisit criterion)."""
+    near = (slot_poses[..., :2] - query[:, None, :2]).norm(dim=-1) <= distance
+    turn = wrap_angle(slot_poses[..., 2] - query[:, None, 2])
     hits: Tensor = (near & (turn.abs() <= angle) & mask).any(1)
     return hits

@@ -282,6 +282,18 @@ def check_conventions(
             )
 
 
+def _pairs(
+    poses: FloatArray, distance: float, angle: float
+) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    """``(T, T)`` (target, source) position distances, and whether the source frame shows the
+    target's view: within ``distance`` cells and ``angle`` radians, not the identical pose."""
+    p = np.asarray(poses, dtype=np.float64)
+    dist = np.linalg.norm(p[:, None, :2] - p[None, :, :2], axis=-1)
+    turn = np.abs((p[:, None, 2] - p[None, :, 2] + np.pi) % (2 * np.pi) - np.pi)
+    identical = (dist == 0) & (turn == 0)
+    return dist, (dist <= distance) & (turn <= angle) & ~identical
+
+
 def revisit_labels(
     poses: FloatArray,
     context: int,
@@ -307,16 +319,11 @@ def revisit_labels(
     Returns:
         ``(revisit, novel)``, two ``(T,)`` bool arrays; never both True.
     """
-    p = np.asarray(poses, dtype=np.float64)
-    t = p.shape[0]
-    dist = np.linalg.norm(p[:, None, :2] - p[None, :, :2], axis=-1)  # (target, source)
-    angle = np.abs((p[:, None, 2] - p[None, :, 2] + np.pi) % (2 * np.pi) - np.pi)
-    identical = (dist == 0) & (angle == 0)
+    dist, close = _pairs(poses, revisit_distance, revisit_angle)
     gap = context if min_gap is None else max(context, min_gap)
-    src = np.arange(t)
+    src = np.arange(dist.shape[0])
     history = src[None, :] < (src[:, None] - gap)
     before_window = src[None, :] < (src[:, None] - context)
-    close = (dist <= revisit_distance) & (angle <= revisit_angle) & ~identical
     revisit = (close & history).any(1)
     novel = ~((dist <= novel_distance) & before_window).any(1)
     return revisit, novel & ~revisit
@@ -339,13 +346,8 @@ def long_return_labels(
     """
     if gap < 1:
         raise ValueError(f"gap must be >= 1, got {gap}")
-    p = np.asarray(poses, dtype=np.float64)
-    t = p.shape[0]
-    dist = np.linalg.norm(p[:, None, :2] - p[None, :, :2], axis=-1)
-    angle = np.abs((p[:, None, 2] - p[None, :, 2] + np.pi) % (2 * np.pi) - np.pi)
-    identical = (dist == 0) & (angle == 0)
-    src = np.arange(t)
-    close = (dist <= revisit_distance) & (angle <= revisit_angle) & ~identical
+    _, close = _pairs(poses, revisit_distance, revisit_angle)
+    src = np.arange(close.shape[0])
     close &= src[None, :] < (src[:, None] - context)
     latest = np.where(close, src[None, :], -1).max(1)
     return (latest >= 0) & (src - latest >= gap)

@@ -72,6 +72,7 @@ from maze_memory import (
     pairwise_mse,
     replay_memory,
     retrieval_hits,
+    slots_near,
 )
 from maze_trajectories import Episode, load_episodes, long_return_labels, revisit_labels
 from side_by_side import (
@@ -508,7 +509,7 @@ def long_rollouts(
             inside = (t >= start) & (t < start + length)
             if bool(inside.any()):
                 rows = inside.nonzero().squeeze(1)
-                near = _near_target(memory, rows)
+                near = slots_near(memory.poses[rows], memory.query_pose[rows], memory.mask[rows])
                 hits[rows, t - start[rows]] = near
 
         generated[name] = rollout(
@@ -520,16 +521,6 @@ def long_rollouts(
         p = psnr(to_unit(frames).flatten(0, 1), to_unit(truth).flatten(0, 1)).view_as(marked)
         out[f"long_rollout_revisit_psnr_{name}"] = float(p[marked].mean())
     return out
-
-
-def _near_target(memory: MemoryContext, rows: Tensor) -> Tensor:
-    """``(R,)`` bool: a usable retrieved slot of each row lies within 1 cell and 45 degrees of
-    the query pose (the revisit rule)."""
-    poses, query = memory.poses[rows], memory.query_pose[rows][:, None]
-    near = (poses[..., :2] - query[..., :2]).norm(dim=-1) <= 1.0
-    turn = wrap_angle(poses[..., 2] - query[..., 2]).abs() <= math.pi / 4
-    hit: Tensor = (near & turn & memory.mask[rows]).any(1)
-    return hit
 
 
 def print_tables(result: dict[str, object]) -> None:

@@ -133,10 +133,13 @@ def config_differences(checkpoint: Mapping[str, Any], model: Mapping[str, Any]) 
 
 
 _MEMORY_BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.memory")
-_PRESENCE_OPTIONS: tuple[tuple[str, str, object, object], ...] = (
-    ("memory_time_embedder.", "memory_time_embedding", True, False),
-    ("memory_ray_embedder.", "memory_pose_encoding", "rays", "frame"),
+_PRESENCE_OPTIONS: tuple[tuple[re.Pattern[str], str, object, object], ...] = (
+    (re.compile(r"^memory_time_embedder\."), "memory_time_embedding", True, False),
+    (re.compile(r"^memory_ray_embedder\."), "memory_pose_encoding", "rays", "frame"),
+    (re.compile(r"\.memory_attn\.ray_strength$"), "memory_ray_alignment", True, False),
 )
+"""Options read from the presence of the keys they add: (key pattern, option, value when some
+key matches, value when none does)."""
 
 
 def infer_memory_config(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
@@ -178,7 +181,6 @@ def infer_memory_config(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
                 f"widths (blocks.N.memory_attn.q_proj.weight rows by layer: {widths})"
             )
         config["memory_dim"] = next(iter(widths.values()))
-    for prefix, option, present, absent in _PRESENCE_OPTIONS:
-        config[option] = present if any(k.startswith(prefix) for k in cleaned) else absent
-    config["memory_ray_alignment"] = any(k.endswith(".memory_attn.ray_strength") for k in cleaned)
+    for pattern, option, present, absent in _PRESENCE_OPTIONS:
+        config[option] = present if any(pattern.search(k) for k in cleaned) else absent
     return config

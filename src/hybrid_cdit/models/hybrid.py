@@ -534,14 +534,20 @@ class HybridCDiT(CDiT):
         flat = frames.flatten(0, 1)
         embedder = self.memory_embedder if self.memory_ratio > 1 else self.x_embedder
         tokens = embedder(flat) + self.memory_pos_embed
-        query = to_pose5(memory.query_pose)[:, None]
-        poses = torch.where(memory.mask[..., None], to_pose5(memory.poses), query)
+        poses, query = self._slot_poses(memory)
         rel = relative_pose(poses, query)
         tokens = tokens.unflatten(0, (n, k)) + self.memory_pose_embedder(rel)[:, :, None]
         tokens = self._add_time_and_rays(tokens, memory, poses, query)
         normed = F.layer_norm(tokens.flatten(1, 2), (self.hidden_size,), eps=1e-6)
         key_mask = memory_key_mask(memory.mask, self.memory_tokens_per_frame)
         return normed, key_mask
+
+    @staticmethod
+    def _slot_poses(memory: MemoryContext) -> tuple[Tensor, Tensor]:
+        """5-D slot poses ``(N, k, 5)`` with masked slots put at the query pose, and the query
+        pose ``(N, 1, 5)``."""
+        query = to_pose5(memory.query_pose)[:, None]
+        return torch.where(memory.mask[..., None], to_pose5(memory.poses), query), query
 
     def _add_time_and_rays(
         self, tokens: Tensor, memory: MemoryContext, poses: Tensor, query: Tensor
@@ -571,9 +577,8 @@ class HybridCDiT(CDiT):
         camera, row-major) and that of each memory token, ``a`` their angle (see
         ``memory_ray_alignment``)."""
         side = self.input_size // self.memory_patch_size
-        query = to_pose5(memory.query_pose).float()[:, None]
-        poses = torch.where(memory.mask[..., None], to_pose5(memory.poses).float(), query)
-        memory_rays = plucker_rays(poses, query, side, self.camera_fov)[..., :3]  # (N, k, M, 3)
+        poses, query = self._slot_poses(memory)
+        memory_rays = plucker_rays(poses.float(), query.float(), side, self.camera_fov)[..., :3]
         query_rays = patch_directions(side, self.camera_fov, device=poses.device)
         cos = torch.einsum("qc,nkmc->nqkm", query_rays, memory_rays).flatten(2)
         spacing = 1.0 - math.cos(self.camera_fov / side)
