@@ -109,6 +109,10 @@ class MemoryBuffer:
         self._valid = torch.zeros(b, n, dtype=torch.bool, device=idx)
         self._last_used = torch.zeros(b, n, dtype=torch.long, device=idx)
         self._next_step = torch.zeros(b, dtype=torch.long, device=idx)
+        self._row_offsets = torch.arange(b, device=idx) * n  # flat index of each sample's slot 0
+        self._policy_replaces = (
+            isinstance(self._policy, CoveragePolicy) and self._policy.same_view == "replace"
+        )
         self._coverage = (
             CoverageState(self._policy, b, n, self._pose_dim, dtype, idx)
             if isinstance(self._policy, CoveragePolicy)
@@ -261,7 +265,7 @@ class MemoryBuffer:
         all_steps = self._next_step if steps is None else steps
         self._clock += 1
         if self._coverage is not None:
-            self._add_coverage(frames, poses, all_steps, writers)
+            self._add_coverage(frames, poses, all_steps, writers, rows)
             self._version += 1
             return
         # lru: the lowest empty slot, else the least recently used one
@@ -283,38 +287,53 @@ class MemoryBuffer:
         self._version += 1
 
     def _add_coverage(
-        self, frames: Tensor, poses: Tensor, all_steps: Tensor, writers: Tensor
+        self, frames: Tensor, poses: Tensor, all_steps: Tensor, writers: Tensor, rows: Tensor
     ) -> None:
         """The coverage policy's write, decided for every sample at once (rows that do not
         write are zeroed, then ignored) and stored with flat ``index_copy_`` writes."""
         coverage = self._coverage
         assert coverage is not None
-        new = poses.detach().to(device=self._index, dtype=self._dtype)
-        query = coverage.query_features(new.masked_fill(~writers[:, None], 0.0))
-        store, slots, to_new = coverage.choose(self._valid, self._last_used, query)
-        stored = store & writers
-        kept = (writers & ~store)[:, None] & (coverage.slot_ids == slots[:, None])
-        self._last_used.masked_fill_(kept, self._clock)  # a kept frame counts as used
-        rows = stored.nonzero().squeeze(1)
-        flat = rows * self._capacity + slots.index_select(0, rows)
         b, n = self._batch_size, self._capacity
+        everyone = rows.numel() == b
+        new = poses.detach().to(device=self._index, dtype=self._dtype)
+        if not everyone:
+            new = new.masked_fill(~writers[:, None], 0.0)
+        query = coverage.query_features(new)
+        match, slots, to_new = coverage.choose(self._valid, self._last_used, query)
+        flat_all = self._row_offsets + slots  # (B,) every sample's chosen slot, flat
+        # Writers refresh the chosen slot: the new frame's, or the kept frame's (it counts as
+        # used); samples that do not write touch nothing.
+        self._last_used.view(-1).index_fill_(
+            0, flat_all if everyone else flat_all.index_select(0, rows), self._clock
+        )
+        if everyone:
+            self._next_step = all_steps + 1
+            store = ~match
+        else:
+            self._next_step = torch.where(writers, all_steps + 1, self._next_step)
+            store = writers & ~match
+        if self._policy_replaces:
+            store = writers
+        stored = store.nonzero().squeeze(1)
+        if stored.numel() == 0:
+            return
+        all_store = stored.numel() == b
+        flat = flat_all if all_store else flat_all.index_select(0, stored)
         source = frames.detach()
-        if rows.numel() < b:  # all rows store in most writes: no gather then
-            source = source.index_select(0, rows.to(frames.device))
+        if not all_store:
+            source = source.index_select(0, stored.to(frames.device))
         self._frames.view(b * n, *self._frame_shape).index_copy_(
             0, flat.to(self._device), source.to(device=self._device, dtype=self._dtype)
         )
-        full = rows.numel() == b
         self._poses.view(b * n, self._pose_dim).index_copy_(
-            0, flat, new if full else new.index_select(0, rows)
+            0, flat, new if all_store else new.index_select(0, stored)
         )
         self._steps.view(-1).index_copy_(
-            0, flat, all_steps if full else all_steps.index_select(0, rows)
+            0, flat, all_steps if all_store else all_steps.index_select(0, stored)
         )
         self._valid.view(-1).index_fill_(0, flat, True)
-        self._last_used.view(-1).index_fill_(0, flat, self._clock)
-        self._next_step = torch.where(writers, all_steps + 1, self._next_step)
-        coverage.update(self._valid, stored, slots, rows, flat, to_new, query)
+        coverage.store(flat, query if all_store else query.index_select(1, stored))
+        coverage.update(self._valid, None if all_store else stored, slots, flat, to_new)
 
     def reset(self, where: Tensor | None = None) -> None:
         """Empty the memory of the samples selected by ``where`` ``(B,)`` bool (all if None)."""
@@ -522,6 +541,7 @@ class MemoryBuffer:
         self._valid = self._valid.to(index)
         self._last_used = self._last_used.to(index)
         self._next_step = self._next_step.to(index)
+        self._row_offsets = self._row_offsets.to(index)
         if self._coverage is not None:
             self._coverage.to(index)
         self._device = target

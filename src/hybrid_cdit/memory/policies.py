@@ -33,7 +33,6 @@ import torch
 from torch import Tensor
 
 from ._checks import check_real
-from .poses import view_direction
 
 __all__ = [
     "WRITE_POLICIES",
@@ -169,6 +168,12 @@ class CoverageState:
         self.nearest = torch.full((b, m), math.inf, dtype=dtype, device=device)
         self.nearest_slot = torch.full((b, m), -1, dtype=torch.long, device=device)
         self.slot_ids = torch.arange(m, device=device)
+        self.empty_order = self.slot_ids - m  # empty slots' eviction order: below any clock
+        self.feature_scale = torch.tensor(
+            [1.0 / policy.radius] * self.npos + [self.direction_scale] * self.npos,
+            dtype=dtype,
+            device=device,
+        )
 
     def tensors(self) -> list[Tensor]:
         """The per-slot bookkeeping tensors (for byte counts)."""
@@ -179,6 +184,8 @@ class CoverageState:
         self.nearest = self.nearest.to(device)
         self.nearest_slot = self.nearest_slot.to(device)
         self.slot_ids = self.slot_ids.to(device)
+        self.empty_order = self.empty_order.to(device)
+        self.feature_scale = self.feature_scale.to(device)
 
     def reset(self, rows: Tensor) -> None:
         """Forget the samples ``rows`` ``(R,)``."""
@@ -188,9 +195,16 @@ class CoverageState:
 
     def query_features(self, poses: Tensor) -> Tensor:
         """``(F, ...)`` features of ``poses (..., P)``."""
-        position = positions_of(poses) / self.policy.radius
-        direction = view_direction(poses)[..., : self.npos] * self.direction_scale
-        return torch.cat([position, direction], dim=-1).movedim(-1, 0)
+        p = poses.movedim(-1, 0)
+        yaw = p[-1:]
+        if self.npos == 2:
+            direction = [torch.cos(yaw), torch.sin(yaw)]
+        else:
+            pitch = p[3:4]
+            cos_pitch = torch.cos(pitch)
+            direction = [cos_pitch * torch.cos(yaw), cos_pitch * torch.sin(yaw), torch.sin(pitch)]
+        scale = self.feature_scale.view(-1, *([1] * (p.dim() - 1)))
+        return torch.cat([p[: self.npos], *direction]).mul_(scale)
 
     def squared(self, features: Tensor, query: Tensor) -> Tensor:
         """Squared view distance between broadcastable ``(F, ...)`` feature tensors.
@@ -200,10 +214,11 @@ class CoverageState:
         the leading component axis in a fixed order, so swapping the two arguments gives the
         same value bit for bit (ties between a pair stay ties).
         """
-        n = self.npos
         delta = features - query
         delta.mul_(delta)
-        return torch.maximum(delta[:n].sum(0), delta[n:].sum(0))
+        if self.npos == 2:
+            return torch.maximum(delta[0] + delta[1], delta[2] + delta[3])
+        return torch.maximum(delta[0] + delta[1] + delta[2], delta[3] + delta[4] + delta[5])
 
     def choose(
         self, valid: Tensor, last_used: Tensor, query: Tensor
@@ -216,80 +231,77 @@ class CoverageState:
             query: ``(F, B)`` features of the new frames (:meth:`query_features`).
 
         Returns:
-            ``store (B,)`` bool (False: a stored frame shows this view and is kept), the
-            ``(B,)`` slot to write, or with ``store`` False the slot of the kept frame, and the
-            ``(B, M)`` squared view distances of the stored frames to the new ones.
+            ``match (B,)`` bool (a stored frame shows this view), the ``(B,)`` slot to write
+            (with ``match``, the slot of that frame) and the ``(B, M)`` squared view distances
+            of the stored frames to the new ones (``inf`` at empty slots).
         """
-        to_new = torch.where(valid, self.squared(self.features, query[:, :, None]), math.inf)
+        empty = ~valid
+        to_new = self.squared(self.features, query[:, :, None]).masked_fill_(empty, math.inf)
         best, same = to_new.min(1)  # the nearest stored frame, lowest slot on ties
         match = best <= 1.0
-        empty = valid.to(torch.uint8).argmin(1)  # the lowest empty slot, if any
-        full = valid.gather(1, empty[:, None]).squeeze(1)
-        # Most redundant: nearest to its nearest other frame, the new one included; ties to
-        # the least recently used, then (argmin) the lowest slot.
-        redundancy = torch.minimum(self.nearest, to_new)
-        tied = redundancy == redundancy.min(1, keepdim=True).values
-        evict = torch.where(tied, last_used, torch.iinfo(torch.long).max).argmin(1)
-        slots = torch.where(match, same, torch.where(full, evict, empty))
-        store = ~match if self.policy.same_view == "keep" else torch.ones_like(match)
-        return store, slots, to_new
+        # The lowest empty slot first; when full, the most redundant frame: nearest to its
+        # nearest other frame, the new one included; ties to the least recently used, then
+        # (argmin) the lowest slot.
+        redundancy = torch.minimum(self.nearest, to_new).masked_fill_(empty, -math.inf)
+        tied = redundancy == redundancy.amin(1, keepdim=True)
+        order = torch.where(valid, last_used, self.empty_order)
+        evict = torch.where(tied, order, torch.iinfo(torch.long).max).argmin(1)
+        return match, torch.where(match, same, evict), to_new
 
     def update(
-        self,
-        valid: Tensor,
-        stored: Tensor,
-        slots: Tensor,
-        rows: Tensor,
-        flat_new: Tensor,
-        to_new: Tensor,
-        query: Tensor,
+        self, valid: Tensor, rows: Tensor | None, slots: Tensor, flat: Tensor, to_new: Tensor
     ) -> None:
         """Bring the bookkeeping up to date after the new frames were stored.
 
         Args:
             valid: ``(B, M)`` bool, new frames included.
-            stored: ``(B,)`` bool, the samples that stored a frame.
+            rows: ``(R,)`` long, the samples that stored a frame; None when all did.
             slots: ``(B,)`` where they stored it (as :meth:`choose` returned it).
-            rows: ``(R,)`` long, the samples that stored a frame (``stored.nonzero()``).
-            flat_new: ``(R,)`` long, ``rows * M + slots[rows]``.
-            to_new: ``(B, M)`` as :meth:`choose` returned it.
-            query: ``(F, B)`` features of the new frames.
+            flat: ``(R,)`` long, ``rows * M + slots[rows]``.
+            to_new: ``(B, M)`` as :meth:`choose` returned it; overwritten.
         """
-        m = valid.shape[1]
-        slot_col = slots[:, None]
-        # Distances to the new frame from the other stored frames of the storing samples.
-        dist = to_new.masked_fill(~(valid & stored[:, None]), math.inf)
-        dist.view(-1).index_fill_(0, flat_new, math.inf)
+        # Distances to the new frame from the other stored frames of the storing samples;
+        # ``to_new`` is already inf at the slots that were empty.
+        dist = to_new
+        if rows is not None:
+            stored = torch.zeros_like(valid[:, 0]).index_fill_(0, rows, True)
+            dist.masked_fill_(~stored[:, None], math.inf)
+        dist.view(-1).index_fill_(0, flat, math.inf)
         # Frames whose nearest neighbour was overwritten search again below; the others keep
-        # theirs unless the new frame is closer.
+        # theirs unless the new frame is nearer.
+        slot_col = slots[:, None]
         stale = (self.nearest_slot == slot_col) & (dist < math.inf)
         closer = dist < self.nearest
         self.nearest = torch.where(closer, dist, self.nearest)
         self.nearest_slot = torch.where(closer, slot_col, self.nearest_slot)
-        best, best_slot = dist.index_select(0, rows).min(1)
-        best_slot = torch.where(torch.isinf(best), -1, best_slot)
-        self.nearest.view(-1).index_copy_(0, flat_new, best)
-        self.nearest_slot.view(-1).index_copy_(0, flat_new, best_slot)
-        self.features.view(-1, self.features.shape[1] * m).index_copy_(
-            1, flat_new, query.index_select(1, rows)
-        )
-        flat = stale.view(-1).nonzero().squeeze(1)
-        if flat.numel():
-            self._search(valid, flat)
+        best, best_slot = (dist if rows is None else dist.index_select(0, rows)).min(1)
+        self._set_nearest(flat, best, best_slot)
+        flat_stale = stale.view(-1).nonzero().squeeze(1)
+        if flat_stale.numel():
+            self._search(valid, flat_stale)
+
+    def store(self, flat: Tensor, query: Tensor) -> None:
+        """Write the ``(F, R)`` features ``query`` of new frames at flat indices ``flat (R,)``."""
+        self.features.view(self.features.shape[0], -1).index_copy_(1, flat, query)
+
+    def _set_nearest(self, flat: Tensor, best: Tensor, best_slot: Tensor) -> None:
+        """Record ``(S,)`` nearest distances and slots at flat indices ``flat (S,)``."""
+        self.nearest.view(-1).index_copy_(0, flat, best)
+        best_slot.masked_fill_(best == math.inf, -1)
+        self.nearest_slot.view(-1).index_copy_(0, flat, best_slot)
 
     def _search(self, valid: Tensor, flat: Tensor) -> None:
         """Recompute the nearest neighbour of the frames at flat indices ``flat`` ``(S,)``."""
-        b, m = valid.shape
-        sample, slot = flat // m, flat % m
-        features = self.features.index_select(1, sample)  # (F, S, M)
-        own = self.features.view(-1, b * m).index_select(1, flat)  # (F, S)
-        d = self.squared(features, own[:, :, None])
-        others = valid.index_select(0, sample) & (self.slot_ids != slot[:, None])
+        f, b, m = self.features.shape
+        sample = flat.div(m, rounding_mode="floor")
+        d = self.squared(
+            self.features.index_select(1, sample),
+            self.features.view(f, b * m).index_select(1, flat)[:, :, None],
+        )  # (S, M)
+        # Candidates: the sample's stored frames but the frame itself.
+        others = valid.index_select(0, sample) & (self.slot_ids != flat.remainder(m)[:, None])
         best, best_slot = torch.where(others, d, math.inf).min(1)
-        self.nearest.view(-1).index_copy_(0, flat, best)
-        self.nearest_slot.view(-1).index_copy_(
-            0, flat, torch.where(torch.isinf(best), -1, best_slot)
-        )
+        self._set_nearest(flat, best, best_slot)
 
     def rebuild(self, poses: Tensor, valid: Tensor, *, chunk: int = 256) -> None:
         """Recompute everything from the stored ``poses (B, M, P)`` (after loading a state
