@@ -12,10 +12,13 @@ holds one at all (what eviction left; recall can only be lower).
 Three buffers replay the same episodes side by side, all episodes of a run batched as the
 buffer's samples: ``lru`` and the chosen policy at ``--capacity``, and an unlimited buffer (one
 slot per frame, the upper bound). Recall needs poses only, so the buffers store a one-number
-frame. ``held_hindsight`` is what ``--capacity`` frames chosen with hindsight would hold: a
-greedy maximum cover of the episode's revisit targets by ``--capacity`` of its frames (each
-frame counts only for targets after its context window), a reference no online policy can be
-expected to reach.
+frame. Two references know the whole episode. ``held_hindsight``: one fixed set of
+``--capacity`` frames, a greedy maximum cover of the episode's revisit targets (each frame
+counts only for targets after its context window). ``held_clairvoyant``: a buffer filled like
+the others that, when full, drops the frame whose next revisit target no other frame holds
+lies furthest ahead (Belady's rule). Its contents change along the journey, so it holds more
+than the fixed set; the gap between it and an online policy is what not knowing the future
+costs, not what the capacity allows.
 
     python benchmarks/memory_recall.py --maze-size 9            # Memory Maze 9x9, capacity 50
     python benchmarks/memory_recall.py --maze-size 15 --steps 2000 --episodes 4
@@ -160,6 +163,35 @@ def hindsight_held(poses: np.ndarray, revisit: np.ndarray, capacity: int, contex
     return int(covered.sum())
 
 
+def clairvoyant_held(poses: np.ndarray, revisit: np.ndarray, capacity: int, context: int) -> int:
+    """Revisit targets of one episode held by a ``capacity``-frame buffer that knows the
+    future: it is filled like the others (every frame written when it leaves the context
+    window, no frame taken back once dropped), and when full it drops the candidate (a stored
+    frame or the new one) whose next revisit target held by no other candidate lies furthest
+    ahead (Belady's rule over coverage). A reference for how much of the gap to the unlimited
+    buffer is capacity and how much is not knowing where the journey goes next."""
+    p = torch.tensor(poses, dtype=torch.float64)
+    close = same_place(p[:, None], p[None, :]).numpy()  # (frame, target)
+    targets = np.flatnonzero(revisit)
+    stored: list[int] = []
+    held = 0
+    for target in range(1, p.shape[0]):  # a reference, not a write path
+        leaving = target - context - 1
+        if leaving >= 0 and len(stored) < capacity:
+            stored.append(leaving)
+        elif leaving >= 0:
+            candidates = [*stored, leaving]
+            ahead = close[np.ix_(candidates, targets[targets >= target])]
+            alone = ahead & (ahead.sum(0) == 1)
+            never = np.ones((capacity + 1, 1), dtype=bool)  # a column after every target
+            drop = int(np.concatenate([alone, never], 1).argmax(1).argmax())  # latest next use
+            if drop < capacity:
+                stored[drop] = leaving
+        if revisit[target] and stored and bool(close[stored, target].any()):
+            held += 1
+    return held
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -210,6 +242,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     result["held_hindsight"] = round(hindsight / max(targets, 1), 4)
     print(f"{'hindsight (' + str(args.capacity) + ')':<26}{'':>8}{result['held_hindsight']:>8.3f}")
+    clairvoyant = sum(
+        clairvoyant_held(p, r, args.capacity, args.context)
+        for p, r in zip(poses.numpy(), revisit.numpy(), strict=True)
+    )
+    result["held_clairvoyant"] = round(clairvoyant / max(targets, 1), 4)
+    label = f"clairvoyant ({args.capacity})"
+    print(f"{label:<26}{'':>8}{result['held_clairvoyant']:>8.3f}")
     result.update(
         capacity=args.capacity,
         episodes=b,

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 import torch
 
@@ -75,11 +76,87 @@ def test_replay_counts_a_return_after_a_long_absence(recall: ModuleType) -> None
     assert recall.hindsight_held(numpy_poses, numpy_revisit, 60, args.context) == 20
 
 
+def test_clairvoyant_buffer_changes_its_frames_along_the_journey(recall: ModuleType) -> None:
+    """Place A, away, back to A (3 targets), place B, away, back to B (3 targets). One slot
+    chosen once holds one place's 3 targets; one slot that knows the future keeps A until
+    its return, then takes B: all 6."""
+    a = [(0.01 * i, 0.0, 0.0) for i in range(6)]
+    away = [(10.0 + 2 * i, 0.0, 0.0) for i in range(10)]
+    back_a = [(0.2 + 0.01 * i, 0.0, 0.0) for i in range(3)]
+    b = [(30.0 + 0.01 * i, 0.0, 0.0) for i in range(6)]
+    away_b = [(50.0 + 2 * i, 0.0, 0.0) for i in range(10)]
+    back_b = [(30.2 + 0.01 * i, 0.0, 0.0) for i in range(3)]
+    poses = np.array(a + away + back_a + b + away_b + back_b)
+    revisit = np.zeros(len(poses), dtype=bool)
+    revisit[[16, 17, 18, 35, 36, 37]] = True
+    assert recall.hindsight_held(poses, revisit, 1, 4) == 3
+    assert recall.clairvoyant_held(poses, revisit, 1, 4) == 6
+    assert recall.clairvoyant_held(poses, revisit, 2, 4) == 6
+
+
+def test_eviction_rules_on_a_small_journey() -> None:
+    """Three frames of place 0, then places 5 and 10 fill and overflow two slots; the journey
+    returns to 0 and then to 5 (context 0: a frame is written just before the next target).
+    Worked out by hand for each rule (distances in cells along x, merge radius 0.8)."""
+    study = load("eviction_study")
+    poses = np.array([(x, 0.0, 0.0) for x in (0.0, 0.1, 0.2, 5.0, 10.0, 0.3, 5.1)])
+    revisit = np.array([False] * 5 + [True, True])
+    args = study.parse_args(["--context", "0", "--capacity", "2"])
+    expected = {
+        "least-visited": 1,  # 0 has 3 visits: 5 goes; 0.3 held, 5.1 not
+        "most-recent": 1,  # 5 visited last: goes
+        "history": 1,  # 5 alone holds 1 earlier frame, 0 holds 3: 5 goes
+        "freeze": 2,  # 10 is left out; both held
+        "least-recent": 0,  # 0 goes for 10, 5 goes for 0.3
+        "farthest": 1,  # 0 goes for 10 (farthest from it), 10 goes for 0.3; 5.1 held
+        "redundant": 0,  # 0 and 5 are the closest pair (first goes), then 5 for 0.3
+    }
+    for rule, count in expected.items():
+        assert study.held(rule, poses, revisit, args) == count, rule
+
+
+def test_study_features_and_fit() -> None:
+    """The online features of two kept frames, worked out by hand, and the logistic fit
+    recovering the direction of known weights."""
+    study = load("eviction_study")
+    poses = np.array([(0.0, 0.0, 0.0), (3.0, 4.0, math.pi / 2), (0.0, 0.0, math.pi / 2)])
+    journey = study.Journey(poses, 1.0, math.pi / 4)
+    kept = study.Kept([0, 1], visits=[4, 1], last=[1, 1], first=[0, 1])
+    got = study.features(journey, poses, kept, 2)  # the agent at the origin, facing +y
+    # frame 0: same place, turned 90 degrees: view distance sin(45)/sin(22.5) = 1.848
+    # frame 1: 5 cells away along the heading's side (bearing (3, 4) / 5 . (0, 1) = 0.8)
+    near0 = math.sin(math.pi / 4) / math.sin(math.pi / 8)
+    expected = np.array(
+        [
+            [math.log(4), math.log(2), math.log(3), near0, math.log(near0), 0.0, 0.0, 0.0],
+            [0.0, math.log(2), math.log(2), 5.0, math.log(5.0), 5.0, 1.0, 0.8],
+        ]
+    )
+    np.testing.assert_allclose(got, expected, atol=1e-9)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4000, 3, generator=gen, dtype=torch.float64)
+    truth = torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64)
+    y = (torch.rand(4000, generator=gen, dtype=torch.float64) < torch.sigmoid(x @ truth)).double()
+    w = study._logistic(torch.cat([x, torch.ones(4000, 1, dtype=x.dtype)], 1), y)
+    assert torch.allclose(w[:3], truth, atol=0.25) and abs(float(w[3])) < 0.25
+
+
+def test_eviction_study_end_to_end(capsys: pytest.CaptureFixture[str]) -> None:
+    study = load("eviction_study")
+    argv = ["--world", "synthetic", "--episodes", "2", "--steps", "300", "--capacity", "15"]
+    assert study.main([*argv, "--fit-episodes", "2", "--fit-seed", "7", "--fit-steps", "300"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["capacity"] == 15 and result["episodes"] == 2 and result["revisit_targets"] > 30
+    for rule in (*study.RULES, "clairvoyant"):
+        assert 0.0 <= result[f"held_{rule}"] <= 1.0, rule
+
+
 def test_end_to_end_synthetic(recall: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--world", "synthetic", "--episodes", "2", "--steps", "400", "--capacity", "20"]
     assert recall.main(argv) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     keys = ("recall_lru", "recall_policy", "recall_unlimited", "held_hindsight", "capacity")
+    keys += ("held_clairvoyant",)
     for key in (*keys, "episodes"):
         assert key in result
     assert result["capacity"] == 20 and result["episodes"] == 2 and result["revisit_targets"] > 50
