@@ -233,8 +233,9 @@ def rollout(
 
     With ``use_memory`` (a :class:`HybridCDiT`), one memory buffer per rollout follows the
     memory protocol from frame 0: true frames before ``start``, then generated frames as
-    they leave the context window; its retrievals drive the model. ``on_memory(t, context)``,
-    if given, sees every retrieval (for tests and diagnostics).
+    they leave the context window; its retrievals drive the model. With ``settings.route``,
+    each write is told the next ``route`` poses the rollout will generate (its window).
+    ``on_memory(t, context)``, if given, sees every retrieval (for tests and diagnostics).
 
     Returns:
         ``(B, length, C, H, W)`` generated frames (model scale).
@@ -256,6 +257,11 @@ def rollout(
                 for s in range(settings.context):
                     step_memory(buffer, s, None, None, pose[:, s], settings)
             src = t - settings.context - 1
+            upcoming = None
+            if settings.route and src >= 0:  # the rollout's own poses from t on
+                ahead = torch.arange(t, min(t + settings.route, end))
+                counted = (ahead >= start[:, None]) & (ahead < (start + length)[:, None])
+                upcoming = (pose[:, ahead], counted)
             memory = step_memory(
                 buffer,
                 t,
@@ -263,6 +269,7 @@ def rollout(
                 pose[:, src] if src >= 0 else None,
                 pose[:, t],
                 settings,
+                upcoming,
             )
             if on_memory is not None:
                 on_memory(t, memory)

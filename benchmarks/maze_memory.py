@@ -57,6 +57,8 @@ class MemorySettings:
         threshold: retrieval score under which a slot is masked.
         scale: distance scale of the ``"pose"`` / ``"distance"`` scores, in cells.
         write_policy: the buffer's write policy (``"lru"`` or ``"coverage"``).
+        route: with ``"coverage"`` in rollouts, how many upcoming poses of the rollout the
+            buffer is told at each write (``MemoryBuffer.add(upcoming=...)``); 0: none.
     """
 
     context: int = 2
@@ -66,6 +68,7 @@ class MemorySettings:
     threshold: float = 0.7
     scale: float = 10.0
     write_policy: str = "lru"
+    route: int = 0
 
 
 @dataclass(frozen=True)
@@ -124,14 +127,23 @@ def step_memory(
     written_poses: Tensor | None,
     query: Tensor,
     settings: MemorySettings,
+    upcoming: tuple[Tensor, Tensor] | None = None,
 ) -> MemoryContext:
     """One step of the memory protocol for frame ``t``: write ``written (B, C, H, W)`` (frame
     ``t - context - 1``, None when ``t <= context``) at ``written_poses (B, 3)``, then retrieve
-    for ``query (B, 3)``."""
+    for ``query (B, 3)``. ``upcoming``: ``(B, L, 3)`` poses the next retrievals will query and
+    their ``(B, L)`` mask, passed to the write."""
     if written is not None:
         if written_poses is None:
             raise ValueError("written_poses must be given with written, got None")
-        buffer.add(written, written_poses, step=t - settings.context - 1)
+        route, counted = (None, None) if upcoming is None else upcoming
+        buffer.add(
+            written,
+            written_poses,
+            step=t - settings.context - 1,
+            upcoming=route,
+            upcoming_mask=counted,
+        )
     return buffer.retrieve(
         query,
         settings.top_k,

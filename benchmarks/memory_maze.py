@@ -457,8 +457,9 @@ def long_rollouts(
     Windows of ``--rollout-length`` frames from frame ``--long-min-start`` on, chosen for their
     *long returns* (frames whose view was last seen ``--long-gap`` or more frames earlier,
     :func:`long_return_labels`); the hybrid rolls out with a buffer of ``--long-capacity``
-    frames under the ``lru`` and the ``coverage`` write policy, and with the whole episode
-    (the training buffer) as the upper bound. PSNR on the long-return frames, and how often
+    frames under the ``lru`` and the ``coverage`` write policy, under ``coverage`` told the
+    rollout's poses (``coverage_route``: a rollout along a given route), and with the whole
+    episode (the training buffer) as the upper bound. PSNR on the long-return frames, and how often
     the buffer's retrieval holds a frame within 1 cell and 45 degrees of them (hit rate).
     """
     labels = torch.stack(
@@ -482,13 +483,16 @@ def long_rollouts(
         "coverage": dataclasses.replace(
             settings, capacity=args.long_capacity, write_policy="coverage"
         ),
+        "coverage_route": dataclasses.replace(
+            settings, capacity=args.long_capacity, write_policy="coverage", route=data.length
+        ),
         "whole_episode": settings,
     }
     print(
         f"[eval] long returns: {len(episode)} rollouts of {length} frames from frame "
         f">= {args.long_min_start}, {int(marked.sum())} frames last seen >= {args.long_gap} "
-        f"frames earlier; buffers of {args.long_capacity} frames (lru, coverage) and of the "
-        f"whole episode",
+        f"frames earlier; buffers of {args.long_capacity} frames (lru, coverage, coverage told "
+        f"the route) and of the whole episode",
         flush=True,
     )
     common = {"ddim_steps": args.ddim_steps, "seed": args.seed + 60_000}
@@ -537,7 +541,7 @@ def print_tables(result: dict[str, object]) -> None:
             float(result["rollout_revisit_psnr_hybrid_no_memory"]),  # type: ignore[arg-type]
         ]
     )
-    for name in ("cdit", "lru", "coverage", "whole_episode"):
+    for name in ("cdit", "lru", "coverage", "coverage_route", "whole_episode"):
         key = f"long_rollout_revisit_psnr_{name}"
         if key in result:
             hit = result.get(f"long_rollout_hit_rate_{name}")

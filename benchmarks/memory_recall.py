@@ -69,6 +69,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="coverage",
         help="the policy compared with lru: coverage (same_view='keep') or coverage-replace",
     )
+    parser.add_argument(
+        "--route",
+        type=int,
+        default=0,
+        help="tell the policy's buffer the next N target poses (a rollout along a known "
+        "route, MemoryBuffer.add(upcoming=...)); 0: no route",
+    )
     parser.add_argument("--radius", type=float, default=1.0, help="coverage radius, cells")
     parser.add_argument(
         "--max-angle", type=float, default=45.0, help="coverage angle tolerance, degrees"
@@ -129,8 +136,11 @@ def replay(poses: Tensor, revisit: Tensor, buffers: dict[str, MemoryBuffer], arg
     for target in range(1, t):
         leaving = target - args.context - 1  # the frame that leaves the context window
         if leaving >= 0:
-            for buffer in buffers.values():
-                buffer.add(frame, poses[:, leaving], step=leaving)
+            for name, buffer in buffers.items():
+                route = None
+                if name == "policy" and args.route > 0:  # the poses the rollout asks for next
+                    route = poses[:, target : target + args.route]
+                buffer.add(frame, poses[:, leaving], step=leaving, upcoming=route)
         if not bool(revisit[:, target].any()):
             continue
         query = poses[:, target]
@@ -226,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'buffer':<26}{'recall':>8}{'held':>8}")
     names = {
         "lru": f"lru ({args.capacity})",
-        "policy": f"{args.policy} ({args.capacity})",
+        "policy": f"{args.policy}{' + route' if args.route else ''} ({args.capacity})",
         "unlimited": f"unlimited ({steps})",
     }
     result: dict[str, object] = {}
@@ -257,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         maze_size=args.maze_size,
         world=args.world,
         policy=args.policy,
+        route=args.route,
         seconds=round(time.perf_counter() - start, 1),
     )
     print(json.dumps(result))

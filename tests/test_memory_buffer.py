@@ -92,14 +92,52 @@ class ReferenceMemory:
         # Full: evict the most redundant frame, then the least recently used.
         return min(stored, key=lambda j: (self.nearest(b, j, pose), row[j]["used"], j)), True
 
-    def add(self, values, poses, steps, where) -> None:
+    def choose_with_route(self, b: int, pose: list[float], route: list) -> tuple[int, bool]:
+        """The documented rule with upcoming poses ``route`` (None entries do not count): no
+        merging; when full, drop the candidate (stored or new) needed last; a candidate is
+        needed by an upcoming pose when it alone shows that view; never-needed ones first,
+        then the most redundant, the least recently used (the new frame last), the lower
+        slot."""
+        row = self.slots[b]
+        empty = [j for j, s in enumerate(row) if s is None]
+        if empty:
+            return empty[0], True
+        candidates = [*range(self.capacity), -1]  # -1: the new frame
+
+        def pose_of(c: int) -> list[float]:
+            return pose if c == -1 else row[c]["pose"]
+
+        def next_use(c: int) -> int:
+            for j, u in enumerate(route):
+                if u is None:
+                    continue
+                showing = [d for d in candidates if reference_view_distance(pose_of(d), u) <= 1]
+                if showing == [c]:
+                    return j
+            return len(route)
+
+        def key(c: int) -> tuple:
+            if c == -1:
+                near = min(reference_view_distance(pose, s["pose"]) for s in row)
+                return (-next_use(c), near, math.inf, c)
+            return (-next_use(c), self.nearest(b, c, pose), row[c]["used"], c)
+
+        drop = min(candidates, key=key)
+        return drop, drop != -1
+
+    def add(self, values, poses, steps, where, route=None) -> None:
         self.clock += 1
         for b in range(self.batch):
             if not where[b]:
                 continue
             step = self.next_step[b] if steps is None else steps[b]
             self.next_step[b] = step + 1
-            j, store = self.choose_slot(b, poses[b])
+            if route is None:
+                j, store = self.choose_slot(b, poses[b])
+            else:
+                j, store = self.choose_with_route(b, poses[b], route[b])
+                if not store:
+                    continue
             if not store:
                 self.slots[b][j]["used"] = self.clock
                 continue
@@ -193,8 +231,32 @@ class MemoryBufferMachine(RuleBasedStateMachine):
             )
             step = torch.tensor(ref_steps)
         mask = None if where is None else torch.tensor(where)
-        self.buffer.add(frames_for(values), torch.tensor(poses), step=step, where=mask)
-        self.ref.add(values, poses, ref_steps, where or [True] * self.batch)
+        route = upcoming = upcoming_mask = None
+        if self.POLICY != "lru" and data.draw(st.booleans()):  # a rollout along a known route
+            length = data.draw(st.integers(1, 3))
+            upcoming_rows = [self.draw_poses(data) for _ in range(length)]
+            upcoming = torch.tensor(upcoming_rows).transpose(0, 1)  # (B, L, P)
+            counted = [[True] * length for _ in range(self.batch)]
+            if data.draw(st.booleans()):
+                counted = [
+                    data.draw(st.lists(st.booleans(), min_size=length, max_size=length))
+                    for _ in range(self.batch)
+                ]
+                upcoming_mask = torch.tensor(counted)
+                upcoming = upcoming.masked_fill(~upcoming_mask[..., None], math.nan)
+            route = [
+                [upcoming_rows[j][b] if counted[b][j] else None for j in range(length)]
+                for b in range(self.batch)
+            ]
+        self.buffer.add(
+            frames_for(values),
+            torch.tensor(poses),
+            step=step,
+            where=mask,
+            upcoming=upcoming,
+            upcoming_mask=upcoming_mask,
+        )
+        self.ref.add(values, poses, ref_steps, where or [True] * self.batch, route)
         self.version += 1
 
     @rule(data=st.data())

@@ -439,9 +439,9 @@ def test_long_rollouts_compare_write_policies(episodes: list[mt.Episode]) -> Non
     small = bench.long_rollouts(args, data, cdit, hybrid, diff, settings)
     frames = small["long_rollout_frames"]
     assert isinstance(frames, int) and frames > 0
-    for name in ("lru", "coverage", "whole_episode"):
+    for name in ("lru", "coverage", "coverage_route", "whole_episode"):
         assert 0.0 <= small[f"long_rollout_hit_rate_{name}"] <= 1.0  # type: ignore[operator]
-    for name in ("cdit", "lru", "coverage", "whole_episode"):
+    for name in ("cdit", "lru", "coverage", "coverage_route", "whole_episode"):
         assert math.isfinite(small[f"long_rollout_revisit_psnr_{name}"])  # type: ignore[arg-type]
     # an LRU buffer that evicts nothing is the whole-episode buffer: the same rollouts
     large = bench.long_rollouts(
@@ -453,6 +453,10 @@ def test_long_rollouts_compare_write_policies(episodes: list[mt.Episode]) -> Non
     assert large["long_rollout_hit_rate_lru"] == large["long_rollout_hit_rate_whole_episode"]
     # with 6 slots, LRU has lost views the whole-episode buffer still finds
     assert small["long_rollout_hit_rate_lru"] < small["long_rollout_hit_rate_whole_episode"]  # type: ignore[operator]
+    # told the rollout's poses, 6 slots find what the whole episode finds (coverage: 1 in 7)
+    route_hits = small["long_rollout_hit_rate_coverage_route"]
+    assert route_hits == small["long_rollout_hit_rate_whole_episode"] == 1.0
+    assert small["long_rollout_hit_rate_coverage"] < route_hits  # type: ignore[operator]
     # memory matters to these rollouts: the hybrid's differ from the CDiT's
     whole = small["long_rollout_revisit_psnr_whole_episode"]
     assert whole != small["long_rollout_revisit_psnr_cdit"]

@@ -190,6 +190,116 @@ def test_policy_validation():
         view_distance(torch.zeros(1, 3), torch.zeros(1, 5))
 
 
+# ----------------------------------------------------------------------------- known routes
+
+
+def test_a_known_route_keeps_the_place_it_returns_to():
+    """Two slots, frames at x = 0, 5, 10, 15; the route then returns to x = 0.2. Without the
+    route the coverage policy evicts by redundancy (0 and 5 are the closest pair: 0 goes);
+    with it, the frame at 0 is the only one the route needs, so the others go instead."""
+    plain = MemoryBuffer(1, 2, frame_shape=FRAME, pose_dim=3, write_policy="coverage")
+    walk(plain, [0.0, 5.0, 10.0, 15.0])
+    assert stored_values(plain) == [10.0, 15.0]
+    routed = MemoryBuffer(1, 2, frame_shape=FRAME, pose_dim=3, write_policy="coverage")
+    back = torch.tensor([[[0.2, 0.0, 0.0]]])
+    for x in [0.0, 5.0, 10.0, 15.0]:
+        routed.add(frames_for([x]), torch.tensor([[x, 0.0, 0.0]]), upcoming=back)
+    assert stored_values(routed) == [0.0, 15.0]  # 5 went for 10, 10 for 15 (never needed)
+    # A new frame the route needs later than every stored one is dropped.
+    route = torch.tensor([[[0.0, 0.0, 0.0], [15.0, 0.0, 0.0], [7.0, 0.0, 0.0]]])
+    routed.add(frames_for([7.0]), torch.tensor([[7.0, 0.0, 0.0]]), upcoming=route)
+    assert stored_values(routed) == [0.0, 15.0]
+    # No frame merges: x = 0.1 shows the view of x = 0 and both stay candidates; the route's
+    # first pose is shown by both, so neither is needed alone; of the two never-needed, equally
+    # redundant frames the least recently used goes (the stored one): the newest view wins.
+    route = torch.tensor([[[0.0, 0.0, 0.0], [15.0, 0.0, 0.0]]])
+    routed.add(frames_for([0.1]), torch.tensor([[0.1, 0.0, 0.0]]), upcoming=route)
+    assert stored_values(routed) == pytest.approx([0.1, 15.0])
+    # Entries that do not count are ignored: with the route's first pose (x = 30, which only
+    # the new frame shows) masked, the new frame is never needed and is dropped; counted, it
+    # is needed first and the frame at 0.1 (needed last) goes.
+    route = torch.tensor([[[30.0, 0.0, 0.0], [15.0, 0.0, 0.0], [0.1, 0.0, 0.0]]])
+    mask = torch.tensor([[False, True, True]])
+    state = routed.state_dict()
+    routed.add(
+        frames_for([30.0]), torch.tensor([[30.0, 0.0, 0.0]]), upcoming=route, upcoming_mask=mask
+    )
+    assert stored_values(routed) == pytest.approx([0.1, 15.0])
+    routed.load_state_dict(state)
+    routed.add(frames_for([30.0]), torch.tensor([[30.0, 0.0, 0.0]]), upcoming=route)
+    assert stored_values(routed) == [15.0, 30.0]
+
+
+def test_route_writes_are_per_sample_and_chunk_free():
+    """Samples decide on their own routes, and the route's chunking changes nothing."""
+    gen = torch.Generator().manual_seed(0)
+    a = MemoryBuffer(3, 4, frame_shape=FRAME, pose_dim=3, write_policy="coverage")
+    for step in range(12):
+        poses = torch.rand(3, 3, generator=gen) * torch.tensor([6.0, 6.0, 6.28])
+        route = torch.rand(3, 5, 3, generator=gen) * torch.tensor([6.0, 6.0, 6.28])
+        where = torch.tensor([True, step % 2 == 0, True])
+        before = a.state_dict()
+        a.add(frames_for([step, 100 + step, 200 + step]), poses, where=where, upcoming=route)
+        after = a.state_dict()
+        assert torch.equal(after["frames"][1], before["frames"][1]) or bool(where[1])
+        coverage = a._coverage
+        assert coverage is not None
+        query = coverage.query_features(poses)
+        features = coverage.query_features(route)
+        full = coverage.choose_upcoming(a._valid, a._last_used, query, features, None)
+        tiny = coverage.choose_upcoming(
+            a._valid, a._last_used, query, features, None, chunk_elements=1
+        )
+        for x, y in zip(full, tiny, strict=True):
+            assert torch.equal(x, y)
+    # sample 0 alone, with the same writes, ends in the same state as in the batch
+    gen = torch.Generator().manual_seed(0)
+    b = MemoryBuffer(1, 4, frame_shape=FRAME, pose_dim=3, write_policy="coverage")
+    for step in range(12):
+        poses = torch.rand(3, 3, generator=gen) * torch.tensor([6.0, 6.0, 6.28])
+        route = torch.rand(3, 5, 3, generator=gen) * torch.tensor([6.0, 6.0, 6.28])
+        b.add(frames_for([step]), poses[:1], upcoming=route[:1])
+    got, want = a.state_dict(), b.state_dict()
+    for key in ("frames", "poses", "valid", "steps"):
+        assert torch.equal(got[key][0], want[key][0]), key
+
+
+def test_route_validation_changes_nothing():
+    buffer = MemoryBuffer(2, 3, frame_shape=FRAME, pose_dim=3, write_policy="coverage")
+    buffer.add(frames_for([1.0, 2.0]), torch.zeros(2, 3))
+    before = buffer.state_dict()
+    frames, poses = frames_for([3.0, 4.0]), torch.ones(2, 3)
+    route = torch.zeros(2, 4, 3)
+    cases = [
+        ({"upcoming": torch.zeros(2, 4)}, "upcoming must have shape"),
+        ({"upcoming": torch.zeros(2, 4, 5)}, "upcoming must have shape"),
+        ({"upcoming": torch.zeros(2, 0, 3)}, "at least one pose"),
+        ({"upcoming": route.long()}, "floating-point"),
+        ({"upcoming": route.clone().index_fill_(1, torch.tensor([2]), math.nan)}, "finite"),
+        ({"upcoming": route, "upcoming_mask": torch.ones(2, 3, dtype=torch.bool)}, "shape"),
+        ({"upcoming": route, "upcoming_mask": torch.ones(2, 4)}, "torch.bool"),
+        ({"upcoming_mask": torch.ones(2, 4, dtype=torch.bool)}, "needs upcoming"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            buffer.add(frames, poses, **kwargs)
+    state = buffer.state_dict()
+    assert all(torch.equal(state[k], before[k]) for k in before)
+    lru = MemoryBuffer(2, 3, frame_shape=FRAME, pose_dim=3)
+    with pytest.raises(ValueError, match="upcoming needs the coverage write policy"):
+        lru.add(frames, poses, upcoming=route)
+    # non-finite entries that do not count, or in rows that do not write, are fine
+    masked = route.clone().index_fill_(1, torch.tensor([2]), math.nan)
+    counted = torch.ones(2, 4, dtype=torch.bool).index_fill_(1, torch.tensor([2]), False)
+    buffer.add(frames, poses, upcoming=masked, upcoming_mask=counted)
+    buffer.add(
+        frames,
+        poses,
+        where=torch.tensor([True, False]),
+        upcoming=masked.clone().index_fill_(0, torch.tensor([0]), 0.0),
+    )
+
+
 # ----------------------------------------------------------------------------- the model's buffer
 
 
@@ -223,6 +333,25 @@ def test_update_memory_writes_with_the_models_policy(policy):
     # The two policies keep different frames of this journey (see the buffer tests).
     kept = sorted(float(p) for p in got["poses"][0, :, 0])
     assert kept == ([0.0, 5.0, 10.0] if policy == "coverage" else [10.25, 10.5, 11.0])
+
+
+def test_update_memory_passes_the_route():
+    model = tiny_hybrid(memory_write_policy="coverage")
+    reference = MemoryBuffer(2, 3, frame_shape=(4, 8, 8), pose_dim=3, write_policy="coverage")
+    gen = torch.Generator().manual_seed(1)
+    route = torch.tensor([[[0.1, 0.0, 0.0]], [[5.1, 1.0, 0.0]]])
+    for x in [0.0, 5.0, 10.0, 15.0, 20.0]:
+        frame = torch.randn(2, 4, 8, 8, generator=gen)
+        pose = torch.tensor([[x, 0.0, 0.0], [x, 1.0, 0.0]])
+        model.update_memory(frame, pose, upcoming=route)
+        reference.add(frame, pose, upcoming=route)
+    got, want = model.memory_buffer.state_dict(), reference.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert 0.0 in got["poses"][0, :, 0].tolist() and 5.0 in got["poses"][1, :, 0].tolist()
+    lru = tiny_hybrid()
+    with pytest.raises(ValueError, match="upcoming needs the coverage write policy"):
+        lru.update_memory(torch.zeros(2, 4, 8, 8), torch.zeros(2, 3), upcoming=route)
+    assert lru.memory_buffer is None
 
 
 def test_forward_update_memory_uses_the_models_policy():

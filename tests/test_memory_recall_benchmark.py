@@ -69,6 +69,12 @@ def test_replay_counts_a_return_after_a_long_absence(recall: ModuleType) -> None
     assert tallies["lru"].held == 0
     assert tallies["policy"].held >= 15
     assert all(t.recalled <= t.held for t in tallies.values())
+    # Told the route, the coverage buffer keeps frames of the way out for the way back.
+    routed = recall.parse_args(["--world", "synthetic", "--k", "2", "--route", "60"])
+    buffers["policy"] = MemoryBuffer(
+        1, 8, frame_shape=(1, 1, 1), pose_dim=3, write_policy="coverage"
+    )
+    assert recall.replay(poses, revisit, buffers, routed)["policy"].held == 20
     # With hindsight one frame of the way out (e.g. x=4.5) holds at most 4 targets (x=3.6, 4.1,
     # 4.6 and 5.1 lie within one cell of it), and enough frames hold all 20.
     numpy_poses, numpy_revisit = poses[0].numpy(), revisit[0].numpy()

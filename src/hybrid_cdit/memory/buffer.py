@@ -232,6 +232,43 @@ class MemoryBuffer:
                 f"{name} must be finite in the rows that write, got non-finite values (NaN or inf)"
             )
 
+    def _check_upcoming(
+        self, upcoming: object, upcoming_mask: object, rows: Tensor
+    ) -> tuple[Tensor, Tensor | None] | None:
+        """``(upcoming, mask)`` on the index device, checked; None without ``upcoming``."""
+        if upcoming is None:
+            if upcoming_mask is not None:
+                raise ValueError("upcoming_mask needs upcoming, got upcoming=None")
+            return None
+        if self._coverage is None:
+            raise ValueError(
+                f"upcoming needs the coverage write policy, got write_policy={self._policy!r}"
+            )
+        route = check_shape(
+            "upcoming", upcoming, [("B", self._batch_size), ("L", None), ("P", self._pose_dim)]
+        )
+        if route.shape[1] == 0:
+            raise ValueError("upcoming must hold at least one pose per sample, got L=0")
+        if not route.is_floating_point():
+            raise ValueError(f"upcoming must have a floating-point dtype, got {route.dtype}")
+        mask = None
+        if upcoming_mask is not None:
+            mask = check_shape(
+                "upcoming_mask", upcoming_mask, [("B", self._batch_size), ("L", route.shape[1])]
+            )
+            if mask.dtype != torch.bool:
+                raise ValueError(f"upcoming_mask must have dtype torch.bool, got {mask.dtype}")
+            mask = mask.to(self._index)
+        counted = route.to(self._index)[rows]
+        if mask is not None:
+            counted = counted[mask[rows]]
+        if not all_finite(counted):
+            raise ValueError(
+                "upcoming must be finite where it counts in the rows that write, got non-finite "
+                "values (NaN or inf)"
+            )
+        return route.to(self._index), mask
+
     # ------------------------------------------------------------------ writing
 
     def add(
@@ -240,9 +277,19 @@ class MemoryBuffer:
         poses: Tensor,
         step: int | Tensor | None = None,
         where: Tensor | None = None,
+        *,
+        upcoming: Tensor | None = None,
+        upcoming_mask: Tensor | None = None,
     ) -> None:
         """Store one clean frame per writing sample (a detached copy), in the slot the
         :attr:`write_policy` picks.
+
+        With ``upcoming`` (the ``coverage`` policy only), the write knows the poses the next
+        retrievals will query, as a rollout along a given route does. No frame is merged into
+        a stored view; a full sample drops whichever frame, stored or new, the route needs
+        last. A frame is needed by an upcoming pose when it is the only one of them showing
+        that view (:func:`~hybrid_cdit.memory.view_distance` at most 1); frames never needed
+        go first, the most redundant of them. It costs ``O(capacity * L)`` per writing sample.
 
         Args:
             frames: ``(B, C, H, W)`` clean latents (never noised ones).
@@ -252,6 +299,11 @@ class MemoryBuffer:
                 integer tensor gives one per sample.
             where: optional ``(B,)`` bool, True for the samples that write; None means all.
                 Rows of samples that do not write are ignored (they need not be finite).
+            upcoming: optional ``(B, L, P)`` absolute poses of the next ``L`` retrievals'
+                queries, nearest first (the rest of the route, or a horizon of it).
+            upcoming_mask: optional ``(B, L)`` bool, the entries of ``upcoming`` that count
+                (routes of different lengths); None means all. Entries that do not count need
+                not be finite.
         """
         b, (c, h, w) = self._batch_size, self._frame_shape
         check_shape("frames", frames, [("B", b), ("C", c), ("H", h), ("W", w)])
@@ -261,11 +313,12 @@ class MemoryBuffer:
         rows = writers.nonzero().squeeze(1)
         self._check_rows_finite("frames", frames, rows)
         self._check_rows_finite("poses", poses, rows)
+        route = self._check_upcoming(upcoming, upcoming_mask, rows)
 
         all_steps = self._next_step if steps is None else steps
         self._clock += 1
         if self._coverage is not None:
-            self._add_coverage(frames, poses, all_steps, writers, rows)
+            self._add_coverage(frames, poses, all_steps, writers, rows, route)
             self._version += 1
             return
         # lru: the lowest empty slot, else the least recently used one
@@ -287,10 +340,17 @@ class MemoryBuffer:
         self._version += 1
 
     def _add_coverage(
-        self, frames: Tensor, poses: Tensor, all_steps: Tensor, writers: Tensor, rows: Tensor
+        self,
+        frames: Tensor,
+        poses: Tensor,
+        all_steps: Tensor,
+        writers: Tensor,
+        rows: Tensor,
+        upcoming: tuple[Tensor, Tensor | None] | None = None,
     ) -> None:
         """The coverage policy's write, decided for every sample at once (rows that do not
-        write are zeroed, then ignored) and stored with flat ``index_copy_`` writes."""
+        write are zeroed, then ignored) and stored with flat ``index_copy_`` writes;
+        ``upcoming``: the checked ``(B, L, P)`` poses and ``(B, L)`` mask of :meth:`add`."""
         coverage = self._coverage
         assert coverage is not None
         b, n = self._batch_size, self._capacity
@@ -299,21 +359,33 @@ class MemoryBuffer:
         if not everyone:
             new = new.masked_fill(~writers[:, None], 0.0)
         query = coverage.query_features(new)
-        match, slots, to_new = coverage.choose(self._valid, self._last_used, query)
-        flat_all = self._row_offsets + slots  # (B,) every sample's chosen slot, flat
-        # Writers refresh the chosen slot: the new frame's, or the kept frame's (it counts as
-        # used); samples that do not write touch nothing.
-        self._last_used.view(-1).index_fill_(
-            0, flat_all if everyone else flat_all.index_select(0, rows), self._clock
-        )
         if everyone:
             self._next_step = all_steps + 1
-            store = ~match
         else:
             self._next_step = torch.where(writers, all_steps + 1, self._next_step)
-            store = writers & ~match
-        if self._policy_replaces:
-            store = writers
+        if upcoming is None:
+            match, slots, to_new = coverage.choose(self._valid, self._last_used, query)
+            flat_all = self._row_offsets + slots  # (B,) every sample's chosen slot, flat
+            # Writers refresh the chosen slot: the new frame's, or the kept frame's (it counts
+            # as used); samples that do not write touch nothing.
+            self._last_used.view(-1).index_fill_(
+                0, flat_all if everyone else flat_all.index_select(0, rows), self._clock
+            )
+            store = ~match if everyone else writers & ~match
+            if self._policy_replaces:
+                store = writers
+        else:
+            route, route_mask = upcoming
+            features = coverage.query_features(
+                route.detach().to(device=self._index, dtype=self._dtype).masked_fill(
+                    ~writers[:, None, None], 0.0
+                )
+            )
+            store, slots, to_new = coverage.choose_upcoming(
+                self._valid, self._last_used, query, features, route_mask
+            )
+            store &= writers
+            flat_all = self._row_offsets + slots
         stored = store.nonzero().squeeze(1)
         if stored.numel() == 0:
             return
@@ -332,6 +404,8 @@ class MemoryBuffer:
             0, flat, all_steps if all_store else all_steps.index_select(0, stored)
         )
         self._valid.view(-1).index_fill_(0, flat, True)
+        if upcoming is not None:
+            self._last_used.view(-1).index_fill_(0, flat, self._clock)
         coverage.store(flat, query if all_store else query.index_select(1, stored))
         coverage.update(self._valid, None if all_store else stored, slots, flat, to_new)
 

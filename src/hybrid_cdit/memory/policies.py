@@ -248,6 +248,74 @@ class CoverageState:
         evict = torch.where(tied, order, torch.iinfo(torch.long).max).argmin(1)
         return match, torch.where(match, same, evict), to_new
 
+    def choose_upcoming(
+        self,
+        valid: Tensor,
+        last_used: Tensor,
+        query: Tensor,
+        upcoming: Tensor,
+        upcoming_mask: Tensor | None,
+        *,
+        chunk_elements: int = 1 << 21,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Decide every sample's write knowing the poses the next retrievals will query.
+
+        No frame is merged: the new frame takes the lowest empty slot, or, when the sample is
+        full, every stored frame and the new one are candidates and the one whose next *use*
+        comes latest is dropped (Belady's rule). A candidate uses upcoming pose ``j`` when it is
+        the only candidate showing that view (squared view distance at most 1); candidates
+        with no use come last (after the route), ties go to the most redundant, then to the
+        least recently used (the new frame after every stored one), then the lower slot.
+
+        Args:
+            valid: ``(B, M)`` bool.
+            last_used: ``(B, M)`` LRU clock.
+            query: ``(F, B)`` features of the new frames.
+            upcoming: ``(F, B, L)`` features of the upcoming poses, nearest first.
+            upcoming_mask: optional ``(B, L)`` bool, the upcoming poses that count.
+            chunk_elements: bound on the ``B * M * chunk`` elements of each temporary.
+
+        Returns:
+            ``store (B,)`` bool (False: the new frame is the one dropped), the ``(B,)`` slot to
+            write (0 where nothing is stored) and the ``(B, M)`` squared view distances of the
+            stored frames to the new ones (``inf`` at empty slots).
+        """
+        b, m = valid.shape
+        length = upcoming.shape[-1]
+        empty = ~valid
+        to_new = self.squared(self.features, query[:, :, None]).masked_fill_(empty, math.inf)
+        never = torch.full((b, m + 1), length, dtype=torch.long, device=valid.device)
+        step = max(1, chunk_elements // max(1, b * m))
+        for start in range(0, length, step):  # bounds the (F, B, M, chunk) temporary
+            part = upcoming[:, :, start : start + step]
+            shows = self.squared(self.features[..., None], part[:, :, None]) <= 1.0  # (B, M, c)
+            shows &= valid[:, :, None]
+            shows_new = self.squared(query[:, :, None], part) <= 1.0  # (B, c)
+            if upcoming_mask is not None:
+                counted = upcoming_mask[:, start : start + step]
+                shows &= counted[:, None]
+                shows_new &= counted
+            alone = (shows.sum(1) + shows_new) == 1  # (B, c)
+            uses = torch.cat([shows & alone[:, None], (shows_new & alone)[:, None]], 1)
+            first = uses.to(torch.uint8).argmax(2) + start  # the first use in this chunk
+            never = torch.minimum(never, torch.where(uses.any(2), first, length))
+        new_column = torch.zeros_like(empty[:, :1])
+        next_use = never.masked_fill_(torch.cat([empty, new_column], 1), -1)  # no empty slot
+        redundancy = torch.cat(
+            [torch.minimum(self.nearest, to_new), to_new.amin(1, keepdim=True)], 1
+        )
+        latest = next_use == next_use.amax(1, keepdim=True)
+        redundancy = torch.where(latest, redundancy, math.inf)
+        tied = latest & (redundancy == redundancy.amin(1, keepdim=True))
+        limit = torch.iinfo(torch.long).max
+        order = torch.cat([last_used, torch.full_like(last_used[:, :1], limit - 1)], 1)
+        drop = torch.where(tied, order, limit).argmin(1)
+        full = valid.all(1)
+        store = ~full | (drop < m)
+        lowest_empty = torch.where(valid, self.empty_order + 2 * m, self.empty_order).argmin(1)
+        slots = torch.where(full, drop.clamp_max(m - 1), lowest_empty).masked_fill_(~store, 0)
+        return store, slots, to_new
+
     def update(
         self, valid: Tensor, rows: Tensor | None, slots: Tensor, flat: Tensor, to_new: Tensor
     ) -> None:

@@ -365,6 +365,8 @@ class HybridCDiT(CDiT):
         *,
         step: int | Tensor | None = None,
         where: Tensor | None = None,
+        upcoming: Tensor | None = None,
+        upcoming_mask: Tensor | None = None,
     ) -> None:
         """Write clean frames into the model's own memory buffer (created on first use, with
         :attr:`memory_write_policy`; frames on the CPU, poses on ``frame_latent``'s device).
@@ -375,6 +377,10 @@ class HybridCDiT(CDiT):
             pose: ``(B, P)`` their absolute poses, ``P`` 3 or 5.
             step: optional time step of the frames (int or ``(B,)``).
             where: optional ``(B,)`` bool, the samples that write.
+            upcoming: optional ``(B, L, P)`` poses the rollout will be asked for next (the rest
+                of its route), for the ``coverage`` policy: a full buffer then drops the frame
+                the route needs last (:meth:`MemoryBuffer.add`).
+            upcoming_mask: optional ``(B, L)`` bool, the entries of ``upcoming`` that count.
         """
         if not self.memory_enabled:
             raise ValueError("update_memory needs memory_enabled=True, got a model without memory")
@@ -406,6 +412,8 @@ class HybridCDiT(CDiT):
             pose.detach().to(buffer.index_device),
             step=step,
             where=where,
+            upcoming=upcoming,
+            upcoming_mask=upcoming_mask,
         )
         self.memory_buffer = buffer
 
