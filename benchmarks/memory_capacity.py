@@ -3,7 +3,9 @@
 Two measurements, each side by side in one run with interleaved repetitions (medians):
 
 1. **Writes** at ``--write-batch`` samples (64) and capacity 50: ``add`` with the ``coverage``
-   policy against the ``lru`` policy (the buffer's original write path), on two pose streams:
+   policy, and with ``coverage`` told the next ``--route`` poses of the stream
+   (``upcoming=``), against the ``lru`` policy (the buffer's original write path), on two pose
+   streams:
    ``walk`` (a rollout: each sample walks on, forward 0.2 or turning 0.3 rad a step) and
    ``random`` (poses drawn anywhere: almost every write evicts, the coverage policy's worst
    case). Buffers are filled before timing.
@@ -44,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--frame-shape", type=int, nargs=3, default=[4, 28, 28], metavar="N")
     parser.add_argument("--repeats", type=int, default=200, help="timed writes per stream")
+    parser.add_argument("--route", type=int, default=64, help="upcoming poses of route writes")
     parser.add_argument("--retrieve-repeats", type=int, default=30)
     parser.add_argument("--index-device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
@@ -78,7 +81,7 @@ def time_writes(args: argparse.Namespace, stream: str) -> dict[str, float]:
     gen = torch.Generator().manual_seed(args.seed)
     b, shape = args.write_batch, tuple(args.frame_shape)
     make = walk_poses if stream == "walk" else random_poses
-    poses = make(gen, b, 2 * args.write_capacity + args.repeats)
+    poses = make(gen, b, 2 * args.write_capacity + args.repeats + args.route)
     frames = torch.randn(b, *shape, generator=gen)
     buffers = {
         policy: MemoryBuffer(
@@ -91,14 +94,25 @@ def time_writes(args: argparse.Namespace, stream: str) -> dict[str, float]:
         )
         for policy in ("lru", "coverage")
     }
+    # the same coverage policy told the next --route poses of the stream (a known route)
+    buffers["route"] = MemoryBuffer(
+        b,
+        args.write_capacity,
+        frame_shape=shape,
+        pose_dim=3,
+        write_policy="coverage",
+        index_device=args.index_device,
+    )
+    stacked = torch.stack(poses, 1)  # (B, steps, 3)
     warm = 2 * args.write_capacity
-    for pose in poses[:warm]:
-        for buffer in buffers.values():
-            buffer.add(frames, pose)
     times: dict[str, list[float]] = {name: [] for name in buffers}
-    for pose in poses[warm:]:
+    for i, pose in enumerate(poses[: len(poses) - args.route]):
+        route = stacked[:, i + 1 : i + 1 + args.route].to(args.index_device)
         for name, buffer in buffers.items():
-            times[name].append(timed(lambda b=buffer, p=pose: b.add(frames, p)))
+            upcoming = route if name == "route" else None
+            seconds = timed(lambda b=buffer, p=pose, u=upcoming: b.add(frames, p, upcoming=u))
+            if i >= warm:
+                times[name].append(seconds)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -148,14 +162,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     result: dict[str, object] = {}
     print(f"\nwrites: B={args.write_batch}, capacity {args.write_capacity}, {args.repeats} repeats")
-    print(f"{'poses':<8}{'lru us':>10}{'coverage us':>13}{'ratio':>8}")
+    route = f"route {args.route} us"
+    print(f"{'poses':<8}{'lru us':>10}{'coverage us':>13}{'ratio':>8}{route:>16}{'ratio':>8}")
     for stream in ("walk", "random"):
         t = time_writes(args, stream)
         ratio = t["coverage"] / t["lru"]
-        print(f"{stream:<8}{t['lru'] * 1e6:>10.0f}{t['coverage'] * 1e6:>13.0f}{ratio:>7.2f}x")
+        route_ratio = t["route"] / t["lru"]
+        print(
+            f"{stream:<8}{t['lru'] * 1e6:>10.0f}{t['coverage'] * 1e6:>13.0f}{ratio:>7.2f}x"
+            f"{t['route'] * 1e6:>16.0f}{route_ratio:>7.2f}x"
+        )
         result[f"write_ratio_{stream}"] = round(ratio, 3)
         result[f"write_us_lru_{stream}"] = round(t["lru"] * 1e6, 1)
         result[f"write_us_coverage_{stream}"] = round(t["coverage"] * 1e6, 1)
+        result[f"write_ratio_route_{stream}"] = round(route_ratio, 3)
+        result[f"write_us_route_{stream}"] = round(t["route"] * 1e6, 1)
+    result["route"] = args.route
     print(f"\nretrieval: B={args.batch_size}, k={args.k}, pose strategy")
     print(f"{'capacity':>9}{'ms':>9}{'min ms':>9}{'frames MiB/sample':>19}{'index KiB/sample':>18}")
     for capacity in args.capacities:

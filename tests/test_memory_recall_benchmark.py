@@ -184,3 +184,4 @@ def test_capacity_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
     # poses (3 float32), steps and last_used (int64), valid (bool) per slot; next_step per sample
     assert result["index_bytes_per_sample_20"] == 20 * (12 + 16 + 1) + 8
     assert result["write_ratio_walk"] > 0 and result["retrieve_ms_5"] > 0
+    assert result["write_ratio_route_random"] > 0 and result["route"] == 64
