@@ -16,7 +16,8 @@ layers and ``A`` CDiT blocks after the first memory layer, saves per sample
 ``before`` is ``cdit_block``, or the first block's figure with ``--freeze-cdit`` (frozen
 blocks before the first memory layer save nothing). With ``set_grad_checkpointing()`` it keeps
 about the block inputs of every block plus one block's own activations (recomputed in the
-backward). The figures are differences between the two-sample and the one-sample forward; what
+backward). The figures are differences between the four-sample and the two-sample forward,
+halved (with one sample some reshapes return views that keep a larger buffer alive); what
 does not grow with the batch (under bf16 autocast, the bf16 copies of the weights kept for the
 backward) is printed as "fixed". Attention runs on PyTorch's CPU kernels for
 ``F.scaled_dot_product_attention``: whatever they save is counted; fused CUDA kernels may save
@@ -112,11 +113,14 @@ def main(argv: list[str] | None = None) -> None:
         del out
         return totals
 
-    # per sample = bytes(2 samples) - bytes(1 sample): what does not grow with the batch (under
-    # autocast, the bf16 copies of the weights) is reported as "fixed"
-    one, two = saved_bytes(1), saved_bytes(2)
-    totals = {key: two[key] - one[key] for key in one}
-    fixed = {key: 2 * one[key] - two[key] for key in one}
+    # per sample = (bytes(4 samples) - bytes(2 samples)) / 2: what does not grow with the batch
+    # (under autocast, the bf16 copies of the weights) is reported as "fixed". No batch of one:
+    # there some reshapes return views, and a saved view keeps its whole buffer alive (the
+    # keys of the memory attention keep the fused key/value projection), which batches of two
+    # and more copy per sample.
+    two, four = saved_bytes(2), saved_bytes(4)
+    totals = {key: (four[key] - two[key]) // 2 for key in two}
+    fixed = {key: two[key] - 2 * totals[key] for key in two}
 
     def whole_model(parts: dict[str, int]) -> int:
         """Bytes of the full-depth model from the measured parts."""
