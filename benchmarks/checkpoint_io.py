@@ -21,7 +21,7 @@ Ratios divide by the bytes of the ``HybridCDiT`` model itself (``model_gb``). Th
 JSON. Usage::
 
     python benchmarks/checkpoint_io.py --variant B     # quick (~1 GB of files)
-    python benchmarks/checkpoint_io.py                 # XL/2: an 8.1 GB file, 4.35 GB model
+    python benchmarks/checkpoint_io.py                 # XL/2: an 8.1 GB file, 4.36 GB model
 """
 
 from __future__ import annotations
