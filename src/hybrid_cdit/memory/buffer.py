@@ -259,15 +259,14 @@ class MemoryBuffer:
             if mask.dtype != torch.bool:
                 raise ValueError(f"upcoming_mask must have dtype torch.bool, got {mask.dtype}")
             mask = mask.to(self._index)
-        counted = route.to(self._index)[rows]
-        if mask is not None:
-            counted = counted[mask[rows]]
+        route = route.to(self._index)
+        counted = route[rows] if mask is None else route[rows][mask[rows]]
         if not all_finite(counted):
             raise ValueError(
                 "upcoming must be finite where it counts in the rows that write, got non-finite "
                 "values (NaN or inf)"
             )
-        return route.to(self._index), mask
+        return route, mask
 
     # ------------------------------------------------------------------ writing
 
@@ -377,9 +376,7 @@ class MemoryBuffer:
         else:
             route, route_mask = upcoming
             features = coverage.query_features(
-                route.detach().to(device=self._index, dtype=self._dtype).masked_fill(
-                    ~writers[:, None, None], 0.0
-                )
+                route.detach().to(self._dtype).masked_fill(~writers[:, None, None], 0.0)
             )
             store, slots, to_new = coverage.choose_upcoming(
                 self._valid, self._last_used, query, features, route_mask

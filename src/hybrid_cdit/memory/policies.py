@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_real
+from .poses import view_direction
 
 __all__ = [
     "WRITE_POLICIES",
@@ -195,16 +196,9 @@ class CoverageState:
 
     def query_features(self, poses: Tensor) -> Tensor:
         """``(F, ...)`` features of ``poses (..., P)``."""
-        p = poses.movedim(-1, 0)
-        yaw = p[-1:]
-        if self.npos == 2:
-            direction = [torch.cos(yaw), torch.sin(yaw)]
-        else:
-            pitch = p[3:4]
-            cos_pitch = torch.cos(pitch)
-            direction = [cos_pitch * torch.cos(yaw), cos_pitch * torch.sin(yaw), torch.sin(pitch)]
-        scale = self.feature_scale.view(-1, *([1] * (p.dim() - 1)))
-        return torch.cat([p[: self.npos], *direction]).mul_(scale)
+        direction = view_direction(poses)[..., : self.npos]
+        features = torch.cat([positions_of(poses), direction], dim=-1).mul_(self.feature_scale)
+        return features.movedim(-1, 0)
 
     def squared(self, features: Tensor, query: Tensor) -> Tensor:
         """Squared view distance between broadcastable ``(F, ...)`` feature tensors.
@@ -284,7 +278,8 @@ class CoverageState:
         length = upcoming.shape[-1]
         empty = ~valid
         to_new = self.squared(self.features, query[:, :, None]).masked_fill_(empty, math.inf)
-        never = torch.full((b, m + 1), length, dtype=torch.long, device=valid.device)
+        # each candidate's first use (``length``: never), the new frame last
+        next_use = torch.full((b, m + 1), length, dtype=torch.long, device=valid.device)
         step = max(1, chunk_elements // max(1, b * m))
         for start in range(0, length, step):  # bounds the (F, B, M, chunk) temporary
             part = upcoming[:, :, start : start + step]
@@ -298,9 +293,9 @@ class CoverageState:
             alone = (shows.sum(1) + shows_new) == 1  # (B, c)
             uses = torch.cat([shows & alone[:, None], (shows_new & alone)[:, None]], 1)
             first = uses.to(torch.uint8).argmax(2) + start  # the first use in this chunk
-            never = torch.minimum(never, torch.where(uses.any(2), first, length))
-        new_column = torch.zeros_like(empty[:, :1])
-        next_use = never.masked_fill_(torch.cat([empty, new_column], 1), -1)  # no empty slot
+            next_use = torch.minimum(next_use, torch.where(uses.any(2), first, length))
+        # Only full samples drop a candidate (they have no empty slot); the others store the
+        # new frame in their lowest empty slot.
         redundancy = torch.cat(
             [torch.minimum(self.nearest, to_new), to_new.amin(1, keepdim=True)], 1
         )
@@ -312,7 +307,7 @@ class CoverageState:
         drop = torch.where(tied, order, limit).argmin(1)
         full = valid.all(1)
         store = ~full | (drop < m)
-        lowest_empty = torch.where(valid, self.empty_order + 2 * m, self.empty_order).argmin(1)
+        lowest_empty = valid.to(torch.uint8).argmin(1)
         slots = torch.where(full, drop.clamp_max(m - 1), lowest_empty).masked_fill_(~store, 0)
         return store, slots, to_new
 
