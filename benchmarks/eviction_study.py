@@ -225,9 +225,7 @@ def held(
     return count
 
 
-def fit_scorer(
-    poses: list[np.ndarray], revisits: list[np.ndarray], args: argparse.Namespace
-) -> Scorer:
+def fit_scorer(poses: np.ndarray, revisits: np.ndarray, args: argparse.Namespace) -> Scorer:
     """A logistic regression of "alone holds a revisit target within ``args.horizon`` frames"
     on :func:`features`, fitted on these episodes at the evictions of ``redundant``, then
     refitted at the evictions of the fitted rule (two rounds)."""
@@ -272,20 +270,11 @@ def _linear(mean: torch.Tensor, std: torch.Tensor, weight: torch.Tensor) -> Scor
 
 def episodes(
     args: argparse.Namespace, size: int, seed: int, count: int, steps: int
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """``(T, 3)`` poses and revisit labels of ``count`` episodes (``args`` gives the rest)."""
-    ns = argparse.Namespace(
-        **{**vars(args), "maze_size": size, "seed": seed, "episodes": count, "steps": steps}
-    )
-    episode_poses = recall.load_poses(ns)
-    steps = min(len(p) for p in episode_poses)
-    poses = [p[:steps].astype(np.float64) for p in episode_poses]
-    labels = []
-    for p in poses:
-        label = trajectories.revisit_labels(p, args.context)[0].copy()
-        label[: args.context + 1] = False
-        labels.append(label)
-    return poses, labels
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(N, T, 3)`` poses and ``(N, T)`` revisit labels of ``count`` episodes of a
+    ``size`` maze (``args`` gives the rest)."""
+    chosen = {"maze_size": size, "seed": seed, "episodes": count, "steps": steps}
+    return recall.labelled_episodes(argparse.Namespace(**{**vars(args), **chosen}))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -293,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     poses, labels = episodes(args, args.maze_size, args.seed, args.episodes, args.steps)
     steps = len(poses[0])
-    targets = int(sum(label.sum() for label in labels))
+    targets = int(labels.sum())
     print(
         f"{args.world} {args.maze_size}x{args.maze_size}: {len(poses)} episodes x {steps} "
         f"frames, {targets} revisit targets; capacity {args.capacity}, merge within "

@@ -202,17 +202,25 @@ def clairvoyant_held(poses: np.ndarray, revisit: np.ndarray, capacity: int, cont
     return held
 
 
+def labelled_episodes(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
+    """``(N, T, 3)`` float64 poses of ``args``' episodes (cut to the shortest) and their
+    ``(N, T)`` revisit labels; frames inside the first context window are no targets."""
+    episode_poses = load_poses(args)
+    steps = min(len(p) for p in episode_poses)
+    poses = np.stack([p[:steps] for p in episode_poses]).astype(np.float64)
+    labels = np.stack([trajectories.revisit_labels(p, args.context)[0] for p in poses])
+    labels[:, : args.context + 1] = False
+    return poses, labels
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    episode_poses = load_poses(args)
-    steps = min(len(p) for p in episode_poses)
-    poses = torch.tensor(np.stack([p[:steps] for p in episode_poses]), dtype=torch.float32)
-    labels = [trajectories.revisit_labels(p[:steps], args.context)[0] for p in episode_poses]
-    revisit = torch.tensor(np.stack(labels))
-    revisit[:, : args.context + 1] = False
-    b = poses.shape[0]
+    episode_poses, labels = labelled_episodes(args)
+    poses = torch.tensor(episode_poses, dtype=torch.float32)
+    revisit = torch.from_numpy(labels)
+    b, steps = poses.shape[:2]
     policy = CoveragePolicy(
         args.radius,
         math.radians(args.max_angle),
