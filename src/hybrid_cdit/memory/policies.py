@@ -198,7 +198,7 @@ class CoverageState:
         """``(F, ...)`` features of ``poses (..., P)``."""
         direction = view_direction(poses)[..., : self.npos]
         features = torch.cat([positions_of(poses), direction], dim=-1).mul_(self.feature_scale)
-        return features.movedim(-1, 0)
+        return features.movedim(-1, 0).contiguous()  # one plane per component
 
     def squared(self, features: Tensor, query: Tensor) -> Tensor:
         """Squared view distance between broadcastable ``(F, ...)`` feature tensors.
