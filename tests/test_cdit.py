@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from hybrid_cdit import CDiT, create_model
 
+from .tolerances import NWM_TINY_ATOL, assert_close_to_recorded, assert_float32_error_within
+
 
 def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k.removeprefix(prefix): v for k, v in state.items()}
@@ -22,7 +24,7 @@ def test_ema_weights_reproduce_nwm_output(nwm_config, nwm_checkpoint, nwm_io, nw
     model.load_state_dict(nwm_checkpoint["ema"], strict=True)
     with torch.no_grad():
         out = model(*nwm_inputs)
-    torch.testing.assert_close(out, nwm_io["out_ema"], atol=1e-5, rtol=0)
+    assert_close_to_recorded(out, nwm_io["out_ema"], NWM_TINY_ATOL)
 
 
 def test_model_weights_reproduce_nwm_output(nwm_config, nwm_checkpoint, nwm_io, nwm_inputs):
@@ -30,8 +32,21 @@ def test_model_weights_reproduce_nwm_output(nwm_config, nwm_checkpoint, nwm_io, 
     model.load_state_dict(_strip(nwm_checkpoint["model"], "_orig_mod."), strict=True)
     with torch.no_grad():
         out = model(*nwm_inputs)
-    torch.testing.assert_close(out, nwm_io["out_model"], atol=1e-5, rtol=0)
+    assert_close_to_recorded(out, nwm_io["out_model"], NWM_TINY_ATOL)
     assert not torch.allclose(out, nwm_io["out_ema"], atol=1e-5)
+
+
+@pytest.mark.parametrize("source", ["ema", "model"])
+def test_float32_error_within_the_recorded_tolerance(
+    nwm_config, nwm_checkpoint, nwm_inputs, source
+):
+    model = CDiT(**nwm_config).eval()
+    model.load_state_dict(_strip(nwm_checkpoint[source], "_orig_mod."), strict=True)
+    wide = [v.double() if v.is_floating_point() else v for v in nwm_inputs]
+    with torch.no_grad():
+        out = model(*nwm_inputs)
+        exact = model.double()(*wide)
+    assert_float32_error_within(out, exact, NWM_TINY_ATOL, f"NWM tiny CDiT ({source})")
 
 
 def test_state_dict_matches_nwm_layout(nwm_config, nwm_checkpoint):

@@ -24,6 +24,8 @@ from hybrid_cdit.demo import ddim_sample, loop_actions
 from hybrid_cdit.memory import poses_from_actions
 from hybrid_cdit.models import HybridCDiT
 
+from .tolerances import NWM_TINY_ATOL
+
 DATA = Path(__file__).parent / "data"
 CHECKPOINT = DATA / "nwm_cdit_tiny.pth.tar"
 TIMEOUT = 240
@@ -96,7 +98,7 @@ def test_convert_then_from_pretrained(runs, nwm_io, nwm_inputs):
     assert isinstance(model, HybridCDiT) and model.num_heads == 4
     with torch.no_grad():
         out = model.eval()(*nwm_inputs)
-    assert torch.allclose(out, nwm_io["out_ema"], atol=1e-5)
+    assert torch.allclose(out, nwm_io["out_ema"], atol=NWM_TINY_ATOL)
 
 
 ROW = re.compile(

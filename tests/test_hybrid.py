@@ -21,6 +21,7 @@ from hybrid_cdit.blocks import MemoryInputs
 from hybrid_cdit.models import is_memory_key
 
 from .hybrid_helpers import TINY, make_inputs, make_memory, randomise, replace, trained_like_hybrid
+from .tolerances import NWM_TINY_ATOL, assert_close_to_recorded
 
 
 def _memory_free(model: HybridCDiT, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -52,7 +53,7 @@ def test_function_preservation_with_full_active_memory(
     x, t, y, x_cond, rel_t = nwm_inputs
     with torch.no_grad():
         out = model(x, t, y, x_cond, rel_t, memory=memory)
-    torch.testing.assert_close(out, nwm_io["out_ema"], atol=1e-5, rtol=0)
+    assert_close_to_recorded(out, nwm_io["out_ema"], NWM_TINY_ATOL)
 
 
 def test_memory_disabled_is_a_cdit(nwm_config, nwm_checkpoint, nwm_io, nwm_inputs):
@@ -61,7 +62,7 @@ def test_memory_disabled_is_a_cdit(nwm_config, nwm_checkpoint, nwm_io, nwm_input
     assert set(model.state_dict()) == set(CDiT(**nwm_config).state_dict())
     with torch.no_grad():
         out = model(*nwm_inputs, memory=make_memory(cfg=nwm_config))
-    torch.testing.assert_close(out, nwm_io["out_ema"], atol=1e-5, rtol=0)
+    assert_close_to_recorded(out, nwm_io["out_ema"], NWM_TINY_ATOL)
 
 
 def test_no_memory_and_no_pose_is_the_cdit():
@@ -448,7 +449,7 @@ def test_narrow_memory_attention_keeps_function_preservation(
     model.load_state_dict(nwm_checkpoint["ema"], strict=False)
     with torch.no_grad():
         out = model(*nwm_inputs, memory=make_memory(n=3, cfg=nwm_config))
-    torch.testing.assert_close(out, nwm_io["out_ema"], atol=1e-5, rtol=0)
+    assert_close_to_recorded(out, nwm_io["out_ema"], NWM_TINY_ATOL)
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,12 @@ from hybrid_cdit import (
 from hybrid_cdit.checkpoint import infer_memory_config
 
 from .hybrid_helpers import TINY, make_inputs, make_memory
+from .tolerances import HYBRID_0_1_0_ATOL as OLD_ATOL
+from .tolerances import (
+    NWM_TINY_ATOL,
+    assert_close_to_recorded,
+    assert_float32_error_within,
+)
 
 DATA = Path(__file__).parent / "data"
 OLD_DIR = DATA / "hybrid_0_1_0"
@@ -87,7 +93,7 @@ def test_cdit_checkpoint_gives_the_cdit_output_with_each_option(
     memory = _with_time(make_memory(n=3, k=8, cfg=nwm_config, pose_dim=5))
     with torch.no_grad():
         out = model(*nwm_inputs, memory=memory)
-    torch.testing.assert_close(out, nwm_io["out_ema"], atol=1e-5, rtol=1e-5)
+    assert_close_to_recorded(out, nwm_io["out_ema"], NWM_TINY_ATOL)
 
 
 @pytest.mark.parametrize("options", OPTIONS)
@@ -117,10 +123,8 @@ def test_previous_version_directory_loads_with_its_old_outputs():
     assert "memory_retrieval_scale" not in _old_config()
     assert model.memory_retrieval_scale == 10.0  # the key it predates takes its default
     with torch.no_grad():
-        torch.testing.assert_close(
-            model(*inputs, memory=memory), io["out_memory"], atol=1e-6, rtol=0
-        )
-        torch.testing.assert_close(model(*inputs), io["out_plain"], atol=1e-6, rtol=0)
+        assert_close_to_recorded(model(*inputs, memory=memory), io["out_memory"], OLD_ATOL)
+        assert_close_to_recorded(model(*inputs), io["out_plain"], OLD_ATOL)
 
 
 def test_previous_version_directory_with_the_options_turned_on(tmp_path):
@@ -139,17 +143,27 @@ def test_previous_version_directory_with_the_options_turned_on(tmp_path):
     assert model.memory_time_embedding and model.memory_pose_encoding == "rays"
     assert model.memory_ray_alignment
     with torch.no_grad():
-        torch.testing.assert_close(
-            model(*inputs, memory=memory), io["out_memory"], atol=1e-6, rtol=0
-        )
+        assert_close_to_recorded(model(*inputs, memory=memory), io["out_memory"], OLD_ATOL)
     # The same weights loaded into a model built by hand.
     built = HybridCDiT(**_old_config(), memory_time_embedding=True, memory_pose_encoding="rays")
     report = load_cdit_checkpoint(built.eval(), OLD_DIR / "model.safetensors")
     assert report.initialized and all("memory" in k for k in report.initialized)
     with torch.no_grad():
-        torch.testing.assert_close(
-            built(*inputs, memory=memory), io["out_memory"], atol=1e-6, rtol=0
-        )
+        assert_close_to_recorded(built(*inputs, memory=memory), io["out_memory"], OLD_ATOL)
+
+
+def test_previous_version_float32_error_within_the_recorded_tolerance():
+    _, inputs, memory = _old_io()
+    model = HybridCDiT.from_pretrained(OLD_DIR).eval()
+    wide = [v.double() if v.is_floating_point() else v for v in inputs]
+    wide_memory = replace(memory.to(None, torch.float64), steps=memory.steps)
+    wide_memory = replace(wide_memory, query_step=memory.query_step)
+    with torch.no_grad():
+        out, plain = model(*inputs, memory=memory), model(*inputs)
+        model.double()
+        exact, exact_plain = model(*wide, memory=wide_memory), model(*wide)
+    assert_float32_error_within(out, exact, OLD_ATOL, "0.1.0.dev0 hybrid with memory")
+    assert_float32_error_within(plain, exact_plain, OLD_ATOL, "0.1.0.dev0 hybrid without memory")
 
 
 @pytest.mark.parametrize("options", [{}, *OPTIONS])
@@ -158,10 +172,8 @@ def test_previous_version_train_checkpoint_loads_with_its_old_outputs(options):
     model = HybridCDiT.from_cdit_checkpoint(OLD_NWM, num_heads=2, **options).eval()
     assert model.memory_layers == [1] and model.memory_patch_size == 4
     with torch.no_grad():
-        torch.testing.assert_close(
-            model(*inputs, memory=memory), io["out_memory"], atol=1e-6, rtol=0
-        )
-        torch.testing.assert_close(model(*inputs), io["out_plain"], atol=1e-6, rtol=0)
+        assert_close_to_recorded(model(*inputs, memory=memory), io["out_memory"], OLD_ATOL)
+        assert_close_to_recorded(model(*inputs), io["out_plain"], OLD_ATOL)
 
 
 # ------------------------------------------------------------------------- semantics
