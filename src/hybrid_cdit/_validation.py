@@ -55,6 +55,19 @@ def check_finite(name: str, tensor: Tensor) -> Tensor:
     return tensor
 
 
+def all_finite(tensor: Tensor) -> bool:
+    """Whether every element of ``tensor`` is finite, at the cost of one reduction.
+
+    A sum is finite when every term is (NaN and inf propagate); only when it is not (which also
+    happens when finite values overflow) does the exact elementwise test run.
+    """
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return True
+    if bool(torch.isfinite(tensor.sum())):
+        return True
+    return bool(torch.isfinite(tensor).all())
+
+
 def check_positive_int(name: str, value: object) -> int:
     """Return ``value`` if it is an ``int`` >= 1, else raise ``ValueError``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -9,20 +9,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._validation import check_finite, check_positive_int, check_shape
+from .._validation import all_finite, check_finite, check_positive_int, check_shape
 
-
-def all_finite(tensor: Tensor) -> bool:
-    """Whether every element of ``tensor`` is finite, at the cost of one reduction.
-
-    A sum is finite when every term is (NaN and inf propagate); only when it is not (which also
-    happens when finite values overflow) does the exact elementwise test run.
-    """
-    if not tensor.is_floating_point() or tensor.numel() == 0:
-        return True
-    if bool(torch.isfinite(tensor.sum())):
-        return True
-    return bool(torch.isfinite(tensor).all())
+__all__ = ["MemoryContext", "all_finite"]
 
 
 def _check_time(name: str, value: object, dims: list[tuple[str, int | None]]) -> None:

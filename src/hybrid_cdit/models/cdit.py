@@ -12,7 +12,7 @@ from timm.layers.patch_embed import PatchEmbed
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .._validation import check_positive_int, check_shape
+from .._validation import all_finite, check_positive_int, check_shape
 from ..blocks import CDiTBlock
 from ..embeddings import ActionEmbedder, FinalLayer, TimestepEmbedder, linear_at, zero_linear
 
@@ -219,7 +219,10 @@ class CDiT(nn.Module):
         zero_linear(self.final_layer.linear)
 
     def check_inputs(self, x: Tensor, t: Tensor, y: Tensor, x_cond: Tensor, rel_t: Tensor) -> None:
-        """Raise ``ValueError`` naming the first argument whose shape does not fit the model."""
+        """Raise ``ValueError`` naming the first argument whose shape, dtype, device or values do
+        not fit the model, before anything runs: ``x`` and ``x_cond`` floating, in the model's
+        dtype (any floating dtype under ``torch.autocast``); ``t``, ``y``, ``rel_t`` real
+        (integer or floating, not bool); all on the model's device; floating ones finite."""
         size, channels = self.input_size, self.in_channels
         check_shape("x", x, [("N", None), ("C", channels), ("H", size), ("W", size)])
         n = x.shape[0]
@@ -237,6 +240,28 @@ class CDiT(nn.Module):
             ],
         )
         check_shape("rel_t", rel_t, [("N", n)])
+        self._check_dtypes_and_devices(x=x, t=t, y=y, x_cond=x_cond, rel_t=rel_t)
+
+    def _check_dtypes_and_devices(self, **inputs: Tensor) -> None:
+        weight = self.x_embedder.proj.weight
+        autocast = torch.is_autocast_enabled(weight.device.type)
+        for name, value in inputs.items():
+            if value.device != weight.device:
+                raise ValueError(
+                    f"{name} must be on the model's device {weight.device}, got {value.device}"
+                )
+            if name in ("x", "x_cond"):
+                if not value.is_floating_point() or (not autocast and value.dtype != weight.dtype):
+                    expected = "a floating dtype" if autocast else f"dtype {weight.dtype}"
+                    raise ValueError(
+                        f"{name} must have {expected} (the model's), got {value.dtype}"
+                    )
+            elif value.dtype == torch.bool or value.is_complex():
+                raise ValueError(
+                    f"{name} must have an integer or floating dtype, got {value.dtype}"
+                )
+            if not torch.compiler.is_compiling() and not all_finite(value):
+                raise ValueError(f"{name} must be finite, got non-finite values (NaN or inf)")
 
     def embed_frames(self, x: Tensor, x_cond: Tensor) -> tuple[Tensor, Tensor]:
         """Patch-embed target and context frames and add their position embeddings.

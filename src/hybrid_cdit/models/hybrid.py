@@ -688,6 +688,10 @@ class HybridCDiT(CDiT):
                 raise ValueError(
                     f"current_pose must have pose dimension 3 or 5, got {current_pose.shape[-1]}"
                 )
+            if current_pose.dtype == torch.bool or current_pose.is_complex():
+                raise ValueError(
+                    f"current_pose must have an integer or floating dtype, got {current_pose.dtype}"
+                )
             check_finite("current_pose", current_pose)
         if memory is not None:
             self.check_memory(memory, n)
