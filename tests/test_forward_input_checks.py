@@ -18,7 +18,9 @@ def _snapshot(model: Any) -> dict[str, Any]:
     pending = model._pending_pose
     return {
         "model": {k: v.clone() for k, v in model.state_dict().items()},
-        "buffer": None if buffer is None else {k: v.clone() for k, v in buffer.state_dict().items()},
+        "buffer": None
+        if buffer is None
+        else {k: v.clone() for k, v in buffer.state_dict().items()},
         "version": None if buffer is None else buffer.version,
         "pending": None if pending is None else pending.clone(),
     }

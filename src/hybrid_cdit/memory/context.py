@@ -158,17 +158,41 @@ class MemoryContext:
         return int(self.poses.shape[-1])
 
     def to(
-        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+        self,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        geometry_dtype: torch.dtype | None = None,
     ) -> MemoryContext:
-        """A copy on ``device`` with floating tensors in ``dtype`` (mask stays bool)."""
+        """A copy on ``device`` with ``frames`` in ``dtype`` and ``poses``, ``scores`` and
+        ``query_pose`` in ``geometry_dtype`` (mask stays bool, steps keep theirs).
+
+        ``geometry_dtype`` None means ``dtype``, as ``Tensor.to``. A model moving memory to its
+        compute dtype passes a float32 (or float64) ``geometry_dtype``: in half precision,
+        positions of hundreds of units are quantised to whole units.
+        """
+        geometry = dtype if geometry_dtype is None else geometry_dtype
         return MemoryContext(
             frames=self.frames.to(device=device, dtype=dtype),
-            poses=self.poses.to(device=device, dtype=dtype),
-            scores=self.scores.to(device=device, dtype=dtype),
+            poses=self.poses.to(device=device, dtype=geometry),
+            scores=self.scores.to(device=device, dtype=geometry),
             mask=self.mask.to(device=device),
-            query_pose=self.query_pose.to(device=device, dtype=dtype),
+            query_pose=self.query_pose.to(device=device, dtype=geometry),
             steps=None if self.steps is None else self.steps.to(device=device),
             query_step=None if self.query_step is None else self.query_step.to(device=device),
+        )
+
+    def is_placed(
+        self, device: torch.device, dtype: torch.dtype, geometry_dtype: torch.dtype
+    ) -> bool:
+        """Whether :meth:`to` with these arguments would change nothing: every tensor on
+        ``device``, ``frames`` in ``dtype``, poses, scores and query pose in ``geometry_dtype``."""
+        geometry = (self.poses, self.scores, self.query_pose)
+        tensors = (self.frames, self.mask, *geometry)
+        return (
+            all(t.device == device for t in tensors)
+            and self.frames.dtype == dtype
+            and all(t.dtype == geometry_dtype for t in geometry)
         )
 
     @property

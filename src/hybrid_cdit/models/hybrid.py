@@ -455,7 +455,7 @@ class HybridCDiT(CDiT):
             return
         if current_pose is None:
             raise ValueError("update_memory=True needs current_pose of shape (N, P), got None")
-        pose = current_pose.detach()
+        pose = current_pose.detach().to(geometry_dtype(current_pose.dtype))
         pending = self._pending_pose
         if pending is not None:  # same shape: checked by _check_own_memory_pose
             changed = (pending != pose.to(pending)).any(dim=-1)
@@ -472,7 +472,7 @@ class HybridCDiT(CDiT):
                 f"current_pose must have pose dimension {buffer.pose_dim} (the memory buffer's), "
                 f"got {current_pose.shape[-1]}"
             )
-        pose = current_pose.detach().to(buffer.index_device)
+        pose = current_pose.detach().to(buffer.index_device, geometry_dtype(buffer.dtype))
         # Everything the retrieval depends on; a denoising loop repeats all of it, and reusing
         # the context reuses its cached memory tokens and keys/values.
         key = (
@@ -543,7 +543,8 @@ class HybridCDiT(CDiT):
         embedder = self.memory_embedder if self.memory_ratio > 1 else self.x_embedder
         tokens = embedder(flat) + self.memory_pos_embed
         poses, query = self._slot_poses(memory)
-        rel = relative_pose(poses, query)
+        with _no_autocast(poses):
+            rel = relative_pose(poses, query).float()
         tokens = tokens.unflatten(0, (n, k)) + self.memory_pose_embedder(rel)[:, :, None]
         tokens = self._add_time_and_rays(tokens, memory, poses, query)
         normed = F.layer_norm(tokens.flatten(1, 2), (self.hidden_size,), eps=1e-6)
@@ -553,9 +554,11 @@ class HybridCDiT(CDiT):
     @staticmethod
     def _slot_poses(memory: MemoryContext) -> tuple[Tensor, Tensor]:
         """5-D slot poses ``(N, k, 5)`` with masked slots put at the query pose, and the query
-        pose ``(N, 1, 5)``."""
-        query = to_pose5(memory.query_pose)[:, None]
-        return torch.where(memory.mask[..., None], to_pose5(memory.poses), query), query
+        pose ``(N, 1, 5)``, in :func:`geometry_dtype` (float32, or float64 for float64 poses)."""
+        dtype = geometry_dtype(memory.poses.dtype)
+        query = to_pose5(memory.query_pose.to(dtype))[:, None]
+        poses = to_pose5(memory.poses.to(dtype))
+        return torch.where(memory.mask[..., None], poses, query), query
 
     def _add_time_and_rays(
         self, tokens: Tensor, memory: MemoryContext, poses: Tensor, query: Tensor
@@ -575,7 +578,8 @@ class HybridCDiT(CDiT):
                 tokens = tokens + sum((p.sum() for p in params), torch.zeros(())) * 0.0
         if self.memory_pose_encoding == "rays":
             side = self.input_size // self.memory_patch_size
-            rays = plucker_rays(poses.float(), query.float(), side, self.camera_fov)
+            with _no_autocast(poses):
+                rays = plucker_rays(poses, query, side, self.camera_fov).float()
             tokens = tokens + self.memory_ray_embedder(rays).to(tokens.dtype)
         return tokens
 
@@ -586,9 +590,10 @@ class HybridCDiT(CDiT):
         ``memory_ray_alignment``)."""
         side = self.input_size // self.memory_patch_size
         poses, query = self._slot_poses(memory)
-        memory_rays = plucker_rays(poses.float(), query.float(), side, self.camera_fov)[..., :3]
-        query_rays = patch_directions(side, self.camera_fov, device=poses.device)
-        cos = torch.einsum("qc,nkmc->nqkm", query_rays, memory_rays).flatten(2)
+        with _no_autocast(poses):
+            memory_rays = plucker_rays(poses, query, side, self.camera_fov)[..., :3].float()
+            query_rays = patch_directions(side, self.camera_fov, device=poses.device)
+            cos = torch.einsum("qc,nkmc->nqkm", query_rays, memory_rays).flatten(2)
         spacing = 1.0 - math.cos(self.camera_fov / side)
         return (1.0 - cos) / spacing
 
@@ -605,12 +610,14 @@ class HybridCDiT(CDiT):
     def memory_inputs(self, memory: MemoryContext, x: Tensor) -> MemoryInputs | None:
         """Build what the memory layers need, or None when nothing is to be attended."""
         caching = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-        if memory.frames.device != x.device or memory.frames.dtype != x.dtype:
-            moved = memory.cached(self, ("moved", x.device, x.dtype)) if caching else None
+        geometry = geometry_dtype(memory.poses.dtype)
+        if not memory.is_placed(x.device, x.dtype, geometry):
+            key = ("moved", x.device, x.dtype, geometry)
+            moved = memory.cached(self, key) if caching else None
             if moved is None:
-                moved = memory.to(x.device, x.dtype)
+                moved = memory.to(x.device, x.dtype, geometry_dtype=geometry)
                 if caching:
-                    memory.store(self, ("moved", x.device, x.dtype), moved)
+                    memory.store(self, key, moved)
             memory = moved
         active = self.active_samples(memory)
         if not self.training and not torch.compiler.is_compiling() and not bool(active.any()):
@@ -618,7 +625,9 @@ class HybridCDiT(CDiT):
         if not caching:
             tokens, key_mask, rays = self._memory_token_inputs(memory)
             return MemoryInputs(tokens, key_mask, active.to(x.dtype), ray_distance=rays)
-        version = self._token_version()
+        # Tokens and keys/values computed under autocast differ from those computed without:
+        # the autocast state is part of what the cached entries were made from.
+        version = (*self._token_version(), *_autocast_state(x))
         entry = memory.cached(self, "tokens")
         if entry is None or entry[0] != version:
             entry = (version, *self._memory_token_inputs(memory))
@@ -718,6 +727,24 @@ class HybridCDiT(CDiT):
         if anchoring and anchor_at == self.depth:
             tokens = tokens + self._memory_parameter_anchor().to(tokens.dtype)
         return self.unpatchify(self.final_layer(tokens, c))
+
+
+def geometry_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype memory geometry (poses, relative poses, rays, ray distances, scores) is computed
+    in for poses of ``dtype``: float64 for float64, float32 for everything else, whatever the
+    model's dtype (half precision would quantise positions of hundreds of units to whole units)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _autocast_state(like: Tensor) -> tuple[bool, torch.dtype]:
+    """Whether autocast is on for ``like``'s device type, and its dtype."""
+    kind = like.device.type
+    return torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind)
+
+
+def _no_autocast(like: Tensor) -> torch.autocast:
+    """A context in which ``torch.autocast`` is off for ``like``'s device type."""
+    return torch.autocast(like.device.type, enabled=False)
 
 
 def _check_memory_layers(layers: Sequence[int] | None, depth: int) -> list[int]:
