@@ -14,6 +14,7 @@ shards or communicates by hand: FSDP2, DCP and ``torch.distributed.checkpoint.st
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -84,7 +85,13 @@ def fully_shard_model(
             gather them again in the backward (less memory, one more all-gather per block).
         mp_policy: FSDP2's ``MixedPrecisionPolicy``, e.g.
             ``MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)``.
-            Memory frames follow the compute dtype inside the model.
+            Memory frames follow the compute dtype inside the model. With
+            ``cast_forward_inputs`` (FSDP2's default) and a ``param_dtype``, the root casts only
+            the frames ``x`` and ``x_cond`` to ``param_dtype``: FSDP2 would cast every floating
+            tensor of the forward's arguments, ``current_pose`` and the poses and scores of a
+            ``memory`` context included (quantising positions of hundreds of units to whole
+            units in bfloat16), and ``t``, ``y`` and ``rel_t`` are embedded in float32 anyway.
+            Blocks keep the policy as given.
 
     Returns:
         ``model``.
@@ -104,8 +111,40 @@ def fully_shard_model(
         options["mp_policy"] = mp_policy
     for block in blocks:
         fully_shard(block, **options)
+    frames_dtype = None
+    if mp_policy is not None and mp_policy.cast_forward_inputs and mp_policy.param_dtype:
+        frames_dtype = mp_policy.param_dtype
+        options["mp_policy"] = replace(mp_policy, cast_forward_inputs=False)
     fully_shard(model, **options)
+    if frames_dtype is not None:
+        model.register_forward_pre_hook(_FrameCast(frames_dtype), with_kwargs=True)
     return model
+
+
+class _FrameCast:
+    """Forward pre-hook of the root: ``x`` and ``x_cond`` (positional or keyword, NWM's order
+    ``x, t, y, x_cond, rel_t``) cast to ``dtype``; every other argument left as it is."""
+
+    _POSITIONS = (("x", 0), ("x_cond", 3))
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+
+    def _cast(self, value: Any) -> Any:
+        if isinstance(value, Tensor) and value.is_floating_point():
+            return value.to(self.dtype)
+        return value
+
+    def __call__(
+        self, _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        positional = list(args)
+        for name, index in self._POSITIONS:
+            if index < len(positional):
+                positional[index] = self._cast(positional[index])
+            elif name in kwargs:
+                kwargs = {**kwargs, name: self._cast(kwargs[name])}
+        return tuple(positional), kwargs
 
 
 def get_full_state_dict(model: nn.Module, *, cpu_offload: bool = True) -> dict[str, Tensor]:
