@@ -677,7 +677,9 @@ class HybridCDiT(CDiT):
             x, t, y, x_cond, rel_t: as :meth:`CDiT.forward`.
             memory: retrieved memory for this batch; takes precedence over the model's buffer.
             current_pose: ``(N, P)`` pose of the target frame; without ``memory`` the model
-                retrieves from its own buffer with it.
+                retrieves from its own buffer with it. Pass poses in float32 (or float64)
+                whatever the model's dtype: memory geometry is computed in float32 (float64 for
+                float64 poses), and a pose rounded to half precision is already quantised.
             update_memory: rollout helper for integration code that calls forward once per
                 denoising step: when ``current_pose`` differs from the previous call's, the
                 newest context frame ``x_cond[:, -1]`` (by then the finished, clean previous
