@@ -30,8 +30,8 @@ difference of a path from the recorded outputs is 2.4e-7. ``2 * 4 * E`` = 2.8e-6
 HYBRID_0_1_0_ATOL = 2.5e-4
 """Outputs of the 0.1.0.dev0 HybridCDiT fixture, ``tests/data/hybrid_0_1_0_io.safetensors``
 (``out_memory``, ``out_plain``; ``max |out|`` 5.6, every parameter perturbed by 0.2 so
-activations are large, and timesteps up to 1000 enter ``cos(t * freq)`` with a float32 argument
-error of ``1000 * eps32``). Measured ``E``: 2.9e-5 on each of the nine paths, 2.95e-5 for the
+activations are large; timesteps up to 1000 also enter ``cos(t * freq)`` with float32 arguments,
+whose rounding grows with ``t``). Measured ``E``: 2.9e-5 on each of the nine paths, 2.95e-5 for the
 recorded outputs; the largest difference of a path from the recorded outputs is 3.8e-5.
 ``2 * 4 * E`` = 2.4e-4, rounded up to 2.5e-4 (about 380 float32 epsilons of ``max |out|``;
 an option that changed the function, such as a non-zero new embedding, moves it by 1e-3 or
