@@ -220,15 +220,20 @@ class MemoryBufferMachine(RuleBasedStateMachine):
             self.serial += 1
             values.append(float(b * 1000 + self.serial))
         mode = data.draw(st.sampled_from(["counter", "int", "tensor"]))
+        writing = where or [True] * self.batch
+        # A writing sample's step is at least its last written step; other rows are ignored.
+        lows = [max(0, n - 1) for n in self.ref.next_step]
         if mode == "counter":
             step, ref_steps = None, None
         elif mode == "int":
-            step = data.draw(st.integers(0, 50))
+            low = max((lows[b] for b in range(self.batch) if writing[b]), default=0)
+            step = data.draw(st.integers(low, low + 20))
             ref_steps = [step] * self.batch
         else:
-            ref_steps = data.draw(
-                st.lists(st.integers(0, 50), min_size=self.batch, max_size=self.batch)
-            )
+            ref_steps = [
+                data.draw(st.integers(lows[b], lows[b] + 20) if writing[b] else st.integers(-9, 9))
+                for b in range(self.batch)
+            ]
             step = torch.tensor(ref_steps)
         mask = None if where is None else torch.tensor(where)
         route = upcoming = upcoming_mask = None
@@ -277,6 +282,41 @@ class MemoryBufferMachine(RuleBasedStateMachine):
             for rank in range(k):  # no sample ever sees another's frames
                 if ctx.mask[b, rank]:
                     assert int(value_of(ctx.frames[b, rank])) // 1000 == b
+
+    @rule(data=st.data())
+    def add_backwards(self, data):
+        """A write whose step goes back before a writing sample's last step is refused."""
+        behind = [b for b in range(self.batch) if self.ref.next_step[b] >= 2]
+        if not behind:
+            return
+        b = data.draw(st.sampled_from(behind))
+        back = data.draw(st.integers(0, self.ref.next_step[b] - 2))
+        steps = [self.ref.next_step[i] for i in range(self.batch)]
+        steps[b] = back
+        as_int = data.draw(st.booleans())
+        step = back if as_int else torch.tensor(steps)
+        before = self.buffer.state_dict()
+        match = "step must not go back" + ("" if as_int else f".*sample {b}")
+        with pytest.raises(ValueError, match=match):
+            self.buffer.add(
+                frames_for([0.0] * self.batch), torch.zeros(self.batch, self.pose_dim), step=step
+            )
+        assert_state_equal(self.buffer.state_dict(), before)
+
+    @rule()
+    def reload(self):
+        """A fresh buffer loaded with the state carries on exactly like the original."""
+        fresh = MemoryBuffer(
+            self.batch,
+            self.capacity,
+            frame_shape=FRAME,
+            pose_dim=self.pose_dim,
+            write_policy=self.buffer.write_policy,
+        )
+        state = self.buffer.state_dict()
+        fresh.load_state_dict(state)
+        assert_state_equal(fresh.state_dict(), state)
+        self.buffer, self.version = fresh, fresh.version
 
     @rule(data=st.data())
     def reset(self, data):
@@ -537,7 +577,154 @@ BAD_CALLS = {
         "query_step",
     ),
     "retrieve device": (lambda m: m.retrieve(torch.zeros(2, 3), device="nowhere"), "device"),
+    # retrieve: every argument is checked before the LRU clock or last_used move
+    "retrieve query_step shape": (
+        lambda m: m.retrieve(torch.zeros(2, 3), query_step=torch.zeros(2, 1, dtype=torch.long)),
+        r"query_step must have shape \(B=2\), got \(2, 1\)",
+    ),
+    "retrieve query_step nan": (
+        lambda m: m.retrieve(torch.zeros(2, 3), query_step=torch.tensor([math.nan, 0.0])),
+        "query_step must have an integer dtype, got torch.float32",
+    ),
+    "retrieve query_step bool": (
+        lambda m: m.retrieve(torch.zeros(2, 3), query_step=torch.tensor([True, False])),
+        "query_step must have an integer dtype, got torch.bool",
+    ),
+    "retrieve query_step float": (
+        lambda m: m.retrieve(torch.zeros(2, 3), query_step=2.0),
+        "query_step must be None, an int or a",
+    ),
+    "retrieve query_step huge int": (
+        lambda m: m.retrieve(torch.zeros(2, 3), query_step=2**70),
+        r"query_step must be in \[0, 2\*\*62\), got 1180591620717411303424",
+    ),
+    "retrieve query_step negative int": (
+        lambda m: m.retrieve(torch.zeros(2, 3), strategy="fov", query_step=-1),
+        r"query_step must be in \[0, 2\*\*62\), got -1",
+    ),
+    "retrieve query_step meta": (
+        lambda m: m.retrieve(
+            torch.zeros(2, 3), query_step=torch.zeros(2, dtype=torch.long, device="meta")
+        ),
+        "query_step must hold data",
+    ),
+    "retrieve query_pose meta": (
+        lambda m: m.retrieve(torch.zeros(2, 3, device="meta")),
+        "query_pose must hold data",
+    ),
+    "retrieve query_pose int": (
+        lambda m: m.retrieve(torch.zeros(2, 3, dtype=torch.long)),
+        "query_pose must have a floating-point dtype",
+    ),
+    "retrieve device unavailable": (
+        lambda m: m.retrieve(torch.zeros(2, 3), device="cuda:99"),
+        "device must be an available device, got 'cuda:99'",
+    ),
+    "retrieve device meta": (
+        lambda m: m.retrieve(torch.zeros(2, 3), device="meta"),
+        "device must be a device that holds data",
+    ),
+    "retrieve fov dict": (
+        lambda m: m.retrieve(torch.zeros(2, 3), strategy="fov", fov={"radius": 3.0}),
+        "fov must be a FovParams or None, got dict",
+    ),
+    "retrieve fov dict unused": (
+        lambda m: m.retrieve(torch.zeros(2, 3), fov={"radius": 3.0}),
+        "fov must be a FovParams or None, got dict",
+    ),
+    "retrieve generator": (
+        lambda m: m.retrieve(torch.zeros(2, 3), strategy="fov", generator=7),
+        "generator must be a torch.Generator or None, got int",
+    ),
+    "retrieve k bool": (lambda m: m.retrieve(torch.zeros(2, 3), True), "k must be a positive"),
+    "retrieve k past clock limit": (
+        lambda m: m.retrieve(torch.zeros(2, 3), 2**62),
+        r"k=4611686018427387904 would move the LRU clock",
+    ),
+    "retrieve scale": (lambda m: m.retrieve(torch.zeros(2, 3), scale=-1.0), "scale"),
+    # add: steps never go back nor overflow; tensors must hold data
+    "add step 2**70": (
+        lambda m: m.add(torch.zeros(2, *FRAME), torch.zeros(2, 3), step=2**70),
+        r"step must be in \[0, 2\*\*62\), got 1180591620717411303424",
+    ),
+    "add step 2**62": (
+        lambda m: m.add(torch.zeros(2, *FRAME), torch.zeros(2, 3), step=2**62),
+        r"step must be in \[0, 2\*\*62\)",
+    ),
+    "add step negative": (
+        lambda m: m.add(torch.zeros(2, *FRAME), torch.zeros(2, 3), step=-1),
+        r"step must be in \[0, 2\*\*62\), got -1",
+    ),
+    "add step bool": (
+        lambda m: m.add(torch.zeros(2, *FRAME), torch.zeros(2, 3), step=True),
+        "step must be None, an int",
+    ),
+    "add step back int": (
+        lambda m: m.add(torch.zeros(2, *FRAME), torch.zeros(2, 3), step=4),
+        "step must not go back before a writing sample's last written step: sample 0 wrote "
+        "step 5, got 4",
+    ),
+    "add step back tensor": (
+        lambda m: m.add(torch.zeros(2, *FRAME), torch.zeros(2, 3), step=torch.tensor([6, 3])),
+        "step must not go back .*sample 1 wrote step 5, got 3",
+    ),
+    "add step tensor negative": (
+        lambda m: m.add(torch.zeros(2, *FRAME), torch.zeros(2, 3), step=torch.tensor([6, -3])),
+        r"step must be in \[0, 2\*\*62\) for writing samples, got -3 for sample 1",
+    ),
+    "add step tensor overflow": (
+        lambda m: m.add(
+            torch.zeros(2, *FRAME), torch.zeros(2, 3), step=torch.tensor([2**63 - 1, 6])
+        ),
+        r"step must be in \[0, 2\*\*62\) for writing samples, got 9223372036854775807",
+    ),
+    "add step meta": (
+        lambda m: m.add(
+            torch.zeros(2, *FRAME),
+            torch.zeros(2, 3),
+            step=torch.zeros(2, dtype=torch.long, device="meta"),
+        ),
+        "step must hold data",
+    ),
+    "add frames meta": (
+        lambda m: m.add(torch.zeros(2, *FRAME, device="meta"), torch.zeros(2, 3)),
+        "frames must hold data, got a tensor on the meta device",
+    ),
+    "add poses meta": (
+        lambda m: m.add(torch.zeros(2, *FRAME), torch.zeros(2, 3, device="meta")),
+        "poses must hold data",
+    ),
+    "add frames sparse": (
+        lambda m: m.add(torch.zeros(2, *FRAME).to_sparse(), torch.zeros(2, 3)),
+        "frames must be a dense",
+    ),
+    "add where meta": (
+        lambda m: m.add(
+            torch.zeros(2, *FRAME),
+            torch.zeros(2, 3),
+            where=torch.ones(2, dtype=torch.bool, device="meta"),
+        ),
+        "where must hold data",
+    ),
+    "add where int": (
+        lambda m: m.add(torch.zeros(2, *FRAME), torch.zeros(2, 3), where=torch.ones(2).long()),
+        "where must have dtype torch.bool",
+    ),
+    "add upcoming with lru": (
+        lambda m: m.add(torch.zeros(2, *FRAME), torch.zeros(2, 3), upcoming=torch.zeros(2, 1, 3)),
+        "upcoming needs the coverage write policy",
+    ),
     "reset where": (lambda m: m.reset(torch.ones(2)), "where"),
+    "reset where meta": (
+        lambda m: m.reset(torch.ones(2, dtype=torch.bool, device="meta")),
+        "where must hold data",
+    ),
+    "to unavailable": (lambda m: m.to("cuda:99"), "device must be an available device"),
+    "to index unavailable": (
+        lambda m: m.to("cpu", index_device="cuda:99"),
+        "index_device must be an available device",
+    ),
+    "to meta": (lambda m: m.to("meta"), "device must be a device that holds data"),
     "load missing key": (
         lambda m: m.load_state_dict({k: v for k, v in m.state_dict().items() if k != "clock"}),
         "missing",
@@ -581,6 +768,12 @@ def test_bad_input_raises_and_leaves_the_buffer_unchanged(name):
         ({"batch_size": 1, "frame_shape": (1, 0, 2)}, "frame_shape"),
         ({"batch_size": 1, "frame_shape": FRAME, "pose_dim": 4}, "pose_dim"),
         ({"batch_size": 1, "frame_shape": FRAME, "dtype": torch.long}, "dtype"),
+        ({"batch_size": 1, "frame_shape": FRAME, "device": "meta"}, "device must be a device"),
+        ({"batch_size": 1, "frame_shape": FRAME, "device": "cuda:99"}, "device must be an avail"),
+        (
+            {"batch_size": 1, "frame_shape": FRAME, "index_device": "cuda:99"},
+            "index_device must be an available device",
+        ),
     ],
 )
 def test_constructor_validation(kwargs, match):

@@ -71,6 +71,8 @@ def test_replay_counts_a_return_after_a_long_absence(recall: ModuleType) -> None
     assert all(t.recalled <= t.held for t in tallies.values())
     # Told the route, the coverage buffer keeps frames of the way out for the way back.
     routed = recall.parse_args(["--world", "synthetic", "--k", "2", "--route", "60"])
+    for buffer in buffers.values():  # a new replay starts from step 0 with empty buffers
+        buffer.reset()
     buffers["policy"] = MemoryBuffer(
         1, 8, frame_shape=(1, 1, 1), pose_dim=3, write_policy="coverage"
     )

@@ -353,6 +353,58 @@ def test_unknown_strategy_lists_the_valid_ones():
         (lambda: FovParams(half_fov_v=0.0), "half_fov_v"),
         (lambda: FovParams(num_points=0), "num_points"),
         (lambda: FovParams(recency_weight=-1.0), "recency_weight"),
+        (
+            lambda: select_memory(torch.zeros(1, 2, 3), torch.zeros(1, 3), fov={"radius": 3.0}),
+            "fov must be a FovParams or None, got dict",
+        ),
+        (
+            lambda: fov_select(torch.zeros(1, 2, 3), torch.zeros(1, 3), None, 1, params={}),
+            "params must be a FovParams or None, got dict",
+        ),
+        (
+            lambda: fov_scores(torch.zeros(1, 2, 3), torch.zeros(1, 3), params=30.0),
+            "params must be a FovParams or None, got float",
+        ),
+        (
+            lambda: select_memory(torch.zeros(1, 2, 3), torch.zeros(1, 3), generator=0),
+            "generator must be a torch.Generator or None, got int",
+        ),
+        (
+            lambda: fov_scores(torch.zeros(1, 2, 3), torch.zeros(1, 3), generator="seed"),
+            "generator must be a torch.Generator or None, got str",
+        ),
+        (
+            lambda: distance_scores(torch.zeros(1, 2, 3), torch.zeros(1, 3, device="meta")),
+            "query_pose must hold data, got a tensor on the meta device",
+        ),
+        (
+            lambda: pose_scores(torch.zeros(1, 2, 3, device="meta"), torch.zeros(1, 3)),
+            "memory_poses must hold data",
+        ),
+        (
+            lambda: distance_scores(
+                torch.zeros(1, 2, 3),
+                torch.zeros(1, 3),
+                torch.ones(1, 2, dtype=torch.bool).to_sparse(),
+            ),
+            "valid must be a dense",
+        ),
+        (
+            lambda: select_top_k(
+                torch.zeros(1, 2), None, 1, steps=torch.zeros(1, 2, device="meta")
+            ),
+            "steps must hold data",
+        ),
+        (
+            lambda: fov_select(
+                torch.zeros(1, 2, 3),
+                torch.zeros(1, 3),
+                None,
+                1,
+                query_step=torch.zeros(1, dtype=torch.long, device="meta"),
+            ),
+            "query_step must hold data",
+        ),
     ],
 )
 def test_bad_input_raises_value_error_naming_argument(call, match):

@@ -3,36 +3,36 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
 
-from .._validation import check_finite, check_positive_int, check_shape, check_tensor
+from .._validation import check_positive_int, check_shape
+from ._checks import check_data, check_device, check_generator
 from .context import MemoryContext, all_finite
-from .fov import FovParams
+from .fov import FovParams, check_fov_params
 from .policies import CoveragePolicy, CoverageState, WritePolicy, check_write_policy
 from .poses import POSE_DIMS
 from .retrieval import build_context, select_memory
-from .scores import Strategy
+from .scores import Strategy, check_strategy
 
 __all__ = ["MemoryBuffer"]
 
 _STATE_KEYS = ("frames", "poses", "steps", "valid", "last_used", "next_step", "clock")
 
 
-def _to_device(name: str, device: torch.device | str) -> torch.device:
-    """``torch.device(device)``, raising ``ValueError`` naming ``name`` when it is not one."""
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(
-            f"{name} must be a torch.device or device string, got {device!r}"
-        ) from error
+_LIMIT = 2**62
+"""Bound of the step counters and the LRU clock (:attr:`MemoryBuffer.COUNTER_LIMIT`)."""
 
 
 def _is_integer(tensor: Tensor) -> bool:
     return not (tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool)
+
+
+def _first(where: Tensor) -> tuple[int, ...]:
+    """Index of the first True element of ``where`` (error messages only)."""
+    return tuple(int(i) for i in where.nonzero()[0])
 
 
 class MemoryBuffer:
@@ -54,6 +54,16 @@ class MemoryBuffer:
     Every method is batched over samples; sample ``i``'s memory never influences sample ``j``.
     Bad arguments raise ``ValueError`` before anything changes.
 
+    Every state the methods reach satisfies these invariants (:meth:`load_state_dict`
+    refuses a state that breaks one), per sample:
+
+    - a stored frame's step lies in ``[0, next_step)``, and ``0 <= next_step <=``
+      :attr:`COUNTER_LIMIT` (a write's step is never before the sample's last written step);
+    - a stored frame's last use lies in ``[1, clock]``, and ``0 <= clock <=``
+      :attr:`COUNTER_LIMIT`;
+    - an empty slot holds zeros: frame, pose, step and last use;
+    - stored frames and poses are finite.
+
     Args:
         batch_size: ``B``.
         capacity: frames per sample (50, the seed's default).
@@ -64,6 +74,11 @@ class MemoryBuffer:
         write_policy: ``"lru"`` (default), ``"coverage"`` or a :class:`CoveragePolicy`.
         index_device: device of poses, steps, masks and clocks; None means ``device``.
     """
+
+    COUNTER_LIMIT: ClassVar[int] = _LIMIT
+    """Bound of each sample's step counter and of the LRU clock: ``2**62``, beyond any
+    rollout, with room for arithmetic on steps in ``int64``. A write or retrieval that would
+    pass it raises ``ValueError``."""
 
     def __init__(
         self,
@@ -98,9 +113,9 @@ class MemoryBuffer:
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
         self._dtype = dtype
-        self._device = _to_device("device", device)
+        self._device = check_device("device", device)
         self._index = (
-            self._device if index_device is None else _to_device("index_device", index_device)
+            self._device if index_device is None else check_device("index_device", index_device)
         )
         b, n, idx = self._batch_size, self._capacity, self._index
         self._frames = torch.zeros(b, n, *self._frame_shape, dtype=dtype, device=self._device)
@@ -119,6 +134,7 @@ class MemoryBuffer:
             else None
         )
         self._clock = 0
+        self._step_ceiling = 0  # an upper bound of max(next_step), to skip exact checks
         self._version = 0
         self._staging: dict[int, Tensor] = {}
         self._pinned = False
@@ -204,25 +220,86 @@ class MemoryBuffer:
         """``(B,)`` bool on the storage device; all True when ``where`` is None."""
         if where is None:
             return torch.ones(self._batch_size, dtype=torch.bool, device=self._index)
-        mask = check_shape("where", where, [("B", self._batch_size)])
+        mask = check_data("where", check_shape("where", where, [("B", self._batch_size)]))
         if mask.dtype != torch.bool:
             raise ValueError(f"where must have dtype torch.bool, got {mask.dtype}")
         return mask.to(self._index)
 
-    def _check_step(self, step: object) -> Tensor | None:
+    def _check_step_arg(self, name: str, step: object) -> int | Tensor | None:
+        """``step`` as None, an int in ``[0, COUNTER_LIMIT)`` or a ``(B,)`` long tensor on the
+        index device (values unchecked)."""
         if step is None:
             return None
         if isinstance(step, int) and not isinstance(step, bool):
-            return torch.full((self._batch_size,), step, dtype=torch.long, device=self._index)
+            if not 0 <= step < _LIMIT:
+                raise ValueError(f"{name} must be in [0, 2**62), got {step!r}")
+            return step
         if not isinstance(step, Tensor):
             raise ValueError(
-                f"step must be None, an int or a (B={self._batch_size},) integer tensor, "
+                f"{name} must be None, an int or a (B={self._batch_size},) integer tensor, "
                 f"got {type(step).__name__}"
             )
-        tensor = check_shape("step", step, [("B", self._batch_size)])
+        tensor = check_data(name, check_shape(name, step, [("B", self._batch_size)]))
         if not _is_integer(tensor):
-            raise ValueError(f"step must have an integer dtype, got {tensor.dtype}")
+            raise ValueError(f"{name} must have an integer dtype, got {tensor.dtype}")
         return tensor.to(device=self._index, dtype=torch.long)
+
+    def _check_write_steps(self, step: int | Tensor | None, rows: Tensor) -> tuple[Tensor, int]:
+        """The ``(B,)`` steps of a write and the new bound of ``max(next_step)``.
+
+        A writing sample's step must lie in ``[last written step, COUNTER_LIMIT)``. The exact
+        test reads values (a sync); it runs for tensor steps only, or when the Python-side
+        bound cannot rule a violation out.
+        """
+        ceiling = self._step_ceiling
+        if step is None:
+            if ceiling >= _LIMIT and rows.numel():
+                full = self._next_step[rows] >= _LIMIT
+                if bool(full.any()):
+                    row = int(rows[_first(full)[0]])
+                    raise ValueError(
+                        f"step: sample {row}'s step counter reached the limit 2**62; give an "
+                        "explicit step or reset the sample"
+                    )
+            steps = self._next_step
+            return steps, min(ceiling + 1, _LIMIT)
+        if isinstance(step, int):
+            if step + 1 < ceiling and rows.numel():
+                behind = self._next_step[rows] > step + 1
+                if bool(behind.any()):
+                    row = int(rows[_first(behind)[0]])
+                    raise ValueError(
+                        f"step must not go back before a writing sample's last written step: "
+                        f"sample {row} wrote step {int(self._next_step[row]) - 1}, got {step}"
+                    )
+            steps = torch.full((self._batch_size,), step, dtype=torch.long, device=self._index)
+            return steps, max(ceiling, step + 1)
+        if rows.numel() == 0:
+            return step, ceiling
+        new = step[rows]
+        lowest = (self._next_step[rows] - 1).clamp_min(0)
+        bad = (new < lowest) | (new >= _LIMIT)
+        failed, highest = torch.stack([bad.any().long(), new.max()]).tolist()
+        if failed:
+            i = _first(bad)[0]
+            row, value = int(rows[i]), int(new[i])
+            if 0 <= value < _LIMIT:
+                raise ValueError(
+                    f"step must not go back before a writing sample's last written step: "
+                    f"sample {row} wrote step {int(lowest[i])}, got {value}"
+                )
+            raise ValueError(
+                f"step must be in [0, 2**62) for writing samples, got {value} for sample {row}"
+            )
+        return step, max(ceiling, highest + 1)
+
+    def _check_clock(self, what: str, uses: int) -> None:
+        """Refuse an operation that would move the LRU clock ``uses`` ticks past the limit."""
+        if self._clock + uses > _LIMIT:
+            raise ValueError(
+                f"{what} would move the LRU clock from {self._clock} by {uses}, past its limit "
+                "2**62; load a state with a smaller clock or build a new buffer"
+            )
 
     def _check_rows_finite(self, name: str, tensor: Tensor, rows: Tensor) -> None:
         if not tensor.is_floating_point():
@@ -251,11 +328,13 @@ class MemoryBuffer:
             raise ValueError("upcoming must hold at least one pose per sample, got L=0")
         if not route.is_floating_point():
             raise ValueError(f"upcoming must have a floating-point dtype, got {route.dtype}")
+        check_data("upcoming", route)
         mask = None
         if upcoming_mask is not None:
             mask = check_shape(
                 "upcoming_mask", upcoming_mask, [("B", self._batch_size), ("L", route.shape[1])]
             )
+            check_data("upcoming_mask", mask)
             if mask.dtype != torch.bool:
                 raise ValueError(f"upcoming_mask must have dtype torch.bool, got {mask.dtype}")
             mask = mask.to(self._index)
@@ -294,8 +373,9 @@ class MemoryBuffer:
             frames: ``(B, C, H, W)`` clean latents (never noised ones).
             poses: ``(B, P)`` their absolute poses.
             step: the frames' step (timestamp): None uses each sample's counter (one after the
-                last step it stored, 0 at first), an int applies to all samples, a ``(B,)``
-                integer tensor gives one per sample.
+                last step it wrote, 0 at first), an int applies to all samples, a ``(B,)``
+                integer tensor gives one per sample. A writing sample's step must lie in
+                ``[its last written step, 2**62)``: steps never go back.
             where: optional ``(B,)`` bool, True for the samples that write; None means all.
                 Rows of samples that do not write are ignored (they need not be finite).
             upcoming: optional ``(B, L, P)`` absolute poses of the next ``L`` retrievals'
@@ -303,18 +383,26 @@ class MemoryBuffer:
             upcoming_mask: optional ``(B, L)`` bool, the entries of ``upcoming`` that count
                 (routes of different lengths); None means all. Entries that do not count need
                 not be finite.
+
+        Raises:
+            ValueError: a bad argument, a step that goes back or reaches ``2**62``, or an LRU
+                clock at :attr:`COUNTER_LIMIT`; nothing is changed then.
         """
         b, (c, h, w) = self._batch_size, self._frame_shape
-        check_shape("frames", frames, [("B", b), ("C", c), ("H", h), ("W", w)])
-        check_shape("poses", poses, [("B", b), ("P", self._pose_dim)])
-        steps = self._check_step(step)
+        check_data(
+            "frames", check_shape("frames", frames, [("B", b), ("C", c), ("H", h), ("W", w)])
+        )
+        check_data("poses", check_shape("poses", poses, [("B", b), ("P", self._pose_dim)]))
+        step_arg = self._check_step_arg("step", step)
         writers = self._check_where(where)
         rows = writers.nonzero().squeeze(1)
         self._check_rows_finite("frames", frames, rows)
         self._check_rows_finite("poses", poses, rows)
         route = self._check_upcoming(upcoming, upcoming_mask, rows)
+        all_steps, ceiling = self._check_write_steps(step_arg, rows)
+        self._check_clock("add", 1)
 
-        all_steps = self._next_step if steps is None else steps
+        self._step_ceiling = ceiling
         self._clock += 1
         if self._coverage is not None:
             self._add_coverage(frames, poses, all_steps, writers, rows, route)
@@ -417,6 +505,8 @@ class MemoryBuffer:
         self._next_step[rows] = 0
         if self._coverage is not None:
             self._coverage.reset(rows)
+        if where is None:
+            self._step_ceiling = 0
         self._version += 1
 
     # ------------------------------------------------------------------ reading
@@ -430,7 +520,7 @@ class MemoryBuffer:
         threshold: float = 0.7,
         device: torch.device | str | None = None,
         generator: torch.Generator | None = None,
-        query_step: Tensor | None = None,
+        query_step: int | Tensor | None = None,
         scale: float = 10.0,
         fov: FovParams | None = None,
     ) -> MemoryContext:
@@ -445,11 +535,13 @@ class MemoryBuffer:
             k: slots per sample, ``>= 1``; may exceed what is stored (extra slots are masked).
             strategy: ``"distance"``, ``"fov"`` or ``"pose"``.
             threshold: slots scored under it are masked.
-            device: where the returned context lives; None keeps the storage device.
+            device: where the returned context lives (an available device); None keeps the
+                storage device.
             generator: point sampler of ``"fov"``.
-            query_step: ``(B,)`` integer step of the query, for ``"fov"``'s recency penalty and
-                the context's ``query_step``; defaults to each sample's step counter (the step
-                the next written frame gets).
+            query_step: ``(B,)`` integer step of the query, or an int in ``[0, 2**62)`` for
+                every sample, for ``"fov"``'s recency penalty and the context's
+                ``query_step``; defaults to each sample's step counter (the step the next
+                written frame gets).
             scale: distance scale of ``"distance"`` and ``"pose"``.
             fov: :class:`~hybrid_cdit.memory.FovParams` of ``"fov"``.
 
@@ -458,11 +550,28 @@ class MemoryBuffer:
             ``mask`` and ``steps`` ``(B, k)``, ``query_pose (B, P)`` and ``query_step (B,)``.
             A masked slot holds zeros or one of the sample's own frames scored under the
             threshold: honour the mask.
+
+        Raises:
+            ValueError: a bad argument, or an LRU clock that ``k`` uses would move past
+                :attr:`COUNTER_LIMIT`; nothing is changed then.
         """
         query = check_shape(
             "query_pose", query_pose, [("B", self._batch_size), ("P", self._pose_dim)]
         )
-        target = self._device if device is None else _to_device("device", device)
+        check_data("query_pose", query)
+        k = check_positive_int("k", k)
+        check_strategy(strategy)
+        check_fov_params("fov", fov)
+        check_generator(generator)
+        target = self._device if device is None else check_device("device", device)
+        step_arg = self._check_step_arg("query_step", query_step)
+        if step_arg is None:
+            query_steps = self._next_step.clone()
+        elif isinstance(step_arg, int):
+            query_steps = torch.full_like(self._next_step, step_arg)
+        else:
+            query_steps = step_arg
+        self._check_clock(f"k={k}", k)
         selection = select_memory(
             self._poses,
             query.to(device=self._index),
@@ -471,33 +580,31 @@ class MemoryBuffer:
             steps=self._steps,
             strategy=strategy,
             threshold=threshold,
-            query_step=self._next_step if query_step is None else query_step,
+            query_step=query_steps,
             scale=scale,
             fov=fov,
             generator=generator,
         )
         indices, mask = selection.indices, selection.mask
-        k = int(indices.shape[1])
         rows = torch.arange(self._batch_size, device=self._index)[:, None]
-        frames = self._gather_frames(indices.to(self._device), target)
-        poses = self._poses[rows, indices]
-
+        context = build_context(
+            self._gather_frames(indices.to(self._device), target),
+            self._poses[rows, indices],
+            selection,
+            query,
+            steps=self._steps[rows, indices],
+            query_step=query_steps,
+            assume_finite=True,
+        )
         # Refresh the LRU clock of the unmasked picks, best rank most recent.
+        k = int(indices.shape[1])
         ranks = torch.arange(k, 0, -1, device=self._index).expand_as(indices)
         hit_rows, hit_cols = mask.nonzero(as_tuple=True)
         self._last_used[hit_rows, indices[hit_rows, hit_cols]] = (
             self._clock + ranks[hit_rows, hit_cols]
         )
         self._clock += k
-        return build_context(
-            frames,
-            poses,
-            selection,
-            query,
-            steps=self._steps[rows, indices],
-            query_step=self._next_step.clone() if query_step is None else query_step,
-            assume_finite=True,
-        )
+        return context
 
     def _gather_frames(self, indices: Tensor, target: torch.device) -> Tensor:
         """``(B, k, C, H, W)`` frames at ``indices`` ``(B, k)``, on ``target``, one index op."""
@@ -537,12 +644,17 @@ class MemoryBuffer:
     def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
         """Restore content saved by :meth:`state_dict` into this buffer's storage.
 
-        The buffer's shape (batch size, capacity, frame shape, pose size) must match. The
-        version increases (it is not restored), so caches keyed on it see the change.
+        The buffer's shape (batch size, capacity, frame shape, pose size) must match, and the
+        state must satisfy the invariants of the class docstring: no buffer reaches a state
+        that breaks one, and one that does would lose frames (a stored frame evicted while
+        slots are empty) or overflow its counters. Frames and poses are checked finite after
+        the cast to :attr:`dtype`. The version increases (it is not restored), so caches
+        keyed on it see the change.
 
         Raises:
-            ValueError: missing or unexpected keys, wrong shapes or dtypes, non-finite values;
-                nothing is changed then.
+            ValueError: missing or unexpected keys, wrong shapes, dtypes or devices, or a
+                broken invariant, naming the field and the first offending slot; nothing is
+                changed then.
         """
         if not isinstance(state, Mapping):
             raise ValueError(f"state must be a mapping of tensors, got {type(state).__name__}")
@@ -554,46 +666,50 @@ class MemoryBuffer:
                 f"and unexpected {unexpected}"
             )
         b, n, (c, h, w) = self._batch_size, self._capacity, self._frame_shape
-        frames = check_shape(
-            "state['frames']",
-            state["frames"],
-            [("B", b), ("capacity", n), ("C", c), ("H", h), ("W", w)],
-        )
-        poses = check_shape(
-            "state['poses']", state["poses"], [("B", b), ("capacity", n), ("P", self._pose_dim)]
-        )
-        for name, tensor in (("frames", frames), ("poses", poses)):
-            if not tensor.is_floating_point():
-                raise ValueError(f"state['{name}'] must be floating-point, got {tensor.dtype}")
-            check_finite(f"state['{name}']", tensor)
-        integer_shapes = {
-            "steps": [("B", b), ("capacity", n)],
-            "last_used": [("B", b), ("capacity", n)],
+        slot_dims = [("B", b), ("capacity", n)]
+        dims = {
+            "frames": [*slot_dims, ("C", c), ("H", h), ("W", w)],
+            "poses": [*slot_dims, ("P", self._pose_dim)],
+            "steps": slot_dims,
+            "valid": slot_dims,
+            "last_used": slot_dims,
             "next_step": [("B", b)],
             "clock": [],
         }
-        for name, dims in integer_shapes.items():
-            tensor = check_shape(f"state['{name}']", state[name], dims)
-            if not _is_integer(tensor):
-                raise ValueError(f"state['{name}'] must have an integer dtype, got {tensor.dtype}")
-        valid = check_shape("state['valid']", state["valid"], [("B", b), ("capacity", n)])
-        if valid.dtype != torch.bool:
-            raise ValueError(f"state['valid'] must have dtype torch.bool, got {valid.dtype}")
-        clock = int(check_tensor("state['clock']", state["clock"]).item())
-        last_used = state["last_used"]
-        if bool((last_used > clock).any()):
+        tensors = {
+            key: check_data(f"state['{key}']", check_shape(f"state['{key}']", state[key], shape))
+            for key, shape in dims.items()
+        }
+        for key in ("frames", "poses"):
+            if not tensors[key].is_floating_point():
+                raise ValueError(f"state['{key}'] must be floating-point, got {tensors[key].dtype}")
+        for key in ("steps", "last_used", "next_step", "clock"):
+            if not _is_integer(tensors[key]):
+                raise ValueError(
+                    f"state['{key}'] must have an integer dtype, got {tensors[key].dtype}"
+                )
+        if tensors["valid"].dtype != torch.bool:
             raise ValueError(
-                f"state['last_used'] must not exceed state['clock']={clock}, "
-                f"got max {int(last_used.max())}"
+                f"state['valid'] must have dtype torch.bool, got {tensors['valid'].dtype}"
             )
+        frames = tensors["frames"].detach().to(device=self._device, dtype=self._dtype)
+        poses = tensors["poses"].detach().to(device=self._index, dtype=self._dtype)
+        valid = tensors["valid"].to(self._index)
+        steps, last_used, next_step = (
+            tensors[key].to(device=self._index, dtype=torch.long)
+            for key in ("steps", "last_used", "next_step")
+        )
+        clock = int(tensors["clock"].to(torch.long))
+        _check_state(frames, poses, steps, valid, last_used, next_step, clock)
 
         self._frames.copy_(frames)
         self._poses.copy_(poses)
-        self._steps.copy_(state["steps"])
+        self._steps.copy_(steps)
         self._valid.copy_(valid)
         self._last_used.copy_(last_used)
-        self._next_step.copy_(state["next_step"])
+        self._next_step.copy_(next_step)
         self._clock = clock
+        self._step_ceiling = int(next_step.max())
         if self._coverage is not None:
             self._coverage.rebuild(self._poses, self._valid)
         self._version += 1
@@ -604,8 +720,9 @@ class MemoryBuffer:
         """Move the frames to ``device`` (pinned when it is the CPU and CUDA is available) and
         the poses and bookkeeping to ``index_device`` (``device`` when None); returns ``self``.
         Content and :attr:`version` are unchanged."""
-        target = _to_device("device", device)
-        index = target if index_device is None else _to_device("index_device", index_device)
+        target = check_device("device", device)
+        index = target if index_device is None else check_device("index_device", index_device)
+        # Every check above runs before the first move, so a bad device moves nothing.
         self._frames = self._frames.to(target)
         self._poses = self._poses.to(index)
         self._steps = self._steps.to(index)
@@ -630,3 +747,61 @@ class MemoryBuffer:
         if self._index.type == "cpu":
             self._poses = self._poses.pin_memory()
         self._pinned = True
+
+
+def _check_state(
+    frames: Tensor,
+    poses: Tensor,
+    steps: Tensor,
+    valid: Tensor,
+    last_used: Tensor,
+    next_step: Tensor,
+    clock: int,
+) -> None:
+    """Raise ``ValueError`` naming the field and the first offending slot when the state of a
+    :class:`MemoryBuffer` breaks one of its invariants (see the class docstring).
+
+    ``frames (B, M, C, H, W)`` and ``poses (B, M, P)`` in the buffer's dtype (``frames`` on
+    the storage device, the rest on the index device), ``steps``, ``last_used (B, M)`` and
+    ``next_step (B,)`` long, ``valid (B, M)`` bool. Every test is one reduction over whole
+    tensors.
+    """
+
+    def refuse(key: str, bad: Tensor, rule: str, values: Tensor) -> None:
+        if bool(bad.any()):
+            where = _first(bad)
+            raise ValueError(f"state['{key}'] must {rule}, got {int(values[where])} at {where}")
+
+    if not 0 <= clock <= _LIMIT:
+        raise ValueError(f"state['clock'] must lie in [0, 2**62], got {clock}")
+    refuse("next_step", (next_step < 0) | (next_step > _LIMIT), "lie in [0, 2**62]", next_step)
+    empty = ~valid
+    refuse(
+        "steps",
+        valid & ((steps < 0) | (steps >= next_step[:, None])),
+        "lie in [0, next_step) at stored frames",
+        steps,
+    )
+    refuse("steps", empty & (steps != 0), "be 0 at empty slots", steps)
+    refuse(
+        "last_used",
+        valid & ((last_used < 1) | (last_used > clock)),
+        f"lie in [1, clock={clock}] at stored frames",
+        last_used,
+    )
+    refuse("last_used", empty & (last_used != 0), "be 0 at empty slots", last_used)
+    for key, tensor in (("poses", poses), ("frames", frames)):
+        values = tensor.flatten(2)
+        stored = valid.to(tensor.device)
+        if not all_finite(values):
+            bad = ~torch.isfinite(values).all(2) & stored
+            if bool(bad.any()):
+                raise ValueError(
+                    f"state['{key}'] must be finite at stored frames (in the buffer's dtype), "
+                    f"got non-finite values at {_first(bad)}"
+                )
+        nonzero = (values != 0).any(2) & ~stored
+        if bool(nonzero.any()):
+            raise ValueError(
+                f"state['{key}'] must be 0 at empty slots, got non-zero values at {_first(nonzero)}"
+            )

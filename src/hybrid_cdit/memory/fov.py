@@ -20,7 +20,14 @@ from torch import Tensor
 from torch.quasirandom import SobolEngine
 
 from .._validation import check_positive_int, check_shape
-from ._checks import check_memory, check_real, check_steps, check_threshold
+from ._checks import (
+    check_data,
+    check_generator,
+    check_memory,
+    check_real,
+    check_steps,
+    check_threshold,
+)
 from .selection import Selection, pad_selection, secondary_order
 
 __all__ = ["FovParams", "fov_scores", "fov_select"]
@@ -63,6 +70,18 @@ class FovParams:
             raise ValueError(f"recency_weight must be >= 0, got {self.recency_weight!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
+
+
+def check_fov_params(name: str, params: object) -> FovParams:
+    """``params`` if it is a :class:`FovParams`, ``FovParams()`` when None, else raise
+    ``ValueError`` naming ``name`` (build one with ``FovParams(**options)``)."""
+    if params is None:
+        return FovParams()
+    if not isinstance(params, FovParams):
+        raise ValueError(
+            f"{name} must be a FovParams or None, got {type(params).__name__} {params!r}"
+        )
+    return params
 
 
 def _point_seed(params: FovParams, generator: torch.Generator | None) -> int:
@@ -191,7 +210,8 @@ def fov_scores(
     Returns:
         ``(B, M)`` overlap ratios in ``[0, 1]``, 0 for invalid slots.
     """
-    params = FovParams() if params is None else params
+    params = check_fov_params("params", params)
+    check_generator(generator)
     poses, query, mask = check_memory(memory_poses, query_pose, valid)
     _, overlap = _fov_overlap(poses, query, params, generator)
     return torch.where(mask, overlap, 0.0)
@@ -252,7 +272,8 @@ def fov_select(
     Returns:
         :class:`Selection` in pick order; ``scores`` are the picks' overlaps in ``[0, 1]``.
     """
-    params = FovParams() if params is None else params
+    params = check_fov_params("params", params)
+    check_generator(generator)
     poses, query, mask = check_memory(memory_poses, query_pose, valid)
     b, m = mask.shape
     k = check_positive_int("k", k)
@@ -260,8 +281,12 @@ def fov_select(
     if steps is not None:
         steps = check_steps("steps", steps, b, m)
     if query_step is not None:
-        query_step = check_shape("query_step", query_step, [("B", b)])
-        if query_step.is_floating_point() or query_step.dtype == torch.bool:
+        query_step = check_data("query_step", check_shape("query_step", query_step, [("B", b)]))
+        if (
+            query_step.is_floating_point()
+            or query_step.is_complex()
+            or query_step.dtype == torch.bool
+        ):
             raise ValueError(f"query_step must have an integer dtype, got {query_step.dtype}")
     return _fov_greedy(poses, query, mask, k, threshold, steps, query_step, params, generator)
 

@@ -20,9 +20,9 @@ import torch
 from torch import Tensor
 
 from .._validation import check_positive_int, check_shape, check_tensor
-from ._checks import check_threshold
+from ._checks import check_generator, check_threshold
 from .context import MemoryContext, all_finite
-from .fov import FovParams, fov_select
+from .fov import FovParams, check_fov_params, fov_select
 from .scores import Strategy, check_strategy, distance_scores, pose_scores
 from .selection import Selection, select_top_k
 
@@ -64,6 +64,8 @@ def select_memory(
         :class:`Selection` with ``(B, k)`` indices, scores and mask.
     """
     name = check_strategy(strategy)
+    params = check_fov_params("fov", fov)
+    check_generator(generator)
     if name == "fov":
         return fov_select(
             memory_poses,
@@ -73,7 +75,7 @@ def select_memory(
             threshold=threshold,
             steps=steps,
             query_step=query_step,
-            params=fov,
+            params=params,
             generator=generator,
         )
     check_positive_int("k", k)

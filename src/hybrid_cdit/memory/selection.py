@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .._validation import check_positive_int, check_shape
-from ._checks import check_steps, check_threshold, check_valid
+from ._checks import check_data, check_steps, check_threshold, check_valid
 
 __all__ = ["Selection", "pad_selection", "secondary_order", "select_top_k"]
 
@@ -82,7 +82,7 @@ def select_top_k(
     Returns:
         :class:`Selection` with ``(B, k)`` indices (sorted by decreasing score), scores, mask.
     """
-    scores = check_shape("scores", scores, [("B", None), ("M", None)])
+    scores = check_data("scores", check_shape("scores", scores, [("B", None), ("M", None)]))
     b, m = scores.shape
     if m < 1:
         raise ValueError(f"scores must hold at least one slot (M >= 1), got shape {(b, m)}")
