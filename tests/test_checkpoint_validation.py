@@ -24,6 +24,7 @@ from hybrid_cdit.checkpoint import (
     read_checkpoint,
     read_checkpoint_info,
 )
+from hybrid_cdit.checkpoint.values import is_finite, nonfinite_count
 from hybrid_cdit.cli import main
 from hybrid_cdit.models import CDiT, HybridCDiT
 
@@ -98,6 +99,19 @@ def nonfinite_files(tmp_path_factory: pytest.TempPathFactory, ema, bad_value) ->
     torch.save({"ema": weights, "model": ema}, tmp / "bad.pth.tar")
     save_file(weights, str(tmp / "bad.safetensors"))
     return {"torch": tmp / "bad.pth.tar", "safetensors": tmp / "bad.safetensors"}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_value_check_is_exact_when_a_finite_sum_overflows(dtype):
+    big = torch.finfo(dtype).max / 2
+    values = torch.full((9_000_000,), big, dtype=dtype)  # sums to inf; every value is finite
+    assert not math.isfinite(float(values.sum()))
+    assert is_finite(values) and nonfinite_count(values) == 0
+    bad = torch.tensor([float("nan"), float("inf"), -float("inf")]).to(dtype)
+    values[[4, 4_500_000, -1]] = bad  # columns 4, 1_500_000 and 2_999_999 of 3 rows
+    assert not is_finite(values) and nonfinite_count(values) == 3
+    assert nonfinite_count(values.view(3, -1)[:, ::2]) == 2  # strided: the odd column is skipped
+    assert is_finite(torch.arange(10)) and nonfinite_count(torch.arange(10)) == 0
 
 
 NAMED = rf"tensor {KEY} holds 5 non-finite values .*allow_nonfinite=True"

@@ -2,12 +2,15 @@
 
 Non-finite weights (NaN, inf) are refused by default, naming the tensor; floating-point
 parameters given integer (or boolean) tensors are refused naming the tensor and its dtype.
-Values are checked in chunks, so a check never allocates more than a few megabytes on top of
-the tensor itself.
+A tensor is first summed (one pass, no temporary tensor): a finite sum proves every value
+finite, since a NaN or an infinity makes any sum NaN or infinite. Only a tensor whose sum is
+not finite (non-finite values, or finite ones whose sum overflows) is scanned value by value,
+in chunks, so a check never allocates more than a few megabytes on top of the tensor itself.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -21,7 +24,7 @@ _CHUNK = 1 << 22
 
 def nonfinite_count(tensor: Tensor) -> int:
     """Number of NaN or infinite values of a floating-point tensor; 0 for other dtypes."""
-    if not tensor.is_floating_point() or tensor.device.type == "meta":
+    if _sums_to_finite(tensor):
         return 0
     total = 0
     for chunk in _chunks(tensor):
@@ -31,9 +34,17 @@ def nonfinite_count(tensor: Tensor) -> int:
 
 def is_finite(tensor: Tensor) -> bool:
     """True when a tensor holds no NaN or infinite value (always for non-float dtypes)."""
-    if not tensor.is_floating_point() or tensor.device.type == "meta":
+    if _sums_to_finite(tensor):
         return True
     return all(bool(torch.isfinite(chunk).all()) for chunk in _chunks(tensor))
+
+
+def _sums_to_finite(tensor: Tensor) -> bool:
+    """True when the tensor cannot hold NaN or inf: not floating point, on ``meta``, or its
+    sum is finite (about 0.1 s per GB on one CPU thread)."""
+    if not tensor.is_floating_point() or tensor.device.type == "meta":
+        return True
+    return math.isfinite(float(tensor.sum()))
 
 
 def _chunks(tensor: Tensor) -> tuple[Tensor, ...]:
