@@ -164,11 +164,15 @@ def test_reading_and_inspecting_read_only_what_is_asked(monkeypatch, train_py_fi
     _expect_untouched(watch, "ema", "opt")
     assert watch.ops["model"]
     with watching(monkeypatch) as watch:
-        info = read_checkpoint_info(train_py_file)
-        assert main(["inspect", str(train_py_file)]) == 0
+        info = read_checkpoint_info(train_py_file, scan_values=False)
+        assert main(["inspect", "--no-scan", str(train_py_file)]) == 0
     _expect_untouched(watch, "model", "ema", "opt")  # shapes and metadata only
     assert info.other_keys == ("opt",) and info.state_dicts["ema"] == info.num_parameters
     assert "other entries: opt" in capsys.readouterr().out
+    with watching(monkeypatch) as watch:  # the value scan reads the default state dict only
+        assert read_checkpoint_info(train_py_file).nonfinite == {}
+    _expect_untouched(watch, "model", "opt")
+    assert watch.ops["ema"] and "_to_copy" not in watch.ops["ema"]
 
 
 def test_load_into_a_meta_model_assigns(monkeypatch, train_py_file):

@@ -22,10 +22,13 @@ from .checkpoint import (
     CONFIG_NAME,
     CheckpointError,
     CheckpointInfo,
+    HubOptions,
     infer_cdit_config,
     read_checkpoint_info,
     save_pretrained,
 )
+from .checkpoint.files import WEIGHTS_NAME
+from .checkpoint.hub import resolve_hub_path
 from .checkpoint.loading import cdit_kwargs, load_state_dict_checked, resolve_checkpoint
 from .checkpoint.materialize import build_for_loading
 from .config import HybridCDiTConfig, build_model, parse_model_name
@@ -57,9 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser(
         "inspect", help="describe a checkpoint", description="Describe a checkpoint file."
     )
-    inspect.add_argument("checkpoint", metavar="CKPT", help="checkpoint file or pretrained dir")
+    inspect.add_argument(
+        "checkpoint",
+        metavar="CKPT",
+        help="checkpoint file, pretrained dir, hf-hub:ORG/REPO/FILE or hf-hub:ORG/REPO",
+    )
     inspect.add_argument("--json", action="store_true", help="print the description as JSON")
+    inspect.add_argument(
+        "--no-scan",
+        action="store_true",
+        help="read metadata only: do not scan the values for NaN or inf",
+    )
     _add_trust(inspect)
+    _add_hub(inspect)
     inspect.set_defaults(run=run_inspect)
 
     convert = commands.add_parser(
@@ -70,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
             "that it reproduces the CDiT's output, and write a from_pretrained directory."
         ),
     )
-    convert.add_argument("checkpoint", metavar="CKPT", help="CDiT checkpoint file")
+    convert.add_argument(
+        "checkpoint", metavar="CKPT", help="CDiT checkpoint file or hf-hub:ORG/REPO/FILE"
+    )
     convert.add_argument("out_dir", metavar="OUT_DIR", help="directory to write")
     target = convert.add_mutually_exclusive_group()
     target.add_argument("--model", metavar="NAME", help="registry name, e.g. HybridCDiT-XL/2")
@@ -82,7 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--num-heads", metavar="N", type=int, help="attention heads")
     convert.add_argument("--no-verify", action="store_true", help="skip the output comparison")
     convert.add_argument("--seed", type=int, default=0, help="seed of the new memory weights (0)")
+    convert.add_argument(
+        "--allow-nonfinite", action="store_true", help="load weights holding NaN or inf"
+    )
     _add_trust(convert)
+    _add_hub(convert)
     convert.set_defaults(run=run_convert)
 
     demo = commands.add_parser(
@@ -127,6 +146,23 @@ def _add_trust(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_hub(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "model hub (hf-hub: names; the token comes from HF_TOKEN or `hf auth login`)"
+    )
+    group.add_argument("--revision", metavar="REV", help="branch, tag or commit (main)")
+    group.add_argument("--cache-dir", metavar="DIR", help="hub cache (HF_HUB_CACHE)")
+    group.add_argument(
+        "--local-files-only", action="store_true", help="read the hub cache only, no network"
+    )
+
+
+def _hub_options(args: argparse.Namespace) -> HubOptions:
+    return HubOptions(
+        revision=args.revision, cache_dir=args.cache_dir, local_files_only=args.local_files_only
+    )
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -164,8 +200,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_inspect(args: argparse.Namespace) -> int:
     """``hybrid-cdit inspect CKPT``."""
-    info = read_checkpoint_info(args.checkpoint, trust_checkpoint=args.trust_checkpoint)
-    pretrained = _pretrained_config(Path(args.checkpoint))
+    location = resolve_hub_path(
+        args.checkpoint,
+        _hub_options(args),
+        directory_files=(WEIGHTS_NAME,),
+        optional_files=(CONFIG_NAME,),
+    )
+    info = read_checkpoint_info(
+        location, trust_checkpoint=args.trust_checkpoint, scan_values=not args.no_scan
+    )
+    pretrained = _pretrained_config(location)
     if args.json:
         data = _info_dict(info)
         if pretrained is not None:
@@ -239,6 +283,8 @@ def format_info(info: CheckpointInfo) -> str:
             ("learn_sigma", str(config["learn_sigma"])),
         ]
     rows.append(("parameters", f"{info.num_parameters:,} ({info.default_source})"))
+    rows.append(("dtypes", ", ".join(f"{n} {d}" for d, n in info.dtypes.items())))
+    rows.append(("non-finite", _nonfinite_text(info.nonfinite)))
     rows.append(
         (
             "memory",
@@ -251,13 +297,26 @@ def format_info(info: CheckpointInfo) -> str:
     return "\n".join(f"{label + ':':<{width}} {value}" for label, value in rows)
 
 
+def _nonfinite_text(counts: Mapping[str, int] | None) -> str:
+    if counts is None:
+        return "not scanned (--no-scan)"
+    if not counts:
+        return "none (every value is finite)"
+    listed = ", ".join(f"{key} ({n:,})" for key, n in list(counts.items())[:5])
+    more = f" and {len(counts) - 5} more" if len(counts) > 5 else ""
+    return f"{len(counts)} tensors hold NaN or inf: {listed}{more}"
+
+
 # ----------------------------------------------------------------------------------- convert
 
 
 def run_convert(args: argparse.Namespace) -> int:
     """``hybrid-cdit convert CKPT OUT_DIR``."""
     resolved = resolve_checkpoint(
-        args.checkpoint, source=args.source, trust_checkpoint=args.trust_checkpoint
+        args.checkpoint,
+        source=args.source,
+        trust_checkpoint=args.trust_checkpoint,
+        hub=_hub_options(args),
     )
     state_dict, source, path = resolved.state_dict, resolved.source, resolved.path
     inferred = infer_cdit_config(state_dict)
@@ -267,7 +326,13 @@ def run_convert(args: argparse.Namespace) -> int:
     with torch.random.fork_rng():  # the new memory weights: the same file on every run
         torch.manual_seed(args.seed)
         report = load_state_dict_checked(
-            model, state_dict, source=source, path=path, mmap=True, mapped=resolved.mapped
+            model,
+            state_dict,
+            source=source,
+            path=path,
+            mmap=True,
+            mapped=resolved.mapped,
+            allow_nonfinite=args.allow_nonfinite,
         )
     name = type(model).__name__
     print(f"loaded {len(report.loaded)} tensors ({source!r} of {path}) into {name}")

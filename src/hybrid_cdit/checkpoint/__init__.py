@@ -8,10 +8,12 @@
   model with its parameters on the ``meta`` device, for loading without a throw-away
   initialisation.
 - :func:`save_pretrained` / :func:`from_pretrained`: ``config.json`` + ``model.safetensors``.
+- ``"hf-hub:ORG/REPO/FILE"`` / ``"hf-hub:ORG/REPO"`` wherever a path is read, through
+  ``huggingface_hub``'s cache (:class:`HubOptions`).
 - :func:`to_cdit_state_dict`, :func:`save_nwm_checkpoint`: back to NWM's plain CDiT.
 """
 
-from .errors import CheckpointError, CheckpointNotFoundError
+from .errors import CheckpointAccessError, CheckpointError, CheckpointNotFoundError
 from .files import (
     EMA_KEYS,
     MODEL_KEYS,
@@ -20,6 +22,7 @@ from .files import (
     open_checkpoint,
     read_checkpoint,
 )
+from .hub import HUB_PREFIX, HubOptions, parse_hub_name
 from .infer import describe_config, infer_cdit_config, infer_memory_config
 from .info import CheckpointInfo, read_checkpoint_info
 from .loading import (
@@ -37,13 +40,16 @@ from .pretrained import CONFIG_NAME, MODEL_CLASSES, from_pretrained, save_pretra
 __all__ = [
     "CONFIG_NAME",
     "EMA_KEYS",
+    "HUB_PREFIX",
     "MODEL_CLASSES",
     "MODEL_KEYS",
     "SOURCES",
+    "CheckpointAccessError",
     "CheckpointContents",
     "CheckpointError",
     "CheckpointInfo",
     "CheckpointNotFoundError",
+    "HubOptions",
     "LoadReport",
     "build_for_loading",
     "build_from_cdit_checkpoint",
@@ -54,6 +60,7 @@ __all__ = [
     "infer_memory_config",
     "load_cdit_checkpoint",
     "open_checkpoint",
+    "parse_hub_name",
     "read_checkpoint",
     "read_checkpoint_info",
     "save_nwm_checkpoint",

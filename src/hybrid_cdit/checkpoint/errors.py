@@ -11,4 +11,10 @@ class CheckpointError(ValueError):
 
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
-    """The checkpoint path does not exist (also a ``FileNotFoundError``)."""
+    """The checkpoint path does not exist (also a ``FileNotFoundError``), or a model hub file
+    is neither on the hub nor in the local hub cache."""
+
+
+class CheckpointAccessError(CheckpointError, PermissionError):
+    """A model hub file that this machine is not allowed to download (a gated or private
+    repository without accepted licence or credentials); the message says how to get access."""

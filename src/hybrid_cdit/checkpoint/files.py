@@ -21,8 +21,10 @@ from timm.models import clean_state_dict
 from torch import Tensor
 
 from .errors import CheckpointError, CheckpointNotFoundError
+from .hub import HubOptions, resolve_hub_path
 from .materialize import materialize
 from .safe_load import torch_load
+from .values import check_finite_tensor
 
 PathArg = str | PathLike[str]
 """A file system path."""
@@ -160,7 +162,13 @@ class CheckpointContents:
 
 
 def read_checkpoint(
-    path: PathArg, *, source: str = "ema", trust_checkpoint: bool = False, mmap: bool = False
+    path: PathArg,
+    *,
+    source: str = "ema",
+    trust_checkpoint: bool = False,
+    mmap: bool = False,
+    allow_nonfinite: bool = False,
+    hub: HubOptions | None = None,
 ) -> dict[str, Tensor]:
     """Read one state dict from a checkpoint file, keys cleaned of ``module.``/``_orig_mod.``.
 
@@ -170,8 +178,10 @@ def read_checkpoint(
     read from disk: the other one and the optimiser state never are.
 
     Args:
-        path: the checkpoint file (``.pth.tar``, ``.pth``, ``.pt``, ``.safetensors``), or a
-            ``save_pretrained`` directory.
+        path: the checkpoint file (``.pth.tar``, ``.pth``, ``.pt``, ``.safetensors``), a
+            ``save_pretrained`` directory, or a model hub name: ``"hf-hub:ORG/REPO/FILE"``, or
+            ``"hf-hub:ORG/REPO"`` for the repository's ``model.safetensors`` (downloaded
+            through the hub cache, see :class:`~hybrid_cdit.checkpoint.hub.HubOptions`).
         source: ``"ema"`` (default; what NWM's inference loads), ``"model"``, ``"auto"``
             (EMA when present), or the top-level key of the state dict to read (for files that
             store weights under other keys). A file that is one bare state dict serves any
@@ -183,22 +193,33 @@ def read_checkpoint(
             when used, and shared with the page cache; the file must stay in place while they
             live; writes to them stay private). False (default) copies the selected state dict
             into memory once.
+        allow_nonfinite: return tensors holding NaN or inf; False (default) refuses them,
+            naming the tensor (checked tensor by tensor as it is read).
+        hub: download options for ``hf-hub:`` names; None for the defaults.
 
     Raises:
         ValueError: for a ``source`` that is not a non-empty string.
-        CheckpointNotFoundError: the path does not exist.
+        CheckpointNotFoundError: the path does not exist (or a hub file is not available).
+        CheckpointAccessError: a gated or private hub repository without access.
         CheckpointError: the file is empty, corrupt, not a checkpoint, needs unsafe globals,
-            or holds no state dict for ``source``.
+            holds no state dict for ``source``, or holds non-finite values.
     """
     check_source(source)
-    contents = open_checkpoint(path, trust_checkpoint=trust_checkpoint)
+    contents = open_checkpoint(path, trust_checkpoint=trust_checkpoint, hub=hub)
     state_dict = contents.select(source)[1]
     if mmap or not contents.memory_mapped:
+        if not allow_nonfinite:
+            for key, tensor in state_dict.items():
+                check_finite_tensor(contents.path, key, tensor)
         return state_dict
-    return materialize(state_dict, mmap=False, mapped=True)
+    return materialize(
+        state_dict, mmap=False, mapped=True, allow_nonfinite=allow_nonfinite, origin=contents.path
+    )
 
 
-def open_checkpoint(path: PathArg, *, trust_checkpoint: bool = False) -> CheckpointContents:
+def open_checkpoint(
+    path: PathArg, *, trust_checkpoint: bool = False, hub: HubOptions | None = None
+) -> CheckpointContents:
     """Open a checkpoint file: its state dicts and training metadata, without reading tensor
     data.
 
@@ -207,9 +228,10 @@ def open_checkpoint(path: PathArg, *, trust_checkpoint: bool = False) -> Checkpo
     index, and a tensor's bytes are read from disk only when its data is used, so the unused
     state dict and the optimiser state are never read. The tensors refer to the file: copy the
     ones you keep (:func:`read_checkpoint` does) if the file may change. See
-    :func:`read_checkpoint` for the formats, safety rules and errors.
+    :func:`read_checkpoint` for the formats, hub names, safety rules and errors. Values are not
+    read, so non-finite values are not checked here.
     """
-    file = _locate(Path(path))
+    file = _locate(resolve_hub_path(path, hub))
     size = file.stat().st_size
     if size == 0:
         raise CheckpointError(f"{file}: the file is empty (0 bytes), not a checkpoint")

@@ -22,6 +22,7 @@ from ..models.hybrid import HybridCDiT, is_memory_key
 from ..registry import VARIANTS
 from .errors import CheckpointError
 from .files import PathArg, check_source, clean_keys, open_checkpoint
+from .hub import HubOptions
 from .infer import (
     config_differences,
     describe_config,
@@ -35,7 +36,9 @@ from .materialize import (
     check_device,
     check_dtype,
     materialize,
+    release_pages,
 )
+from .values import check_dtypes, check_finite_tensor
 
 ModelT = TypeVar("ModelT", bound=nn.Module)
 
@@ -110,14 +113,19 @@ class ResolvedStateDict(NamedTuple):
 
 
 def resolve_checkpoint(
-    checkpoint: CheckpointArg, *, source: str = "ema", trust_checkpoint: bool = False
+    checkpoint: CheckpointArg,
+    *,
+    source: str = "ema",
+    trust_checkpoint: bool = False,
+    hub: HubOptions | None = None,
 ) -> ResolvedStateDict:
-    """The state dict ``source`` selects from a path (memory-mapped where the format allows;
-    nothing else in the file is read), or an in-memory state dict with cleaned keys."""
+    """The state dict ``source`` selects from a path or ``hf-hub:`` name (memory-mapped where
+    the format allows; nothing else in the file is read), or an in-memory state dict with
+    cleaned keys."""
     check_source(source)
     if isinstance(checkpoint, Mapping):
         return ResolvedStateDict(clean_keys(checkpoint), "state_dict", None, False)
-    contents = open_checkpoint(checkpoint, trust_checkpoint=trust_checkpoint)
+    contents = open_checkpoint(checkpoint, trust_checkpoint=trust_checkpoint, hub=hub)
     used, state_dict = contents.select(source)
     return ResolvedStateDict(state_dict, used, contents.path, contents.memory_mapped)
 
@@ -191,7 +199,8 @@ def check_fit(
         ``(missing model keys, unexpected checkpoint keys)`` that are allowed.
 
     Raises:
-        CheckpointError: naming keys, both shapes, and both configurations.
+        CheckpointError: naming keys, both shapes, and both configurations; or naming a
+            tensor that is not floating point where the model's is, and its dtype.
     """
     expected = unwrap_model(model).state_dict()
     missing = [k for k in expected if k not in state_dict]
@@ -215,9 +224,10 @@ def check_fit(
             else ""
         )
         problems.append(f"unexpected in the checkpoint: {_listing(unexpected)}{hint}")
+    origin = f"checkpoint {path} ({source})" if path else f"state dict ({source})"
     if problems:
-        origin = f"checkpoint {path} ({source})" if path else f"state dict ({source})"
         raise _fit_error(state_dict, model, origin, problems)
+    check_dtypes(origin, state_dict, expected)
     return missing, unexpected
 
 
@@ -237,8 +247,12 @@ def load_state_dict_checked(
     dtype: torch.dtype | None = None,
     device: torch.device | None = None,
     mapped: bool = False,
+    allow_nonfinite: bool = False,
 ) -> LoadReport:
     """:func:`check_fit`, then load: nothing is modified unless every check passes.
+
+    Unless ``allow_nonfinite``, every floating-point tensor is checked for NaN and inf before
+    the model is touched (each as it is copied, or read in place), naming the first offender.
 
     A model with parameters on the ``meta`` device (built by
     :func:`~hybrid_cdit.checkpoint.materialize.build_for_loading`) gets the tensors assigned:
@@ -252,7 +266,13 @@ def load_state_dict_checked(
     target = unwrap_model(model)
     ignored = set(unexpected)
     usable = {k: v for k, v in state_dict.items() if k not in ignored}
+    origin = f"checkpoint {path} ({source})" if path else f"state dict ({source})"
     if not has_meta_parameters(target):
+        if not allow_nonfinite:
+            for key, tensor in usable.items():
+                check_finite_tensor(origin, key, tensor)
+                if mapped:
+                    release_pages(tensor)
         result = target.load_state_dict(usable, strict=False)
         return LoadReport(
             source=source,
@@ -268,7 +288,15 @@ def load_state_dict_checked(
             f"checkpoint ({source}), missing: {_listing(absent)}; build the model on a real "
             "device to keep its own values"
         )
-    tensors = materialize(usable, mmap=mmap, dtype=dtype, device=device, mapped=mapped)
+    tensors = materialize(
+        usable,
+        mmap=mmap,
+        dtype=dtype,
+        device=device,
+        mapped=mapped,
+        allow_nonfinite=allow_nonfinite,
+        origin=origin,
+    )
     # the hybrid's load hook derives the memory branch from the assigned CDiT weights
     fresh = assign_state_dict(target, tensors, dtype=dtype, device=device)
     return LoadReport(
@@ -290,6 +318,8 @@ def load_cdit_checkpoint(
     mmap: bool = False,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
+    allow_nonfinite: bool = False,
+    hub: HubOptions | None = None,
 ) -> LoadReport:
     """Load CDiT weights (a checkpoint path or a state dict) into a ``CDiT`` or ``HybridCDiT``.
 
@@ -312,6 +342,9 @@ def load_cdit_checkpoint(
         trust_checkpoint: see :func:`read_checkpoint`.
         mmap, dtype, device: for a ``meta`` model, see :meth:`CDiT.from_cdit_checkpoint`;
             ignored for a model with real parameters.
+        allow_nonfinite: load tensors holding NaN or inf; False (default) refuses them,
+            naming the tensor, before the model is touched.
+        hub: download options for ``hf-hub:`` names (see :func:`read_checkpoint`).
 
     Returns:
         A :class:`LoadReport`.
@@ -323,7 +356,9 @@ def load_cdit_checkpoint(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     options = (check_dtype(dtype), check_device(device))
-    resolved = resolve_checkpoint(checkpoint, source=source, trust_checkpoint=trust_checkpoint)
+    resolved = resolve_checkpoint(
+        checkpoint, source=source, trust_checkpoint=trust_checkpoint, hub=hub
+    )
     return load_state_dict_checked(
         model,
         resolved.state_dict,
@@ -334,6 +369,7 @@ def load_cdit_checkpoint(
         dtype=options[0],
         device=options[1],
         mapped=resolved.mapped,
+        allow_nonfinite=allow_nonfinite,
     )
 
 
@@ -346,6 +382,8 @@ def build_from_cdit_checkpoint(
     mmap: bool = False,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
+    allow_nonfinite: bool = False,
+    hub: HubOptions | None = None,
     **overrides: Any,
 ) -> ModelT:
     """Build ``cls`` with the configuration inferred from a CDiT checkpoint, then load it.
@@ -373,6 +411,9 @@ def build_from_cdit_checkpoint(
             converted tensor by tensor, with no float32 copy of the model; None keeps the file's.
         device: device of the model (``"cuda"``...): each tensor is copied from the file
             straight to it, with no CPU copy of the model; None for the CPU.
+        allow_nonfinite: load tensors holding NaN or inf; False (default) refuses them,
+            naming the tensor (each checked as it is copied or mapped).
+        hub: download options for ``hf-hub:`` names (see :func:`read_checkpoint`).
 
     Raises:
         ValueError: for a ``dtype`` that is not a floating ``torch.dtype``, or an invalid
@@ -381,7 +422,9 @@ def build_from_cdit_checkpoint(
             not given.
     """
     dtype_, device_ = check_dtype(dtype), check_device(device)
-    resolved = resolve_checkpoint(checkpoint, source=source, trust_checkpoint=trust_checkpoint)
+    resolved = resolve_checkpoint(
+        checkpoint, source=source, trust_checkpoint=trust_checkpoint, hub=hub
+    )
     state_dict, used, path = resolved.state_dict, resolved.source, resolved.path
     config = infer_cdit_config(state_dict)
     config.pop("variant", None)
@@ -405,6 +448,7 @@ def build_from_cdit_checkpoint(
         dtype=dtype_,
         device=device_,
         mapped=resolved.mapped,
+        allow_nonfinite=allow_nonfinite,
     )
     return model
 

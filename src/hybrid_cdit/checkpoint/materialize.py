@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import CheckpointError
+from .values import check_finite_tensor
 
 DeviceArg = torch.device | str | None
 """A device, its name, or None for the CPU."""
@@ -117,6 +118,8 @@ def materialize(
     dtype: torch.dtype | None = None,
     device: torch.device | None = None,
     mapped: bool = False,
+    allow_nonfinite: bool = True,
+    origin: str = "state dict",
 ) -> dict[str, Tensor]:
     """The tensors to assign to a model: converted to ``dtype`` (floating tensors only) and
     ``device``, each copied once unless ``mmap`` and no conversion is needed.
@@ -128,6 +131,9 @@ def materialize(
         device: device of the result, or None for the CPU.
         mapped: the tensors are views of a file mapping made for this load; their pages are
             released once copied, so the file's pages and the copy are never resident together.
+        allow_nonfinite: False checks each result tensor as it is made (no extra copy) and
+            raises :class:`CheckpointError` naming the first one holding NaN or inf.
+        origin: the file or state dict, for that message.
     """
     target = device or torch.device("cpu")
     out: dict[str, Tensor] = {}
@@ -136,10 +142,12 @@ def materialize(
         converts = wanted != tensor.dtype or tensor.device != target
         if mmap and not converts:
             out[key] = tensor
-            continue
-        out[key] = tensor.to(device=target, dtype=wanted, copy=True)
-        if mapped and not mmap:
-            release_pages(tensor)
+        else:
+            out[key] = tensor.to(device=target, dtype=wanted, copy=True)
+            if mapped and not mmap:
+                release_pages(tensor)
+        if not allow_nonfinite:
+            check_finite_tensor(origin, key, out[key])
     return out
 
 

@@ -21,8 +21,10 @@ from ..models.cdit import CDiT
 from ..models.hybrid import HybridCDiT
 from .errors import CheckpointError, CheckpointNotFoundError
 from .files import WEIGHTS, WEIGHTS_NAME, PathArg
+from .hub import HubOptions, resolve_hub_path
 from .loading import load_state_dict_checked, model_config, unwrap_model
 from .materialize import build_for_loading, check_device, check_dtype
+from .pretrained_config import check_config_fits_weights, header_shapes, validate_config
 
 CONFIG_NAME = "config.json"
 """Configuration file of a pretrained directory."""
@@ -108,6 +110,11 @@ def _read_config(directory: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{config_path}: expected a JSON object with a {_CLASS_FIELD!r} field, got {config!r}"
         )
+    if not isinstance(config[_CLASS_FIELD], str):
+        raise CheckpointError(
+            f"{config_path}: field {_CLASS_FIELD!r} must be a class name (a string), got "
+            f"{config[_CLASS_FIELD]!r}"
+        )
     return config
 
 
@@ -140,6 +147,11 @@ def from_pretrained(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     mmap: bool = False,
+    allow_nonfinite: bool = False,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    cache_dir: PathArg | None = None,
+    local_files_only: bool = False,
 ) -> nn.Module: ...
 
 
@@ -151,6 +163,11 @@ def from_pretrained(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     mmap: bool = False,
+    allow_nonfinite: bool = False,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    cache_dir: PathArg | None = None,
+    local_files_only: bool = False,
 ) -> ModelT: ...
 
 
@@ -161,6 +178,11 @@ def from_pretrained(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     mmap: bool = False,
+    allow_nonfinite: bool = False,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    cache_dir: PathArg | None = None,
+    local_files_only: bool = False,
 ) -> nn.Module:
     """Rebuild a model written by :func:`save_pretrained`, exactly.
 
@@ -169,7 +191,9 @@ def from_pretrained(
     once (``mmap=False``) or not at all (``mmap=True``).
 
     Args:
-        directory: the pretrained directory.
+        directory: the pretrained directory, or a model hub repository holding one,
+            ``"hf-hub:ORG/REPO"`` (its ``config.json`` and ``model.safetensors`` come through
+            the hub cache).
         cls: the class to build; None takes ``model_class`` from ``config.json``. A subclass of
             the stored class is accepted: ``HybridCDiT`` loads a ``CDiT`` directory with its
             memory parameters in their function-preserving state.
@@ -180,21 +204,35 @@ def from_pretrained(
         mmap: keep the tensors memory-mapped to ``model.safetensors`` (no copy; the file must
             stay in place and unchanged while the model lives; writes stay private). Ignored for
             tensors that ``dtype`` or ``device`` convert.
+        allow_nonfinite: load tensors holding NaN or inf; False (default) refuses them, naming
+            the tensor.
+        revision, token, cache_dir, local_files_only: for ``hf-hub:`` names, see
+            :class:`~hybrid_cdit.checkpoint.hub.HubOptions`.
+
+    ``config.json`` is checked field by field (JSON type and range) and against the shapes in
+    the weights file's header before any model is built.
 
     Raises:
-        ValueError: for a ``dtype`` that is not a floating ``torch.dtype``, or an invalid
-            ``device``.
-        CheckpointNotFoundError: the directory does not exist.
-        CheckpointError: missing or unreadable files, unknown or incompatible class, or weights
-            that do not fit the configuration.
+        ValueError: for a ``dtype`` that is not a floating ``torch.dtype``, an invalid
+            ``device``, or invalid hub options.
+        CheckpointNotFoundError: the directory does not exist (or a hub file is not available).
+        CheckpointAccessError: a gated or private hub repository without access.
+        CheckpointError: missing or unreadable files, unknown or incompatible class, a
+            ``config.json`` field of the wrong type or range or contradicting the weights,
+            weights that do not fit the configuration, or non-finite weights.
     """
     dtype_, device_ = check_dtype(dtype), check_device(device)
-    root = Path(directory)
+    hub = HubOptions(
+        revision=revision, token=token, cache_dir=cache_dir, local_files_only=local_files_only
+    )
+    root = resolve_hub_path(directory, hub, directory_files=(CONFIG_NAME, WEIGHTS_NAME))
     config = _read_config(root)
-    stored = str(config.pop(_CLASS_FIELD))
+    stored = config.pop(_CLASS_FIELD)
     config.pop(_VERSION_FIELD, None)
-    chosen = _choose_class(root / CONFIG_NAME, stored, cls)
-    weights_path = root / WEIGHTS_NAME
+    config_path, weights_path = root / CONFIG_NAME, root / WEIGHTS_NAME
+    chosen = _choose_class(config_path, stored, cls)
+    config = validate_config(config, chosen, config_path)
+    check_config_fits_weights(config, header_shapes(weights_path), stored, config_path)
     # A plain copy is read with pread(2) straight into the model's tensors (no file pages
     # mapped); conversions and mmap=True read through a mapping, tensor by tensor.
     converts = dtype_ is not None or (device_ is not None and device_.type != "cpu")
@@ -220,6 +258,7 @@ def from_pretrained(
         dtype=dtype_,
         device=device_,
         mapped=not pread,
+        allow_nonfinite=allow_nonfinite,
     )
     return model
 

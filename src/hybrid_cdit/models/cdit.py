@@ -153,15 +153,24 @@ class CDiT(nn.Module):
         mmap: bool = False,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
+        allow_nonfinite: bool = False,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | Path | None = None,
+        local_files_only: bool = False,
         **overrides: Any,
     ) -> ModelT:
         """Build this class from a CDiT checkpoint (NWM ``train.py`` file, state dict,
-        ``.safetensors``): the configuration is read from the tensors' shapes, ``overrides`` win
-        (``num_heads`` for non-NWM widths, memory settings of a hybrid). Only the selected state
-        dict is read; the model is built without a throw-away initialisation and its tensors
-        are memory-mapped to the file (``mmap=True``) or copied once, converted to ``dtype``
-        and ``device`` on the way. See :func:`hybrid_cdit.checkpoint.build_from_cdit_checkpoint`."""
-        from ..checkpoint import build_from_cdit_checkpoint  # checkpoint I/O sits above models
+        ``.safetensors``, or a model hub name ``"hf-hub:ORG/REPO/FILE"``): the configuration is
+        read from the tensors' shapes, ``overrides`` win (``num_heads`` for non-NWM widths,
+        memory settings of a hybrid). Only the selected state dict is read; the model is built
+        without a throw-away initialisation and its tensors are memory-mapped to the file
+        (``mmap=True``) or copied once, converted to ``dtype`` and ``device`` on the way.
+        Tensors holding NaN or inf are refused unless ``allow_nonfinite``. ``revision``,
+        ``token``, ``cache_dir`` and ``local_files_only`` apply to hub names (see
+        :class:`hybrid_cdit.checkpoint.HubOptions`). See
+        :func:`hybrid_cdit.checkpoint.build_from_cdit_checkpoint`."""
+        from ..checkpoint import HubOptions, build_from_cdit_checkpoint  # I/O sits above models
 
         return build_from_cdit_checkpoint(
             cls,
@@ -171,6 +180,13 @@ class CDiT(nn.Module):
             mmap=mmap,
             dtype=dtype,
             device=device,
+            allow_nonfinite=allow_nonfinite,
+            hub=HubOptions(
+                revision=revision,
+                token=token,
+                cache_dir=cache_dir,
+                local_files_only=local_files_only,
+            ),
             **overrides,
         )
 
@@ -188,12 +204,29 @@ class CDiT(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         mmap: bool = False,
+        allow_nonfinite: bool = False,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | Path | None = None,
+        local_files_only: bool = False,
     ) -> ModelT:
-        """Load a :meth:`save_pretrained` directory (a hybrid also loads a CDiT directory); see
-        :func:`hybrid_cdit.checkpoint.from_pretrained` for ``device``, ``dtype`` and ``mmap``."""
+        """Load a :meth:`save_pretrained` directory or ``"hf-hub:ORG/REPO"`` (a hybrid also
+        loads a CDiT directory); see :func:`hybrid_cdit.checkpoint.from_pretrained` for the
+        options."""
         from ..checkpoint import from_pretrained
 
-        return from_pretrained(directory, cls, device=device, dtype=dtype, mmap=mmap)
+        return from_pretrained(
+            directory,
+            cls,
+            device=device,
+            dtype=dtype,
+            mmap=mmap,
+            allow_nonfinite=allow_nonfinite,
+            revision=revision,
+            token=token,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+        )
 
     def initialize_weights(self) -> None:
         """NWM's initialisation: xavier linears, zero adaLN and output layers (adaLN-Zero)."""
