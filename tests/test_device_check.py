@@ -202,3 +202,13 @@ def test_a_failing_part_is_recorded_and_the_others_still_run(
 def test_budget_scale_is_checked(dc: ModuleType, tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         dc.parse_args(["--out", str(tmp_path), "--budget-scale", "-1"])
+
+
+def test_process_age_counts_the_start_up(dc: ModuleType) -> None:
+    import time
+
+    before = dc.process_age_s()
+    time.sleep(0.2)
+    after = dc.process_age_s()
+    assert before > 0  # this process started before the test (imports at the least)
+    assert after - before == pytest.approx(0.2, abs=0.05)  # /proc counts in 10 ms ticks
