@@ -776,7 +776,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--train-batch", type=int, default=None, help="first training batch")
     parser.add_argument("--scratch", type=Path, default=None, help="folder for the checkpoint")
     parser.add_argument("--maze-cache", type=Path, default=None, help="Memory Maze episode cache")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads (0: 1 with --smoke, else as is)"
+    )
     args = parser.parse_args(argv)
     if args.budget_scale < 0 or not math.isfinite(args.budget_scale):
         parser.error(f"--budget-scale must be a finite number >= 0, got {args.budget_scale}")
@@ -789,8 +791,10 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
     args = parse_args(argv)
     # a command killed at its time limit still writes what it measured (the finally below)
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = args.threads or (1 if args.smoke else 0)  # one thread: the tiny models' fastest
+    threads_before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     run = Run(SMOKE if args.smoke else FULL, device, args)
     results = empty_results()
@@ -836,6 +840,7 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
         meta["elapsed_s"] = round(time.perf_counter() - started, 2)
         write(args.out, results)
         signal.signal(signal.SIGTERM, previous)
+        torch.set_num_threads(threads_before)
     print(table(results), end="")
     print(f"wrote {args.out / JSON_NAME} and {args.out / TABLE_NAME}")
     return 1 if meta["errors"] else 0

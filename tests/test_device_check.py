@@ -127,7 +127,9 @@ def test_smoke_maze_part_is_run_or_skipped_with_its_reason(dc: ModuleType, smoke
 
 def test_zero_budget_skips_every_part_and_keeps_every_key(dc: ModuleType, tmp_path: Path) -> None:
     argv = ["--smoke", "--device", "cpu", "--budget-scale", "0", "--out", str(tmp_path)]
+    threads = torch.get_num_threads()
     assert dc.main(argv) == 0
+    assert torch.get_num_threads() == threads  # the smoke run's one thread is undone
     results = json.loads((tmp_path / "device_check.json").read_text())
     declared = {(part, key) for part, keys in dc.SCHEMA.items() for key in keys}
     assert key_set(results) == declared
