@@ -61,16 +61,18 @@ OPERATIONS = (
 # ------------------------------------------------------------------------------ the files
 
 
-def make_checkpoint(path: Path, variant: str, *, with_opt: bool) -> None:
-    """Write an NWM ``train.py``-layout checkpoint of ``CDiT-<variant>`` to ``path``.
+def make_checkpoint(
+    path: Path, variant: str, *, with_opt: bool, arch: dict[str, int] | None = None
+) -> None:
+    """Write an NWM ``train.py``-layout checkpoint of ``CDiT-<variant>`` to ``path``
+    (``arch``, when given, overrides the variant's and :data:`SHAPE`'s arguments).
 
     Every tensor is its own storage (as in a real file), backed by a shared mapping of a
     scratch file, so the pages are file pages that the kernel writes back and reclaims.
     """
+    config = {**VARIANTS[variant], **SHAPE, **(arch or {})}
     with torch.device("meta"):
-        shapes = {
-            k: v.shape for k, v in CDiT(**{**VARIANTS[variant], **SHAPE}).state_dict().items()
-        }
+        shapes = {k: v.shape for k, v in CDiT(**config).state_dict().items()}
     copies = 4 if with_opt else 2  # model, ema (+ exp_avg, exp_avg_sq)
     numel = sum(s.numel() for s in shapes.values())
     scratch = path.with_name(path.name + ".scratch")

@@ -29,12 +29,23 @@ import torch
 from hybrid_cdit import CDiT, HybridCDiT, MemoryContext, create_model
 
 
-def _sync(device: torch.device) -> None:
+def elapsed_s(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds one call of ``fn`` takes: CUDA events on a CUDA device (after the work queued
+    before it), ``time.perf_counter`` elsewhere."""
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return float(start.elapsed_time(end)) / 1e3
+    tick = time.perf_counter()
+    fn()
+    return time.perf_counter() - tick
 
 
-def _median_ratio(
+def median_ratio(
     hybrid: Callable[[], object], cdit: Callable[[], object], repeats: int, device: torch.device
 ) -> tuple[float, float, float]:
     """Interleave the two workloads; return (median hybrid s, median cdit s, ratio of medians)."""
@@ -42,13 +53,71 @@ def _median_ratio(
     for i in range(repeats):
         order = (("h", hybrid), ("c", cdit)) if i % 2 == 0 else (("c", cdit), ("h", hybrid))
         for key, fn in order:
-            _sync(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            times[key].append(time.perf_counter() - start)
+            times[key].append(elapsed_s(fn, device))
     h, c = statistics.median(times["h"]), statistics.median(times["c"])
     return h, c, h / c
+
+
+def model_inputs(
+    cdit: CDiT, batch: int, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, ...]:
+    """Random ``(x, t, y, x_cond, rel_t)`` for ``batch`` samples of ``cdit``'s shapes."""
+    c, s, ctx = cdit.in_channels, cdit.input_size, cdit.context_size
+    return (
+        torch.randn(batch, c, s, s, device=device, dtype=dtype),
+        torch.randint(0, 1000, (batch,), device=device),
+        torch.randn(batch, 3, device=device, dtype=dtype),
+        torch.randn(batch, ctx, c, s, s, device=device, dtype=dtype),
+        torch.rand(batch, device=device, dtype=dtype),
+    )
+
+
+def memory_context(x: torch.Tensor, k: int, *, active: bool, timed: bool = False) -> MemoryContext:
+    """A random context of ``k`` valid frames per sample of ``x`` ``(N, C, H, W)``, on its
+    device and in its dtype: scores 0.9 (every sample active) or 0.1 (none); with ``timed``,
+    frame steps and a query step for the age embedding."""
+    n, device, dtype = x.shape[0], x.device, x.dtype
+    return MemoryContext(
+        frames=torch.randn(n, k, *x.shape[1:], device=device, dtype=dtype),
+        poses=torch.randn(n, k, 3, device=device, dtype=dtype),
+        scores=torch.full((n, k), 0.9 if active else 0.1, device=device, dtype=dtype),
+        mask=torch.ones(n, k, dtype=torch.bool, device=device),
+        query_pose=torch.zeros(n, 3, device=device, dtype=dtype),
+        steps=torch.randint(0, 100, (n, k), device=device) if timed else None,
+        query_step=torch.full((n,), 100, device=device) if timed else None,
+    )
+
+
+def trained_like_hybrid(cdit: CDiT, **options: object) -> HybridCDiT:
+    """A HybridCDiT with ``cdit``'s weights, device and dtype and a memory branch set away
+    from zero (open gates, as after training)."""
+    param = next(cdit.parameters())
+    hybrid = HybridCDiT(**cdit.get_config(), **options).to(param.device, param.dtype).eval()
+    hybrid.load_state_dict(cdit.state_dict(), strict=False)
+    with torch.no_grad():
+        for p in hybrid.memory_parameters():
+            p.normal_(0, 0.02)
+    return hybrid
+
+
+def measure_workloads(
+    hybrid: HybridCDiT,
+    cdit: CDiT,
+    inputs: tuple[torch.Tensor, ...],
+    context: Callable[[bool], MemoryContext],
+    loop: int,
+    repeats: int,
+) -> list[tuple[str, float, float, float]]:
+    """``(workload, hybrid s, CDiT s, ratio of medians)`` of the three workloads of
+    :func:`_workloads`, each after one warm-up call of both models, without gradients."""
+    device = inputs[0].device
+    rows = []
+    for workload, h_fn, c_fn, reps in _workloads(hybrid, cdit, inputs, context, loop, repeats):
+        with torch.no_grad():
+            h_fn()
+            c_fn()
+            rows.append((workload, *median_ratio(h_fn, c_fn, reps, device)))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -87,12 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     cdit = create_model(f"CDiT-{args.variant}", input_size=args.input_size).to(device, dtype).eval()
     assert isinstance(cdit, CDiT)
-    n, c, s, ctx = args.batch, cdit.in_channels, cdit.input_size, cdit.context_size
-    x = torch.randn(n, c, s, s, device=device, dtype=dtype)
-    t = torch.randint(0, 1000, (n,), device=device)
-    y = torch.randn(n, 3, device=device, dtype=dtype)
-    x_cond = torch.randn(n, ctx, c, s, s, device=device, dtype=dtype)
-    rel_t = torch.rand(n, device=device, dtype=dtype)
+    x, t, y, x_cond, rel_t = model_inputs(cdit, args.batch, device, dtype)
+    n, s = args.batch, cdit.input_size
 
     timed = args.memory_time_embedding
     options = {
@@ -102,15 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     }
 
     def context(active: bool) -> MemoryContext:
-        return MemoryContext(
-            frames=torch.randn(n, args.k, c, s, s, device=device, dtype=dtype),
-            poses=torch.randn(n, args.k, 3, device=device, dtype=dtype),
-            scores=torch.full((n, args.k), 0.9 if active else 0.1, device=device, dtype=dtype),
-            mask=torch.ones(n, args.k, dtype=torch.bool, device=device),
-            query_pose=torch.zeros(n, 3, device=device, dtype=dtype),
-            steps=torch.randint(0, 100, (n, args.k), device=device) if timed else None,
-            query_step=torch.full((n,), 100, device=device) if timed else None,
-        )
+        return memory_context(x, args.k, active=active, timed=timed)
 
     print(
         f"HybridCDiT-{args.variant} vs CDiT-{args.variant}: input {s}, batch {n}, k={args.k}, "
@@ -120,23 +177,15 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'memory tokens':<22}{'workload':<34}{'hybrid ms':>10}{'cdit ms':>10}{'ratio':>8}")
     rows = [("default", None), ("full resolution", cdit.patch_size)]
     for label, patch in rows[:1] if args.only_default else rows:
-        hybrid = HybridCDiT(**cdit.get_config(), memory_patch_size=patch, **options)
-        hybrid = hybrid.to(device, dtype).eval()
-        hybrid.load_state_dict(cdit.state_dict(), strict=False)
-        with torch.no_grad():  # a trained-like memory branch: non-zero gates
-            for p in hybrid.memory_parameters():
-                p.normal_(0, 0.02)
+        hybrid = trained_like_hybrid(cdit, memory_patch_size=patch, **options)
         name = f"{label} (p={hybrid.memory_patch_size})"
         if args.flops:
             _print_flops(name, hybrid, cdit, (x, t, y, x_cond, rel_t), context(True))
             continue
-        for workload, h_fn, c_fn, reps in _workloads(
+        measured = measure_workloads(
             hybrid, cdit, (x, t, y, x_cond, rel_t), context, args.loop, args.repeats
-        ):
-            with torch.no_grad():
-                h_fn()
-                c_fn()
-                h, c_, ratio = _median_ratio(h_fn, c_fn, reps, device)
+        )
+        for workload, h, c_, ratio in measured:
             print(f"{name:<22}{workload:<34}{h * 1e3:>10.1f}{c_ * 1e3:>10.1f}{ratio:>8.3f}")
 
 

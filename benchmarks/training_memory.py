@@ -48,6 +48,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,11 @@ def _reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def _batch(model: HybridCDiT, batch: int, k: int) -> tuple[dict[str, torch.Tensor], MemoryContext]:
+def training_batch(
+    model: HybridCDiT, batch: int, k: int
+) -> tuple[dict[str, torch.Tensor], MemoryContext]:
+    """Seeded random CPU inputs for ``batch`` samples of ``model`` and a context of ``k``
+    valid frames a sample, all active (score 0.9)."""
     g = torch.Generator().manual_seed(0)
     c, s, ctx = model.in_channels, model.input_size, model.context_size
     inputs = {
@@ -94,6 +99,38 @@ def _batch(model: HybridCDiT, batch: int, k: int) -> tuple[dict[str, torch.Tenso
     return inputs, memory
 
 
+def open_gates(model: HybridCDiT) -> None:
+    """Set the zero-initialised adaLN and final layers away from zero, so that memory shapes
+    every gradient (as in a model being trained)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "adaLN_modulation" in name or "final_layer.linear" in name:
+                p.normal_(std=0.02)
+
+
+def training_step(
+    model: HybridCDiT,
+    optimizer: torch.optim.Optimizer,
+    inputs: dict[str, torch.Tensor],
+    memory: MemoryContext,
+    target: torch.Tensor,
+    amp: torch.dtype | None = None,
+) -> Callable[[], None]:
+    """One step: zero the gradients in place, forward (under autocast to ``amp`` if given),
+    MSE loss against ``target``, backward, optimizer step."""
+    device_type = target.device.type
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=False)
+        with torch.autocast(device_type, dtype=amp or torch.float32, enabled=amp is not None):
+            out: torch.Tensor = model(**inputs, memory=memory)
+            loss = torch.nn.functional.mse_loss(out.float(), target)
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+
+    return step
+
+
 def _child(args: argparse.Namespace) -> dict[str, Any]:
     """One setting: a warm-up step, then ``--steps`` measured steps."""
     if args.threads:
@@ -101,25 +138,15 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     model = create_model(f"HybridCDiT-{args.variant}", input_size=args.input_size).train()
     assert isinstance(model, HybridCDiT)
-    with torch.no_grad():  # open the zero-initialised gates: memory shapes every gradient
-        for name, p in model.named_parameters():
-            if "adaLN_modulation" in name or "final_layer.linear" in name:
-                p.normal_(std=0.02)
+    open_gates(model)
     if args.setting == "checkpointed":
         model.set_grad_checkpointing()
     if args.setting == "memory_only":
         model.freeze_cdit()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    inputs, memory = _batch(model, args.batch, args.k)
+    inputs, memory = training_batch(model, args.batch, args.k)
     target = torch.randn(args.batch, model.out_channels, args.input_size, args.input_size)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=False)
-        out: torch.Tensor = model(**inputs, memory=memory)
-        loss: torch.Tensor = torch.nn.functional.mse_loss(out, target)
-        loss.backward()  # type: ignore[no-untyped-call]
-        optimizer.step()
-
+    step = training_step(model, optimizer, inputs, memory, target)
     step()  # warm-up: gradients and optimizer state now exist
     times, cpu_times, peaks = [], [], []
     for _ in range(args.steps):

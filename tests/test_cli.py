@@ -20,7 +20,7 @@ import torch
 
 from hybrid_cdit.checkpoint import from_pretrained, read_checkpoint
 from hybrid_cdit.cli import main
-from hybrid_cdit.demo import ddim_sample, loop_actions
+from hybrid_cdit.demo import DEMO_ARCH, ddim_sample, loop_actions
 from hybrid_cdit.memory import poses_from_actions
 from hybrid_cdit.models import HybridCDiT
 
@@ -103,7 +103,7 @@ def test_convert_then_from_pretrained(runs, nwm_io, nwm_inputs):
 
 ROW = re.compile(
     r"^\s*(\d+)/(\d+)\s+\(\s*(-?[\d.]+),\s*(-?[\d.]+),\s*(-?\d+)°\)\s+(\d+)\s+(\S+)\s+"
-    r"(active|inactive)\s+[\d.]+\s+[\d.]+(  revisit)?$"
+    r"(active|inactive)\s+([\d.]+)\s+([\d.]+)(  revisit)?$"
 )
 SQUARE = [(4, 0), (8, 0), (12, 0), (12, 4), (12, 8), (12, 12), (8, 12), (4, 12), (0, 12), (0, 8)]
 SQUARE += [(0, 4), (0, 0)]
@@ -118,8 +118,55 @@ def demo_rows(out: str) -> list[tuple[float, float, int, str, bool, bool]]:
         if match:
             assert int(match[1]) == len(rows) + 1
             x, y, count, best = float(match[3]), float(match[4]), int(match[6]), match[7]
-            rows.append((x, y, count, best, match[8] == "active", match[9] is not None))
+            rows.append((x, y, count, best, match[8] == "active", match[11] is not None))
     return rows
+
+
+def demo_times(out: str) -> list[tuple[bool, float, float]]:
+    """``(active, hybrid ms, cdit ms)`` of each printed row, in order."""
+    return [
+        (match[8] == "active", float(match[9]), float(match[10]))
+        for match in map(ROW.match, out.splitlines())
+        if match
+    ]
+
+
+SUMMARY_TIMES = re.compile(
+    r"mean time a frame, HybridCDiT vs CDiT side by side: (?P<all>.*) overall; "
+    r"memory active (?P<active>.*); inactive (?P<inactive>.*)$",
+    re.MULTILINE,
+)
+TIMES = re.compile(r"^([\d.]+) vs ([\d.]+) ms \(([+-][\d.]+) ms\)$")
+
+
+def check_summary_times(out: str) -> None:
+    """The summary's mean times and differences are those of the printed rows (each row
+    rounded to 0.05 ms), with no percentage a reader could take for the library's overhead."""
+    rows = demo_times(out)
+    match = SUMMARY_TIMES.search(out)
+    assert match is not None, out
+    groups = {"all": rows, "active": [r for r in rows if r[0]]}
+    groups["inactive"] = [r for r in rows if not r[0]]
+    for name, chosen in groups.items():
+        text = match[name]
+        if not chosen:
+            assert text == "n/a"
+            continue
+        parsed = TIMES.match(text)
+        assert parsed is not None, text
+        hybrid, cdit, diff = (float(v) for v in parsed.groups())
+        assert hybrid == pytest.approx(sum(r[1] for r in chosen) / len(chosen), abs=0.051)
+        assert cdit == pytest.approx(sum(r[2] for r in chosen) / len(chosen), abs=0.051)
+        assert diff == pytest.approx(hybrid - cdit, abs=0.11)
+    assert "%" not in out.split("summary:")[1]
+
+
+def demo_parameters(**arch: int) -> tuple[float, float]:
+    """Parameter counts in millions of a CDiT and of its HybridCDiT, built here."""
+    from hybrid_cdit.models import CDiT
+
+    counts = [sum(p.numel() for p in cls(**arch).parameters()) for cls in (CDiT, HybridCDiT)]
+    return counts[0] / 1e6, counts[1] / 1e6
 
 
 def expected_demo_rows(steps: int) -> list[tuple[float, float, int, str, bool, bool]]:
@@ -149,10 +196,18 @@ def test_demo(runs):
     assert [r[2] for r in rows] == [0] * 11 + [1, 1]  # the two revisits find their frame
     assert "summary:" in out
     assert "memory active on 2/2 revisits and on 0/11 first visits" in out
+    assert "largest |HybridCDiT - CDiT| over the rollout: 0.000e+00" in out
+    check_summary_times(out)
+    cdit_m, hybrid_m = demo_parameters(**DEMO_ARCH)
     assert (
-        "HybridCDiT vs CDiT side by side" in out
-        and "largest |HybridCDiT - CDiT| over the rollout: 0.000e+00" in out
-    )
+        f"size: hidden 64, depth 4, 16 tokens a frame, 2 context frames; CDiT {cdit_m:.3g} M "
+        f"parameters, HybridCDiT {hybrid_m:.3g} M"
+    ) in out
+    caveat = out.split("what the times mean:")[1]
+    assert "2 forwards at batch 1, cpu, 1 thread)" in caveat
+    assert "the demo's small random model (16 tokens a frame, hidden 64)" in caveat
+    assert "not the library's overhead at NWM's sizes" in caveat
+    assert "benchmarks/hybrid_overhead.py" in caveat and "docs/performance.md" in caveat
 
 
 def test_missing_file_is_one_line_without_traceback(runs):
@@ -220,6 +275,11 @@ def test_demo_from_a_checkpoint(capsys):
     assert demo_rows(out) == expected_demo_rows(2)
     assert "memory active on 0/0 revisits and on 0/2 first visits" in out
     assert "largest |HybridCDiT - CDiT| over the rollout: 0.000e+00" in out
+    check_summary_times(out)
+    assert "2 context frames; CDiT " in out
+    caveat = out.split("what the times mean:")[1]
+    assert "1 forwards at batch 1, cpu, 1 thread)" in caveat
+    assert "small random model" not in caveat and "benchmarks/hybrid_overhead.py" in caveat
 
 
 def test_demo_trajectory_comes_back():

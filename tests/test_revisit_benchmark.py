@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -11,6 +10,8 @@ from types import ModuleType
 import pytest
 import torch
 
+from .benchmark_helpers import load_benchmark
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "revisit.py"
 if str(SCRIPT.parent) not in sys.path:
     sys.path.insert(0, str(SCRIPT.parent))  # revisit.py imports its sibling side_by_side.py
@@ -18,12 +19,7 @@ if str(SCRIPT.parent) not in sys.path:
 
 @pytest.fixture(scope="module")
 def revisit() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("revisit_benchmark", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("revisit")
 
 
 def test_world_labels_match_brute_force(revisit: ModuleType) -> None:

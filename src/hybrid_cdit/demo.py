@@ -3,8 +3,11 @@
 A HybridCDiT converted from a CDiT (a checkpoint's, or a small random one) generates frames along
 a square loop that revisits places, with a short DDIM sampler. Each finished frame goes to the
 model's memory and retrieval is by pose; the CDiT samples the same frames alongside, so the table
-shows when memory is active, what it costs and that the converted model still matches the CDiT.
-Entry point: :func:`run_demo`.
+shows when memory is active and that the converted model still matches the CDiT. Its times are
+wall-clock times of the model it runs, at batch 1: for the small random model they are dominated
+by work whose cost does not grow with the model (retrieval, memory tokens, Python calls), and say
+nothing of the memory branch's cost at NWM's sizes, which ``benchmarks/hybrid_overhead.py``
+measures (``docs/performance.md``). Entry point: :func:`run_demo`.
 """
 
 from __future__ import annotations
@@ -183,6 +186,7 @@ def _demo(
     if not hybrid.memory_enabled:
         raise DemoError("the demo needs a HybridCDiT with memory_enabled=True")
     print(f"model: {origin}")
+    print(f"size: {describe_size(hybrid, cdit)}")
     print(
         f"converted to HybridCDiT: memory layers {hybrid.memory_layers}, retrieval "
         f"{hybrid.retrieval!r}, top-k {hybrid.memory_top_k}, similarity threshold "
@@ -194,7 +198,12 @@ def _demo(
         f"trajectory: square loop of {SIDE_STEPS} steps of {STEP_LENGTH:g} m a side "
         f"({lap} steps a lap), {steps} steps, {denoise_steps} denoising steps a frame"
     )
-    _rollout(cdit, hybrid, target, started, steps=steps, denoise_steps=denoise_steps, seed=seed)
+    rows, largest = _rollout(
+        cdit, hybrid, target, steps=steps, denoise_steps=denoise_steps, seed=seed
+    )
+    _print_summary(rows, largest)
+    print(timing_caveat(hybrid, target, denoise_steps, random_model=checkpoint is None))
+    print(f"  total time {time.perf_counter() - started:.1f} s")
 
 
 def _demo_models(
@@ -231,6 +240,45 @@ def _demo_models(
     hybrid = build_from_cdit_checkpoint(HybridCDiT, saved, num_heads=DEMO_ARCH["num_heads"])
     arch = ", ".join(f"{k} {v}" for k, v in DEMO_ARCH.items())
     return cdit, hybrid, f"random CDiT ({arch}), saved as an NWM train.py checkpoint and reloaded"
+
+
+def describe_size(hybrid: HybridCDiT, cdit: CDiT) -> str:
+    """One line: the models' widths, tokens a frame and parameter counts."""
+    tokens = (hybrid.input_size // hybrid.patch_size) ** 2
+    h_params = sum(p.numel() for p in hybrid.parameters())
+    c_params = sum(p.numel() for p in cdit.parameters())
+    return (
+        f"hidden {hybrid.hidden_size}, depth {len(hybrid.blocks)}, {tokens} tokens a frame, "
+        f"{hybrid.context_size} context frames; CDiT {c_params / 1e6:.3g} M parameters, "
+        f"HybridCDiT {h_params / 1e6:.3g} M"
+    )
+
+
+def timing_caveat(
+    hybrid: HybridCDiT, device: torch.device, denoise_steps: int, *, random_model: bool
+) -> str:
+    """What the demo's times measure, and what they do not."""
+    threads = torch.get_num_threads()
+    lines = [
+        "  what the times mean: wall-clock time to sample one frame "
+        f"({denoise_steps} forwards at batch 1, {device.type}, {threads} "
+        f"thread{'' if threads == 1 else 's'}) with this model, the hybrid's own retrieval "
+        "from its buffer included.",
+    ]
+    if random_model:
+        tokens = (hybrid.input_size // hybrid.patch_size) ** 2
+        lines.append(
+            f"  this is the demo's small random model ({tokens} tokens a frame, hidden "
+            f"{hybrid.hidden_size}): the memory branch's work that does not grow with the model "
+            "(retrieval, building memory tokens, Python calls) is a large share of its time, "
+            "so the difference above is not the library's overhead at NWM's sizes."
+        )
+    lines.append(
+        "  the memory branch's cost at NWM's sizes, hybrid / CDiT time for one forward, a "
+        "denoising loop and a batch with no active sample: benchmarks/hybrid_overhead.py, "
+        "figures in docs/performance.md."
+    )
+    return "\n".join(lines)
 
 
 def _denoiser(
@@ -304,13 +352,13 @@ def _rollout(
     cdit: CDiT,
     hybrid: HybridCDiT,
     device: torch.device,
-    started: float,
     *,
     steps: int,
     denoise_steps: int,
     seed: int,
-) -> None:
-    """Generate ``steps`` frames with both models, print a row each, then the summary."""
+) -> tuple[list[_Step], float]:
+    """Generate ``steps`` frames with both models and print a row each; returns the rows and
+    the largest difference between the two models' frames."""
     gen = torch.Generator().manual_seed(seed)
     c, size, context_size = hybrid.in_channels, hybrid.input_size, hybrid.context_size
     actions = loop_actions(steps)
@@ -358,18 +406,19 @@ def _rollout(
             f"{state:<8} {hybrid_s * 1e3:>9.1f} {cdit_s * 1e3:>8.1f}{tag}",
             flush=True,
         )
-    _print_summary(rows, largest, time.perf_counter() - started)
+    return rows, largest
 
 
-def _overhead(steps: list[_Step]) -> str:
+def _times(steps: list[_Step]) -> str:
+    """Mean frame times of both models and their difference, in milliseconds."""
     if not steps:
         return "n/a"
-    hybrid = sum(s.hybrid_s for s in steps) / len(steps)
-    cdit = sum(s.cdit_s for s in steps) / len(steps)
-    return f"{1e3 * hybrid:.1f} vs {1e3 * cdit:.1f} ms ({100 * (hybrid / cdit - 1):+.1f}%)"
+    hybrid = 1e3 * sum(s.hybrid_s for s in steps) / len(steps)
+    cdit = 1e3 * sum(s.cdit_s for s in steps) / len(steps)
+    return f"{hybrid:.1f} vs {cdit:.1f} ms ({hybrid - cdit:+.1f} ms)"
 
 
-def _print_summary(steps: list[_Step], largest: float, total_s: float) -> None:
+def _print_summary(steps: list[_Step], largest: float) -> None:
     revisits = [s for s in steps if s.revisit]
     first = [s for s in steps if not s.revisit]
     print("summary:")
@@ -380,11 +429,10 @@ def _print_summary(steps: list[_Step], largest: float, total_s: float) -> None:
     active = [s for s in steps if s.active]
     inactive = [s for s in steps if not s.active]
     print(
-        f"  time a frame, HybridCDiT vs CDiT side by side: {_overhead(steps)} overall; "
-        f"memory active {_overhead(active)}; inactive {_overhead(inactive)}"
+        f"  mean time a frame, HybridCDiT vs CDiT side by side: {_times(steps)} overall; "
+        f"memory active {_times(active)}; inactive {_times(inactive)}"
     )
     print(
         f"  largest |HybridCDiT - CDiT| over the rollout: {largest:.3e} "
         "(memory output gates start at zero: the converted model is the CDiT until trained)"
     )
-    print(f"  total time {total_s:.1f} s")
