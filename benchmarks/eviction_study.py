@@ -47,10 +47,10 @@ import torch.nn.functional as F
 
 from hybrid_cdit.memory import view_distance
 
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
-import maze_trajectories as trajectories  # noqa: E402
-import memory_recall as recall  # noqa: E402
+if str(Path(__file__).resolve().parents[1]) not in sys.path:  # run as a script
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import memory_recall as recall
+from benchmarks.maze import worlds as trajectories
 
 RULES = (
     "redundant",

@@ -1,8 +1,8 @@
 """What the memory benchmarks share: a CDiT and a HybridCDiT from the same initial weights,
 trained side by side with one DDPM loss, DDIM sampling, PSNR, and plain-text tables.
 
-Used by ``benchmarks/revisit.py`` (synthetic latents) and ``benchmarks/memory_maze.py`` (Memory
-Maze frames). Public API of ``hybrid_cdit`` only.
+Used by ``benchmarks/revisit.py`` (synthetic latents) and ``benchmarks/maze/`` (Memory Maze
+frames). Public API of ``hybrid_cdit`` only.
 """
 
 from __future__ import annotations

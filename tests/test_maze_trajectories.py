@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import itertools
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-BENCHMARKS = str(Path(__file__).resolve().parents[1] / "benchmarks")
-if BENCHMARKS not in sys.path:
-    sys.path.insert(0, BENCHMARKS)
-
-import maze_trajectories as mt  # noqa: E402
+from benchmarks.maze import worlds as mt
 
 
 def _brute_labels(

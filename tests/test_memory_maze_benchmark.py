@@ -6,26 +6,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from benchmarks import side_by_side as sbs
+from benchmarks.maze import evaluation as me
+from benchmarks.maze import pipeline as bench
+from benchmarks.maze import protocol as mmem
+from benchmarks.maze import report, training
+from benchmarks.maze import worlds as mt
 
-BENCHMARKS = str(Path(__file__).resolve().parents[1] / "benchmarks")
-if BENCHMARKS not in sys.path:
-    sys.path.insert(0, BENCHMARKS)
-
-import maze_eval as me  # noqa: E402
-import maze_memory as mmem  # noqa: E402
-import maze_trajectories as mt  # noqa: E402
-import memory_maze as bench  # noqa: E402
-import side_by_side as sbs  # noqa: E402
-
-from hybrid_cdit import HybridCDiT, MemoryContext  # noqa: E402
-from hybrid_cdit.memory import MemoryBuffer  # noqa: E402
+from hybrid_cdit import HybridCDiT, MemoryContext
+from hybrid_cdit.memory import MemoryBuffer
 
 SETTINGS = mmem.MemorySettings(context=2, capacity=12, top_k=3, threshold=0.5, scale=4.0)
 
@@ -340,7 +335,7 @@ def test_rollout_figure_marks_revisit_frames(tmp_path: Path) -> None:
     truth, a, b = (torch.rand(4, 3, 8, 8, generator=gen) * 2 - 1 for _ in range(3))
     revisit = torch.tensor([False, True, False, True])
     path = tmp_path / "fig.png"
-    me.rollout_figure(truth, a, b, revisit, path, scale=2)
+    report.rollout_figure(truth, a, b, revisit, path, scale=2)
     with Image.open(path) as png:
         pixels = np.asarray(png.convert("RGB"))
     image = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 255  # (3, 56, 74)
@@ -360,11 +355,11 @@ def test_pretraining_starts_both_models_from_the_trained_cdit(
         "--heads", "2", "--patch-size", "2", "--size", "8", "--stride", "2", "--log-every", "1",
     ]  # fmt: skip
     args = bench.parse_args(argv)
-    settings = bench.settings_from(args)
-    data = bench.Data(episodes[:2], args, settings)
-    cdit, hybrid = bench.build_models(args)
+    settings = mmem.settings_from(args)
+    data = mmem.Data(episodes[:2], args.stride, args.size, settings)
+    cdit, hybrid = training.build_models(args)
     initial = {k: v.clone() for k, v in cdit.state_dict().items()}
-    bench.train(args, data, cdit, hybrid, sbs.Diffusion(prediction="v"), settings)
+    training.train(args, data, cdit, hybrid, sbs.Diffusion(prediction="v"), settings)
     trained = cdit.state_dict()
     assert any(not torch.equal(initial[k], trained[k]) for k in initial)
     hybrid_state = hybrid.state_dict()
@@ -409,8 +404,8 @@ def test_end_to_end_tiny_on_synthetic_episodes(
     assert abs(last["revisit_psnr_hybrid"] - last["revisit_psnr_cdit"]) < 0.5
     assert (tmp_path / "memory_maze_rollout.png").exists()
     assert 0 <= last["informativeness"]["revisit_hit_rate"] <= 1
-    report = bench.run(bench.parse_args([*argv, "--memory-report-only"]), None, episodes[2:])
-    assert report["revisit_hit_rate"] == last["informativeness"]["revisit_hit_rate"]
+    only = bench.run(bench.parse_args([*argv, "--memory-report-only"]), None, episodes[2:])
+    assert only["revisit_hit_rate"] == last["informativeness"]["revisit_hit_rate"]
     assert json.loads((tmp_path / "summary.json").read_text())["seconds"] > 0
 
 
@@ -423,9 +418,9 @@ def test_long_rollouts_compare_write_policies(episodes: list[mt.Episode]) -> Non
     ]  # fmt: skip
     args = bench.parse_args(argv)
     assert args.long_rollouts
-    settings = bench.settings_from(args)
-    data = bench.Data(episodes, args, settings)
-    cdit, hybrid = bench.build_models(args)
+    settings = mmem.settings_from(args)
+    data = mmem.Data(episodes, args.stride, args.size, settings)
+    cdit, hybrid = training.build_models(args)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():  # a CDiT whose output is not zero (DiT zero-initialises it)
         for p in cdit.parameters():
@@ -436,7 +431,7 @@ def test_long_rollouts_compare_write_policies(episodes: list[mt.Episode]) -> Non
             if "memory_adaLN" in name:
                 p.normal_(0, 0.5, generator=gen)
     diff = sbs.Diffusion(prediction="v")
-    small = bench.long_rollouts(args, data, cdit, hybrid, diff, settings)
+    small = me.long_rollouts(args, data, cdit, hybrid, diff, settings)
     frames = small["long_rollout_frames"]
     assert isinstance(frames, int) and frames > 0
     for name in ("lru", "coverage", "coverage_route", "whole_episode"):
@@ -444,7 +439,7 @@ def test_long_rollouts_compare_write_policies(episodes: list[mt.Episode]) -> Non
     for name in ("cdit", "lru", "coverage", "coverage_route", "whole_episode"):
         assert math.isfinite(small[f"long_rollout_revisit_psnr_{name}"])  # type: ignore[arg-type]
     # an LRU buffer that evicts nothing is the whole-episode buffer: the same rollouts
-    large = bench.long_rollouts(
+    large = me.long_rollouts(
         bench.parse_args([*argv, "--long-capacity", "200"]), data, cdit, hybrid, diff, settings
     )
     assert (
@@ -464,7 +459,7 @@ def test_long_rollouts_compare_write_policies(episodes: list[mt.Episode]) -> Non
 
 @pytest.mark.parametrize("kind", ["oracle", "retrieved"])
 def test_learnability_probe_on_synthetic_episodes(episodes: list[mt.Episode], kind: str) -> None:
-    import memory_learnability as ml
+    from benchmarks import memory_learnability as ml
 
     own, args = ml.parse_args(
         [
@@ -486,3 +481,26 @@ def test_learnability_probe_on_synthetic_episodes(episodes: list[mt.Episode], ki
     gain = summary["memory_gain"]
     assert gain == pytest.approx(curve[-1]["withheld"] - curve[-1]["memory"], abs=1e-4)
     assert summary["memory"] == kind and summary["pretrain_steps"] == 2
+
+
+def test_package_docstring_example_runs_on_synthetic_episodes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import textwrap
+
+    import benchmarks.maze as package
+
+    doc = package.__doc__
+    assert doc is not None
+    code = textwrap.dedent(doc.split("On your own recorded trajectories::\n\n")[1])
+    namespace: dict[str, object] = {}
+    exec(compile(code, "benchmarks.maze docstring", "exec"), namespace)
+    summary = namespace["summary"]
+    assert isinstance(summary, dict)
+    for key in package.SUMMARY_KEYS:
+        assert key in summary
+    printed = capsys.readouterr().out.strip().splitlines()[-1].split()
+    assert [float(v) for v in printed] == [
+        pytest.approx(summary["revisit_psnr_hybrid"]),
+        pytest.approx(summary["novel_psnr_cdit"]),
+    ]

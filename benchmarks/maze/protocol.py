@@ -15,6 +15,7 @@ images (selection depends on poses, steps and the LRU clock only) at a fraction 
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,13 +23,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from maze_trajectories import Episode
 from torch import Tensor
 
+from benchmarks.maze.worlds import Episode, revisit_labels
 from hybrid_cdit import MemoryContext
 from hybrid_cdit.memory import MemoryBuffer, relative_pose, wrap_angle
 
 __all__ = [
+    "Data",
     "MemorySchedule",
     "MemorySettings",
     "ModelInputs",
@@ -40,6 +42,7 @@ __all__ = [
     "pairwise_mse",
     "replay_memory",
     "retrieval_hits",
+    "settings_from",
     "slots_near",
     "step_memory",
 ]
@@ -305,3 +308,44 @@ def slots_near(
     turn = wrap_angle(slot_poses[..., 2] - query[:, None, 2])
     hits: Tensor = (near & (turn.abs() <= angle) & mask).any(1)
     return hits
+
+
+class Data:
+    """Frames (model scale), poses, labels and memory schedule of a set of episodes."""
+
+    def __init__(
+        self, episodes: Sequence[Episode], stride: int, size: int, settings: MemorySettings
+    ) -> None:
+        frames, self.poses = episode_tensors(episodes, stride, size)
+        self.frames = frames * 2 - 1
+        labels = [revisit_labels(p.numpy(), settings.context) for p in self.poses]
+        self.revisit = torch.stack([torch.from_numpy(r) for r, _ in labels])
+        self.novel = torch.stack([torch.from_numpy(n) for _, n in labels])
+        self.revisit[:, : settings.context] = False
+        self.novel[:, : settings.context] = False
+        self.schedule: MemorySchedule = replay_memory(self.poses, settings)
+        self._pair_mse: Tensor | None = None
+
+    @property
+    def pair_mse(self) -> Tensor:
+        """``(N, T, T)`` pixel MSE between frames of each episode (model scale), computed once."""
+        if self._pair_mse is None:
+            self._pair_mse = pairwise_mse(self.frames)
+        return self._pair_mse
+
+    @property
+    def length(self) -> int:
+        return int(self.frames.shape[1])
+
+
+def settings_from(args: argparse.Namespace) -> MemorySettings:
+    """The memory settings of the benchmark's flags."""
+    return MemorySettings(
+        context=args.context,
+        capacity=args.capacity,
+        top_k=args.top_k,
+        strategy=args.retrieval,
+        threshold=args.threshold,
+        scale=args.scale,
+        write_policy=args.write_policy,
+    )

@@ -1,9 +1,12 @@
-"""Memory Maze trajectories: a scripted corridor explorer, parallel generation and an npz cache.
+"""World adapters of the benchmark: the episode type, Memory Maze's environment, a scripted
+corridor explorer, a MuJoCo-free synthetic world, parallel generation and an npz cache.
 
 DeepMind's Memory Maze (Pasukonis et al., 2022; ``pip install -e ".[bench]"``) renders a 3-D
 maze from an agent's camera. This module turns it into datasets of episodes: camera images,
 poses ``(x, y, yaw)`` and discrete actions, generated once and cached on disk, so a second run
-never touches the environment.
+never touches the environment. :class:`Episode` is the benchmark's input from any world: images
+and poses are required, actions and a maze layout optional (a user's recorded trajectories fit
+it as they are).
 
 Only :class:`MazeEnv` (the environment adapter) imports MuJoCo, lazily; everything else here is
 plain numpy and is tested without it: the explorer (:class:`Explorer`, a pure controller over the
@@ -29,13 +32,11 @@ from __future__ import annotations
 import importlib
 import math
 import os
-import sys
 import zipfile
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -73,19 +74,21 @@ FloatArray = NDArray[np.float32]
 
 @dataclass(frozen=True)
 class Episode:
-    """One generated episode.
+    """One episode of any world: what the benchmark needs is images and poses.
 
     Attributes:
         images: ``(T, H, W, 3)`` uint8 camera frames.
-        poses: ``(T, 3)`` float32 ``(x, y, yaw)``, positions in cells, yaw in radians.
-        actions: ``(T - 1,)`` int64, action ``t`` leads from frame ``t`` to frame ``t + 1``.
-        layout: ``(S, S)`` uint8 maze layout, ``layout[y, x] == 1`` on free cells.
+        poses: ``(T, 3)`` float32 ``(x, y, yaw)``; positions in the world's unit (Memory Maze:
+            cells; the revisit labels' distances are in that unit), yaw in radians,
+            counter-clockwise from ``+x``.
+        actions: optional ``(T - 1,)`` int64, action ``t`` leads from frame ``t`` to ``t + 1``.
+        layout: optional ``(S, S)`` uint8 maze layout, ``layout[y, x] == 1`` on free cells.
     """
 
     images: NDArray[np.uint8]
     poses: FloatArray
-    actions: NDArray[np.int64]
-    layout: NDArray[np.uint8]
+    actions: NDArray[np.int64] | None = None
+    layout: NDArray[np.uint8] | None = None
 
     def __post_init__(self) -> None:
         t = self.images.shape[0]
@@ -95,9 +98,13 @@ class Episode:
             )
         if self.poses.shape != (t, 3):
             raise ValueError(f"poses must have shape (T={t}, 3), got {self.poses.shape}")
-        if self.actions.shape != (t - 1,):
+        if not np.isfinite(self.poses).all():
+            raise ValueError("poses must be finite, got NaN or inf")
+        if self.actions is not None and self.actions.shape != (t - 1,):
             raise ValueError(f"actions must have shape (T-1={t - 1},), got {self.actions.shape}")
-        if self.layout.ndim != 2 or self.layout.shape[0] != self.layout.shape[1]:
+        if self.layout is not None and (
+            self.layout.ndim != 2 or self.layout.shape[0] != self.layout.shape[1]
+        ):
             raise ValueError(f"layout must be square (S, S), got {self.layout.shape}")
 
     def __len__(self) -> int:
@@ -356,36 +363,6 @@ def long_return_labels(
 # --------------------------------------------------------------------------- environment
 
 
-def _memory_maze_tasks() -> Any:
-    """``memory_maze.tasks`` of the installed package (imported lazily).
-
-    This folder holds a script named ``memory_maze.py``, which shadows the package whenever the
-    folder is on ``sys.path`` (as it is for any script run from here): import the package with
-    the folder left out of the search path.
-    """
-    here = Path(__file__).resolve().parent
-
-    def is_here(entry: str) -> bool:
-        try:
-            return Path(entry or ".").resolve() == here
-        except OSError:
-            return False
-
-    shadow = sys.modules.get("memory_maze")
-    if shadow is not None and Path(getattr(shadow, "__file__", "") or ".").resolve().parent == here:
-        del sys.modules["memory_maze"]
-    else:
-        shadow = None
-    saved = sys.path[:]
-    sys.path[:] = [entry for entry in saved if not is_here(entry)]
-    try:
-        return importlib.import_module("memory_maze.tasks")
-    finally:
-        sys.path[:] = saved
-        if shadow is not None:
-            sys.modules["memory_maze"] = shadow
-
-
 class MazeEnv:
     """Thin adapter over ``memory_maze.tasks.memory_maze_{n}x{n}`` (imported lazily).
 
@@ -402,7 +379,8 @@ class MazeEnv:
         if maze_size not in MAZE_SIZES:
             raise ValueError(f"maze_size must be one of {MAZE_SIZES}, got {maze_size!r}")
         os.environ.setdefault("MUJOCO_GL", "egl")
-        make = getattr(_memory_maze_tasks(), f"memory_maze_{maze_size}x{maze_size}")
+        tasks = importlib.import_module("memory_maze.tasks")
+        make = getattr(tasks, f"memory_maze_{maze_size}x{maze_size}")
         self.env = make(global_observables=True, seed=seed, target_color_in_image=False)
 
     @staticmethod
@@ -434,13 +412,12 @@ def generate_episode(maze_size: int, seed: int, steps: int) -> Episode:
         images.append(image)
         poses.append(pose)
         actions.append(action)
+    moves = np.asarray(actions, dtype=np.int64)
     episode = Episode(
-        images=np.stack(images),
-        poses=np.stack(poses).astype(np.float32),
-        actions=np.asarray(actions, dtype=np.int64),
+        images=np.stack(images), poses=np.stack(poses).astype(np.float32), actions=moves,
         layout=layout,
-    )
-    check_conventions(episode.poses, episode.actions)
+    )  # fmt: skip
+    check_conventions(episode.poses, moves)
     return episode
 
 
@@ -538,6 +515,8 @@ def cache_path(cache_dir: Path, maze_size: int, maze_seed: int, steps: int) -> P
 
 
 def _save(path: Path, episode: Episode) -> None:
+    if episode.actions is None or episode.layout is None:
+        raise ValueError("cached episodes need actions and a layout, got an episode without")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
     np.savez_compressed(

@@ -1,0 +1,552 @@
+"""Evaluation stage of the Memory Maze benchmark, on the held-out episodes: one-step DDIM,
+noise-prediction error at fixed levels, memory informativeness, autoregressive rollouts (and
+rollouts through long returns under each write policy), and the rollout figure.
+
+Labels: a target is a *revisit* when a frame before the context window lies within 1 cell and 45
+degrees of it (not the identical pose), *novel* when no frame before the context window lies
+within 2 cells. The hybrid's memory follows the protocol of :mod:`benchmarks.maze.protocol`.
+
+Frames are model-scaled (``[-1, 1]``) everywhere here; PSNR is computed on RGB in ``[0, 1]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from benchmarks.maze.protocol import (
+    Data,
+    MemorySchedule,
+    MemorySettings,
+    ModelInputs,
+    informativeness,
+    memory_for,
+    model_inputs,
+    new_buffer,
+    retrieval_hits,
+    slots_near,
+    step_memory,
+)
+from benchmarks.maze.worlds import long_return_labels
+from benchmarks.side_by_side import Diffusion, predict, psnr
+from hybrid_cdit import CDiT, HybridCDiT, MemoryContext
+from hybrid_cdit.memory import wrap_angle
+
+__all__ = [
+    "eps_errors",
+    "eps_function",
+    "eval_targets",
+    "evaluate",
+    "long_rollouts",
+    "memory_report",
+    "one_step_samples",
+    "oracle_memory",
+    "rollout",
+    "rollout_starts",
+    "subset_memory",
+    "to_unit",
+]
+
+
+def to_unit(x: Tensor) -> Tensor:
+    """Model frames in ``[-1, 1]`` -> RGB in ``[0, 1]`` (clamped)."""
+    return ((x + 1) * 0.5).clamp(0, 1)
+
+
+def eps_function(
+    model: CDiT, inputs: ModelInputs, memory: MemoryContext | None, diff: Diffusion
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """``(x_t, t) -> eps`` of ``model`` for fixed conditioning (what a sampler calls)."""
+
+    def eps_fn(x_t: Tensor, t: Tensor) -> Tensor:
+        out = predict(model, x_t, t, inputs.y, inputs.x_cond, inputs.rel_t, memory)
+        return diff.eps_from(out, x_t, t)
+
+    return eps_fn
+
+
+def subset_memory(memory: MemoryContext, rows: Tensor) -> MemoryContext:
+    """Rows ``rows`` of a :class:`MemoryContext`."""
+    return MemoryContext(
+        frames=memory.frames[rows],
+        poses=memory.poses[rows],
+        scores=memory.scores[rows],
+        mask=memory.mask[rows],
+        query_pose=memory.query_pose[rows],
+        steps=None if memory.steps is None else memory.steps[rows],
+        query_step=None if memory.query_step is None else memory.query_step[rows],
+    )
+
+
+def oracle_memory(
+    frames: Tensor,
+    poses: Tensor,
+    pair_mse: Tensor,
+    episode: Tensor,
+    target: Tensor,
+    context: int,
+) -> MemoryContext:
+    """Diagnostic only: a one-slot memory holding the frame before the context window that is
+    closest in pixels to the target (it looks at the target; never used for the headline
+    figures). Tells whether the trained memory branch could use a perfectly informative frame.
+
+    Args:
+        pair_mse: ``(N, T, T)`` pixel MSE between frames of each episode.
+    """
+    per_frame = pair_mse[episode, target]
+    steps = torch.arange(frames.shape[1])[None]
+    per_frame = torch.where(steps < (target - context)[:, None], per_frame, torch.inf)
+    best = per_frame.argmin(1)
+    b = episode.shape[0]
+    return MemoryContext(
+        frames=frames[episode, best][:, None],
+        poses=poses[episode, best][:, None],
+        scores=torch.ones(b, 1),
+        mask=torch.isfinite(per_frame.amin(1))[:, None],
+        query_pose=poses[episode, target],
+        steps=best[:, None],
+        query_step=target,
+    )
+
+
+@torch.no_grad()
+def eps_errors(
+    models: dict[str, tuple[CDiT, str]],
+    frames: Tensor,
+    poses: Tensor,
+    schedule: MemorySchedule,
+    pair_mse: Tensor,
+    episode: Tensor,
+    target: Tensor,
+    diff: Diffusion,
+    levels: Sequence[int],
+    settings: MemorySettings,
+    *,
+    seed: int,
+    batch: int = 256,
+) -> dict[str, Tensor]:
+    """Noise-prediction MSE ``(len(levels), B)`` per model variant at fixed timesteps, with
+    fixed noise (seeded).
+
+    Args:
+        models: name -> ``(model, memory)``, memory one of ``"none"``, ``"retrieved"``,
+            ``"oracle"``.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    shape = (len(levels), episode.shape[0], *frames.shape[2:])
+    eps_all = torch.randn(shape, generator=gen)
+    out = {name: torch.empty(len(levels), episode.shape[0]) for name in models}
+    for lo in range(0, episode.shape[0], batch):
+        sl = slice(lo, lo + batch)
+        e, t = episode[sl], target[sl]
+        inputs = model_inputs(frames, poses, e, t, settings.context)
+        memories = {
+            "none": None,
+            "retrieved": memory_for(frames, poses, schedule, e, t),
+            "oracle": oracle_memory(frames, poses, pair_mse, e, t, settings.context),
+        }
+        for j, level in enumerate(levels):
+            tt = torch.full((e.shape[0],), level, dtype=torch.long)
+            eps = eps_all[j, sl]
+            x_t = diff.noise(inputs.x0, tt, eps)
+            for name, (model, kind) in models.items():
+                raw = predict(model, x_t, tt, inputs.y, inputs.x_cond, inputs.rel_t, memories[kind])
+                pred = diff.eps_from(raw, x_t, tt)
+                out[name][j, sl] = (pred - eps).square().flatten(1).mean(1)
+    return out
+
+
+@torch.no_grad()
+def one_step_samples(
+    models: dict[str, tuple[CDiT, bool]],
+    frames: Tensor,
+    poses: Tensor,
+    schedule: MemorySchedule,
+    episode: Tensor,
+    target: Tensor,
+    diff: Diffusion,
+    settings: MemorySettings,
+    *,
+    ddim_steps: int,
+    seed: int,
+    batch: int = 256,
+) -> dict[str, Tensor]:
+    """DDIM samples of the target frames from the true context (and the true memory where the
+    variant uses memory); the same starting noise for every variant.
+
+    Returns:
+        name -> ``(B,)`` PSNR in dB against the true frames.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn((episode.shape[0], *frames.shape[2:]), generator=gen)
+    out = {name: torch.empty(episode.shape[0]) for name in models}
+    for lo in range(0, episode.shape[0], batch):
+        sl = slice(lo, lo + batch)
+        e, t = episode[sl], target[sl]
+        inputs = model_inputs(frames, poses, e, t, settings.context)
+        memory = memory_for(frames, poses, schedule, e, t)
+        for name, (model, use_memory) in models.items():
+            fn = eps_function(model, inputs, memory if use_memory else None, diff)
+            sample = diff.ddim_sample(fn, noise[sl], ddim_steps)
+            out[name][sl] = psnr(to_unit(sample), to_unit(inputs.x0))
+    return out
+
+
+def rollout_starts(
+    revisit: Tensor, length: int, *, min_start: int, per_episode: int = 1
+) -> tuple[Tensor, Tensor]:
+    """Rollout windows rich in revisits: per episode, the ``per_episode`` non-overlapping
+    starts ``s >= min_start`` whose window ``[s, s + length)`` holds the most revisit frames.
+
+    Args:
+        revisit: ``(N, T)`` bool labels.
+
+    Returns:
+        ``(episode, start)``, both ``(N * per_episode,)`` long.
+    """
+    n, t_len = revisit.shape
+    if min_start + length > t_len:
+        raise ValueError(
+            f"episodes of {t_len} frames are too short for rollouts of {length} frames from "
+            f"frame {min_start}"
+        )
+    windows = revisit.float().unfold(1, length, 1).sum(-1)  # (N, T - length + 1)
+    windows[:, :min_start] = -1
+    episodes, starts = [], []
+    for i in range(n):
+        counts = windows[i].clone()
+        for _ in range(per_episode):
+            s = int(counts.argmax())
+            episodes.append(i)
+            starts.append(s)
+            counts[max(0, s - length + 1) : s + length] = -2  # no overlap with this window
+    return torch.tensor(episodes), torch.tensor(starts)
+
+
+@torch.no_grad()
+def rollout(
+    model: CDiT,
+    frames: Tensor,
+    poses: Tensor,
+    episode: Tensor,
+    start: Tensor,
+    length: int,
+    diff: Diffusion,
+    settings: MemorySettings,
+    *,
+    ddim_steps: int,
+    seed: int,
+    use_memory: bool,
+    on_memory: Callable[[int, MemoryContext], None] | None = None,
+) -> Tensor:
+    """Autoregressive rollouts along the true poses: frames ``start .. start + length - 1`` of
+    each episode are generated one after the other, each generated frame becoming context.
+
+    With ``use_memory`` (a :class:`HybridCDiT`), one memory buffer per rollout follows the
+    memory protocol from frame 0: true frames before ``start``, then generated frames as
+    they leave the context window; its retrievals drive the model. With ``settings.route``,
+    each write is told the next ``route`` poses the rollout will generate (its window).
+    ``on_memory(t, context)``, if given, sees every retrieval (for tests and diagnostics).
+
+    Returns:
+        ``(B, length, C, H, W)`` generated frames (model scale).
+    """
+    if use_memory and not isinstance(model, HybridCDiT):
+        raise ValueError("use_memory=True needs a HybridCDiT")
+    b = episode.shape[0]
+    seq = frames[episode].clone()  # (B, T, C, H, W): true frames, overwritten as generated
+    pose = poses[episode]
+    c, h, w = frames.shape[2:]
+    buffer = new_buffer(b, (c, h, w), settings) if use_memory else None
+    end = int((start + length).max())
+    rows = torch.arange(b)
+    for t in range(settings.context, end):
+        memory = None
+        if buffer is not None:
+            # the steps before `context` retrieve from an empty buffer: nothing to replay
+            if t == settings.context:
+                for s in range(settings.context):
+                    step_memory(buffer, s, None, None, pose[:, s], settings)
+            src = t - settings.context - 1
+            upcoming = None
+            if settings.route and src >= 0:  # the rollout's own poses from t on
+                ahead = torch.arange(t, min(t + settings.route, end))
+                counted = (ahead >= start[:, None]) & (ahead < (start + length)[:, None])
+                upcoming = (pose[:, ahead], counted)
+            memory = step_memory(
+                buffer,
+                t,
+                seq[:, src] if src >= 0 else None,
+                pose[:, src] if src >= 0 else None,
+                pose[:, t],
+                settings,
+                upcoming,
+            )
+            if on_memory is not None:
+                on_memory(t, memory)
+        active = (start <= t) & (t < start + length)
+        if not bool(active.any()):
+            continue
+        sel = rows[active]
+        tt = torch.full((sel.shape[0],), t, dtype=torch.long)
+        inputs = model_inputs(seq, pose, sel, tt, settings.context)
+        mem = None if memory is None else subset_memory(memory, sel)
+        gen = torch.Generator().manual_seed(seed * 100_003 + t)
+        noise = torch.randn((b, *frames.shape[2:]), generator=gen)[sel]
+        seq[sel, t] = diff.ddim_sample(eps_function(model, inputs, mem, diff), noise, ddim_steps)
+    index = start[:, None] + torch.arange(length)
+    return seq[rows[:, None], index]
+
+
+def eval_targets(data: Data, limit: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """All novel targets and up to ``limit`` revisit targets (evenly drawn), as ``(episode,
+    target)`` long tensors."""
+    rev = data.revisit.nonzero()
+    nov = data.novel.nonzero()
+    if rev.shape[0] > limit:
+        rev = rev[torch.randperm(rev.shape[0], generator=gen)[:limit].sort().values]
+    both = torch.cat([rev, nov])
+    return both[:, 0], both[:, 1]
+
+
+def memory_report(data: Data, settings: MemorySettings) -> dict[str, float]:
+    """Retrieval and memory informativeness over every revisit target (pixel MSE on RGB in
+    ``[0, 1]``), and how often novel targets activate memory."""
+    r_ep, r_t = data.revisit.nonzero(as_tuple=True)
+    info = informativeness(data.pair_mse, data.schedule, r_ep, r_t, settings.context)
+    active = info["active"]
+    scale = 0.25  # model frames are in [-1, 1]: MSE on [0, 1] RGB is a quarter of it
+    n_ep, n_t = data.novel.nonzero(as_tuple=True)
+    offset = data.poses[r_ep, info["history_index"]] - data.poses[r_ep, r_t]
+    offset[:, 2] = wrap_angle(offset[:, 2])
+    return {
+        "revisit_active_rate": float(active.float().mean()),
+        "revisit_hit_rate": float(
+            retrieval_hits(data.poses, data.schedule, r_ep, r_t).float().mean()
+        ),
+        "mse_best_retrieved": float(info["retrieved"][active].mean() * scale),
+        "mse_last_context": float(info["last_context"].mean() * scale),
+        "mse_last_context_active": float(info["last_context"][active].mean() * scale),
+        "mse_closest_in_history": float(info["history"].mean() * scale),
+        "retrieved_beats_context_rate": float(
+            (info["retrieved"] < info["last_context"])[active].float().mean()
+        ),
+        "mse_top_retrieved": float(info["top"][active].mean() * scale),
+        # where the pixel-closest history frame was taken, relative to the target
+        "closest_history_distance_median": float(offset[:, :2].norm(dim=1).median()),
+        "closest_history_turn_median_deg": float(offset[:, 2].abs().median().rad2deg()),
+        "novel_active_rate": float(data.schedule.mask[n_ep, n_t].any(1).float().mean()),
+    }
+
+
+def evaluate(
+    args: argparse.Namespace,
+    data: Data,
+    cdit: CDiT,
+    hybrid: HybridCDiT,
+    diff: Diffusion,
+    settings: MemorySettings,
+) -> dict[str, object]:
+    """Every figure of the summary but ``seconds``, plus the rollouts for the figure."""
+    cdit.eval()
+    hybrid.eval()
+    gen = torch.Generator().manual_seed(args.seed + 20_000)
+    episode, target = eval_targets(data, args.max_revisit_targets, gen)
+    is_rev = data.revisit[episode, target]
+    is_nov = data.novel[episode, target]
+    result: dict[str, object] = {
+        "revisit_targets": int(is_rev.sum()),
+        "novel_targets": int(is_nov.sum()),
+        "revisit_targets_all": int(data.revisit.sum()),
+        "eval_frames": int(data.revisit.shape[0] * (data.length - settings.context)),
+    }
+
+    result["informativeness"] = memory_report(data, settings)
+
+    # noise-prediction error at fixed levels
+    print(f"[eval] noise-prediction error at t={args.eval_t} on {len(episode)} targets", flush=True)
+    errors = eps_errors(
+        {
+            "cdit": (cdit, "none"),
+            "hybrid": (hybrid, "retrieved"),
+            "hybrid_no_memory": (hybrid, "none"),
+            "hybrid_oracle_memory": (hybrid, "oracle"),
+        },
+        data.frames,
+        data.poses,
+        data.schedule,
+        data.pair_mse,
+        episode,
+        target,
+        diff,
+        args.eval_t,
+        settings,
+        seed=args.seed + 30_000,
+    )
+    eps_table: dict[str, dict[str, float]] = {}
+    for split, sel in (("revisit", is_rev), ("novel", is_nov)):
+        for name, err in errors.items():
+            eps_table[f"{split}_{name}"] = {
+                f"t={lv}": float(err[j, sel].mean()) for j, lv in enumerate(args.eval_t)
+            } | {"mean": float(err[:, sel].mean())}
+    result["eps_mse"] = eps_table
+    base = eps_table["revisit_cdit"]["mean"]
+    result["revisit_eps_mse_ratio"] = eps_table["revisit_hybrid"]["mean"] / base
+    result["revisit_eps_mse_ratio_no_memory"] = eps_table["revisit_hybrid_no_memory"]["mean"] / base
+    result["revisit_eps_mse_ratio_oracle_memory"] = (
+        eps_table["revisit_hybrid_oracle_memory"]["mean"] / base
+    )
+    result["novel_eps_mse_ratio"] = (
+        eps_table["novel_hybrid"]["mean"] / eps_table["novel_cdit"]["mean"]
+    )
+
+    # one-step DDIM generation
+    print(f"[eval] one-step DDIM ({args.ddim_steps} steps) on {len(episode)} targets", flush=True)
+    psnrs = one_step_samples(
+        {"cdit": (cdit, False), "hybrid": (hybrid, True), "hybrid_no_memory": (hybrid, False)},
+        data.frames,
+        data.poses,
+        data.schedule,
+        episode,
+        target,
+        diff,
+        settings,
+        ddim_steps=args.ddim_steps,
+        seed=args.seed + 40_000,
+    )
+    for split, sel in (("revisit", is_rev), ("novel", is_nov)):
+        for name, values in psnrs.items():
+            result[f"{split}_psnr_{name}"] = float(values[sel].mean())
+    rev_active = data.schedule.mask[episode, target].any(1) & is_rev
+    result["revisit_active_psnr_cdit"] = float(psnrs["cdit"][rev_active].mean())
+    result["revisit_active_psnr_hybrid"] = float(psnrs["hybrid"][rev_active].mean())
+
+    # autoregressive rollouts
+    r_episode, r_start = rollout_starts(
+        data.revisit,
+        args.rollout_length,
+        min_start=min(args.rollout_min_start, data.length - args.rollout_length),
+        per_episode=args.rollouts_per_episode,
+    )
+    print(
+        f"[eval] {len(r_episode)} rollouts of {args.rollout_length} frames "
+        f"(DDIM {args.ddim_steps} steps a frame)",
+        flush=True,
+    )
+    common = {
+        "ddim_steps": args.ddim_steps,
+        "seed": args.seed + 50_000,
+    }
+    gen_c = rollout(
+        cdit, data.frames, data.poses, r_episode, r_start, args.rollout_length, diff, settings,
+        use_memory=False, **common,
+    )  # fmt: skip
+    gen_h = rollout(
+        hybrid, data.frames, data.poses, r_episode, r_start, args.rollout_length, diff, settings,
+        use_memory=True, **common,
+    )  # fmt: skip
+    gen_w = rollout(
+        hybrid, data.frames, data.poses, r_episode, r_start, args.rollout_length, diff, settings,
+        use_memory=False, **common,
+    )  # fmt: skip
+    index = r_start[:, None] + torch.arange(args.rollout_length)
+    truth = data.frames[r_episode[:, None], index]
+    rev = data.revisit[r_episode[:, None], index]
+    for name, generated in (("cdit", gen_c), ("hybrid", gen_h), ("hybrid_no_memory", gen_w)):
+        p = psnr(to_unit(generated).flatten(0, 1), to_unit(truth).flatten(0, 1)).view_as(rev)
+        result[f"rollout_revisit_psnr_{name}"] = float(p[rev].mean())
+        result[f"rollout_psnr_{name}"] = float(p.mean())
+    result["rollout_revisit_frames"] = int(rev.sum())
+    result["rollout_frames"] = int(rev.numel())
+    best = int(rev.sum(1).argmax())
+    result["_figure"] = (truth[best], gen_c[best], gen_h[best], rev[best])
+    if args.long_rollouts:
+        result.update(long_rollouts(args, data, cdit, hybrid, diff, settings))
+    return result
+
+
+def long_rollouts(
+    args: argparse.Namespace,
+    data: Data,
+    cdit: CDiT,
+    hybrid: HybridCDiT,
+    diff: Diffusion,
+    settings: MemorySettings,
+) -> dict[str, object]:
+    """Rollouts through returns after long absences, the hybrid's buffer under each policy.
+
+    Windows of ``--rollout-length`` frames from frame ``--long-min-start`` on, chosen for their
+    *long returns* (frames whose view was last seen ``--long-gap`` or more frames earlier,
+    :func:`long_return_labels`); the hybrid rolls out with a buffer of ``--long-capacity``
+    frames under the ``lru`` and the ``coverage`` write policy, under ``coverage`` told the
+    rollout's poses (``coverage_route``: a rollout along a given route), and with the whole
+    episode (the training buffer) as the upper bound. PSNR on the long-return frames, and how often
+    the buffer's retrieval holds a frame within 1 cell and 45 degrees of them (hit rate).
+    """
+    labels = torch.stack(
+        [
+            torch.from_numpy(long_return_labels(p.numpy(), settings.context, args.long_gap))
+            for p in data.poses
+        ]
+    )
+    length = args.rollout_length
+    episode, start = rollout_starts(
+        labels,
+        length,
+        min_start=min(args.long_min_start, data.length - length),
+        per_episode=args.rollouts_per_episode,
+    )
+    index = start[:, None] + torch.arange(length)
+    truth = data.frames[episode[:, None], index]
+    marked = labels[episode[:, None], index]
+    policies = {
+        "lru": dataclasses.replace(settings, capacity=args.long_capacity, write_policy="lru"),
+        "coverage": dataclasses.replace(
+            settings, capacity=args.long_capacity, write_policy="coverage"
+        ),
+        "coverage_route": dataclasses.replace(
+            settings, capacity=args.long_capacity, write_policy="coverage", route=data.length
+        ),
+        "whole_episode": settings,
+    }
+    print(
+        f"[eval] long returns: {len(episode)} rollouts of {length} frames from frame "
+        f">= {args.long_min_start}, {int(marked.sum())} frames last seen >= {args.long_gap} "
+        f"frames earlier; buffers of {args.long_capacity} frames (lru, coverage, coverage told "
+        f"the route) and of the whole episode",
+        flush=True,
+    )
+    common = {"ddim_steps": args.ddim_steps, "seed": args.seed + 60_000}
+    out: dict[str, object] = {
+        "long_rollout_frames": int(marked.sum()),
+        "long_gap": args.long_gap,
+        "long_capacity": args.long_capacity,
+    }
+    baseline = rollout(
+        cdit, data.frames, data.poses, episode, start, length, diff, settings,
+        use_memory=False, **common,
+    )  # fmt: skip
+    generated = {"cdit": baseline}
+    for name, policy in policies.items():
+        hits = torch.zeros(len(episode), length, dtype=torch.bool)
+
+        def record(t: int, memory: MemoryContext, hits: Tensor = hits) -> None:
+            inside = (t >= start) & (t < start + length)
+            if bool(inside.any()):
+                rows = inside.nonzero().squeeze(1)
+                near = slots_near(memory.poses[rows], memory.query_pose[rows], memory.mask[rows])
+                hits[rows, t - start[rows]] = near
+
+        generated[name] = rollout(
+            hybrid, data.frames, data.poses, episode, start, length, diff, policy,
+            use_memory=True, on_memory=record, **common,
+        )  # fmt: skip
+        out[f"long_rollout_hit_rate_{name}"] = float(hits[marked].float().mean())
+    for name, frames in generated.items():
+        p = psnr(to_unit(frames).flatten(0, 1), to_unit(truth).flatten(0, 1)).view_as(marked)
+        out[f"long_rollout_revisit_psnr_{name}"] = float(p[marked].mean())
+    return out

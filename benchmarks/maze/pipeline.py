@@ -1,0 +1,296 @@
+"""HybridCDiT against CDiT on DeepMind's Memory Maze: revisits seen from new viewpoints.
+
+    pip install -e ".[bench]"        # memory-maze, mujoco<4, gym==0.26.2; MUJOCO_GL=egl
+    python -m benchmarks.maze --quick                 # about 10 minutes on 2 cores
+    python -m benchmarks.maze                         # 9x9 mazes, the documented run
+    python -m benchmarks.maze --maze-size 11 --seed 1 --out runs/mm11
+    python -m benchmarks.maze --quick --memory-pose-encoding frame --memory-time-embedding
+
+Data. A scripted explorer (``benchmarks/maze/worlds.py``) walks breadth-first paths between cell
+centres to the cells it has not seen for the longest time, so episodes cover the maze and come
+back to places after long absences, often from another direction. Training episodes and held-out
+evaluation episodes live in different mazes (other maze seeds). Episodes are generated in
+parallel processes once and cached (``~/.cache/hybrid-cdit/memory_maze``, ``$HYBRID_CDIT_CACHE``
+overrides the root). Every ``--stride``-th camera frame is used, at ``--size`` pixels square,
+in pixel space (RGB scaled to ``[-1, 1]``); poses are ``(x, y, yaw)`` in cells and radians.
+
+Models. A CDiT and a HybridCDiT with the same CDiT weights at initialisation are trained side by
+side on the same batches, timesteps and noise (``benchmarks/side_by_side.py``: the DDPM loss with a
+v target by default, ``--prediction eps`` for the epsilon target; cosine schedule). The hybrid's
+memory for each sample is what its :class:`~hybrid_cdit.MemoryBuffer` holds at that point of the
+episode under the protocol of ``protocol.py`` (a frame enters memory as it leaves the context
+window; retrieval with the library's strategy), the same in training, one-step evaluation and
+rollouts. By default the buffer holds a whole episode (capacity 250, as WorldMem keeps the whole
+history) and ``pose`` retrieval uses a 2-cell distance scale and threshold 0.5:
+``--memory-report-only`` measured that these find a frame of the target's place and heading for
+99.9% of held-out revisit targets and activate memory for no novel target (capacity 50 with LRU:
+37%; a 10-cell scale: 63% of novel targets active). For ``--withhold`` of the training samples the
+hybrid's memory is withheld (all slots masked), so the hybrid stays a good model without memory.
+
+Evaluation, on the held-out episodes. Labels: a target is a *revisit* when a frame before the
+context window lies within 1 cell and 45 degrees of it (not the identical pose), *novel* when no
+frame before the context window lies within 2 cells. Figures: one-step DDIM PSNR (fixed noise)
+for CDiT, HybridCDiT and HybridCDiT with memory withheld; the noise-prediction MSE ratio
+hybrid/CDiT on revisit targets at fixed noise levels (plus two diagnostics: memory withheld and
+an oracle memory holding the pixel-closest history frame); memory informativeness (pixel MSE of
+the best retrieved frame, the last context frame and the closest history frame); autoregressive
+rollouts of ``--rollout-length`` frames, generated frames becoming context and entering the
+hybrid's memory (also run by the hybrid with its memory withheld, the rollouts' control); and the
+figure of one rollout. The last printed line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import cast
+
+import torch
+from torch import Tensor
+
+from benchmarks.maze.evaluation import evaluate, memory_report
+from benchmarks.maze.protocol import Data, settings_from
+from benchmarks.maze.report import print_tables, rollout_figure
+from benchmarks.maze.training import build_models, train
+from benchmarks.maze.worlds import Episode, load_episodes
+from benchmarks.side_by_side import Diffusion, format_table
+
+__all__ = ["SUMMARY_KEYS", "main", "parse_args", "run"]
+
+SUMMARY_KEYS = (
+    "revisit_psnr_cdit",
+    "revisit_psnr_hybrid",
+    "revisit_psnr_hybrid_no_memory",
+    "novel_psnr_cdit",
+    "novel_psnr_hybrid",
+    "rollout_revisit_psnr_cdit",
+    "rollout_revisit_psnr_hybrid",
+    "revisit_eps_mse_ratio",
+    "revisit_targets",
+    "novel_targets",
+    "seconds",
+)
+"""Keys the last printed JSON line always has."""
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.maze",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--maze-size", type=int, choices=(9, 11, 13, 15), default=9)
+    p.add_argument("--seed", type=int, default=0, help="training mazes, model init, noise")
+    p.add_argument("--quick", action="store_true", help="a smaller run (about 10 minutes)")
+    p.add_argument("--out", type=Path, default=None, help="write summary.json and the figure")
+    p.add_argument("--figure", type=Path, default=None, help="also write the figure here")
+    p.add_argument("--cache-dir", type=Path, default=None, help="episode cache folder")
+    p.add_argument("--workers", type=int, default=2, help="episode generation processes")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    p.add_argument("--train-episodes", type=int, default=None, help="default 16 (quick 8)")
+    p.add_argument("--eval-episodes", type=int, default=None, help="default 6 (quick 3)")
+    p.add_argument("--env-steps", type=int, default=1000, help="environment steps an episode")
+    p.add_argument("--stride", type=int, default=4, help="environment steps between frames")
+    p.add_argument("--size", type=int, default=32, help="frame side in pixels")
+    p.add_argument("--context", type=int, default=2)
+    p.add_argument("--steps", type=int, default=None, help="default 2000 (quick 400)")
+    p.add_argument(
+        "--pretrain-steps",
+        type=int,
+        default=None,
+        help="CDiT-only steps before side-by-side training; default 1000 (quick 300)",
+    )
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--memory-lr", type=float, default=10.0, help="memory lr / --lr")
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--clip", type=float, default=1.0)
+    p.add_argument("--withhold", type=float, default=0.3, help="share of samples without memory")
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--patch-size", type=int, default=4)
+    p.add_argument("--memory-patch-size", type=int, default=None, help="default: --patch-size")
+    p.add_argument(
+        "--memory-layers",
+        type=lambda s: [int(v) for v in s.split(",")],
+        default=None,
+        help="default: every layer of the second half",
+    )
+    p.add_argument("--top-k", type=int, default=4)
+    p.add_argument(
+        "--capacity", type=int, default=250, help="memory buffer capacity (250: a whole episode)"
+    )
+    p.add_argument("--write-policy", choices=("lru", "coverage"), default="lru")
+    p.add_argument("--memory-time-embedding", action="store_true", help="embed memory ages")
+    p.add_argument("--memory-pose-encoding", choices=("frame", "rays"), default="rays")
+    p.add_argument("--camera-fov", type=float, default=80.0, help="degrees (Memory Maze's is 80)")
+    p.add_argument(
+        "--memory-ray-alignment",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="bias memory attention to tokens whose view rays match the query's",
+    )
+    p.add_argument("--retrieval", choices=("pose", "distance", "fov"), default="pose")
+    p.add_argument("--threshold", type=float, default=0.5, help="similarity threshold")
+    p.add_argument("--scale", type=float, default=2.0, help="retrieval distance scale, cells")
+    p.add_argument(
+        "--prediction",
+        choices=("eps", "v"),
+        default="v",
+        help="what the networks predict (the DDPM loss's target); see side_by_side.Diffusion",
+    )
+    p.add_argument("--ddim-steps", type=int, default=25)
+    p.add_argument("--eval-t", type=lambda s: [int(v) for v in s.split(",")], default=None)
+    p.add_argument("--max-revisit-targets", type=int, default=None, help="default 320 (quick 96)")
+    p.add_argument("--rollout-length", type=int, default=16)
+    p.add_argument("--rollout-min-start", type=int, default=60)
+    p.add_argument("--rollouts-per-episode", type=int, default=2)
+    p.add_argument(
+        "--long-rollouts",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also roll out through returns after long absences with small buffers per policy",
+    )
+    p.add_argument("--long-gap", type=int, default=75, help="frames since the view was last seen")
+    p.add_argument("--long-capacity", type=int, default=50, help="buffer of the policy rollouts")
+    p.add_argument("--long-min-start", type=int, default=100, help="earliest long rollout frame")
+    p.add_argument("--log-every", type=int, default=100)
+    p.add_argument(
+        "--memory-report-only",
+        action="store_true",
+        help="only the retrieval and informativeness report on the held-out episodes (no training)",
+    )
+    args = p.parse_args(argv)
+    quick = args.quick
+    defaults = {
+        "train_episodes": 8 if quick else 16,
+        "eval_episodes": 3 if quick else 6,
+        "steps": 400 if quick else 2000,
+        "pretrain_steps": 300 if quick else 1000,
+        "max_revisit_targets": 96 if quick else 320,
+        "eval_t": [100, 300, 500, 700],
+    }
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (episode generation), in seconds."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def run(
+    args: argparse.Namespace,
+    train_episodes: Sequence[Episode] | None = None,
+    eval_episodes: Sequence[Episode] | None = None,
+) -> dict[str, object]:
+    """Generate or load episodes (unless given), train, evaluate, print the tables and write
+    the figure; return the summary."""
+    start, cpu_start = time.perf_counter(), _cpu_seconds()
+    torch.set_num_threads(args.threads)
+    settings = settings_from(args)
+    if eval_episodes is None:
+        eval_episodes = load_episodes(
+            args.maze_size, 1000 + args.seed, args.eval_episodes, args.env_steps,
+            cache_dir=args.cache_dir, workers=args.workers,
+        )  # fmt: skip
+    if train_episodes is None and not args.memory_report_only:
+        train_episodes = load_episodes(
+            args.maze_size, args.seed, args.train_episodes, args.env_steps,
+            cache_dir=args.cache_dir, workers=args.workers,
+        )  # fmt: skip
+    data_seconds = time.perf_counter() - start
+    if args.memory_report_only:
+        report = memory_report(Data(eval_episodes, args.stride, args.size, settings), settings)
+        print(
+            format_table(
+                ["memory report (held-out revisit targets)", "value"], list(report.items())
+            )
+        )
+        return {**report, **vars(settings), "seconds": round(time.perf_counter() - start, 1)}
+    assert train_episodes is not None
+    train_data = Data(train_episodes, args.stride, args.size, settings)
+    eval_data = Data(eval_episodes, args.stride, args.size, settings)
+    diff = Diffusion(prediction=args.prediction)
+    cdit, hybrid = build_models(args)
+    print(
+        f"{len(train_episodes)} training / {len(eval_episodes)} held-out episodes of "
+        f"{train_data.length} frames ({args.size}x{args.size}, every {args.stride} steps); "
+        f"CDiT {sum(p.numel() for p in cdit.parameters()):,} params, memory branch "
+        f"{sum(p.numel() for p in hybrid.memory_parameters()):,} params in layers "
+        f"{hybrid.memory_layers}, memory_patch_size {hybrid.memory_patch_size}, retrieval "
+        f"{settings.strategy!r} k={settings.top_k} threshold {settings.threshold} scale "
+        f"{settings.scale} capacity {settings.capacity} write policy {settings.write_policy!r}",
+        flush=True,
+    )
+    info = train(args, train_data, cdit, hybrid, diff, settings)
+    result = evaluate(args, eval_data, cdit, hybrid, diff, settings)
+    figure = result.pop("_figure")
+    print_tables(result)
+    paths = []
+    if args.out is not None:
+        paths.append(Path(args.out) / "memory_maze_rollout.png")
+    if args.figure is not None:
+        paths.append(Path(args.figure))
+    truth, gen_cdit, gen_hybrid, revisit = cast(tuple[Tensor, Tensor, Tensor, Tensor], figure)
+    for path in paths:
+        rollout_figure(truth, gen_cdit, gen_hybrid, revisit, path)
+    summary: dict[str, object] = {key: result[key] for key in SUMMARY_KEYS if key in result}
+    summary.update({k: v for k, v in result.items() if k not in summary})
+    summary.update(
+        maze_size=args.maze_size,
+        seed=args.seed,
+        quick=args.quick,
+        steps=args.steps,
+        pretrain_steps=args.pretrain_steps,
+        batch=args.batch,
+        lr=args.lr,
+        prediction=args.prediction,
+        memory_lr=args.lr * args.memory_lr,
+        withhold=args.withhold,
+        hidden=args.hidden,
+        depth=args.depth,
+        patch_size=args.patch_size,
+        memory_patch_size=hybrid.memory_patch_size,
+        memory_time_embedding=hybrid.memory_time_embedding,
+        memory_pose_encoding=hybrid.memory_pose_encoding,
+        camera_fov=round(math.degrees(hybrid.camera_fov), 3),
+        memory_ray_alignment=hybrid.memory_ray_alignment,
+        memory_layers=list(hybrid.memory_layers),
+        retrieval=settings.strategy,
+        top_k=settings.top_k,
+        threshold=settings.threshold,
+        scale=settings.scale,
+        capacity=settings.capacity,
+        write_policy=settings.write_policy,
+        threads=args.threads,
+        data_seconds=round(data_seconds, 1),
+        train_seconds=round(info["train_seconds"], 1),
+        cpu_seconds=round(_cpu_seconds() - cpu_start, 1),
+        seconds=round(time.perf_counter() - start, 1),
+    )
+    if args.out is not None:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: the last line printed is the JSON summary."""
+    summary = run(parse_args(argv))
+    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
