@@ -36,7 +36,7 @@ from benchmarks.maze import pipeline as mm
 from benchmarks.maze.evaluation import oracle_memory
 from benchmarks.maze.protocol import Data, memory_for, model_inputs, settings_from
 from benchmarks.maze.training import build_models, pretrain
-from benchmarks.maze.worlds import Episode, load_episodes
+from benchmarks.maze.worlds import Episode, held_out_dataset, load_episodes
 from benchmarks.side_by_side import (
     Diffusion,
     load_cdit_weights,
@@ -198,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     size, seed, steps, workers = args.maze_size, args.seed, args.env_steps, args.workers
     train_eps = load_episodes(size, seed, args.train_episodes, steps, workers=workers)
-    eval_eps = load_episodes(size, 1000 + seed, args.eval_episodes, steps, workers=workers)
+    held = held_out_dataset("validation")  # a design study: never the test mazes
+    eval_eps = load_episodes(size, held, args.eval_episodes, steps, workers=workers)
     summary = run(own, args, train_eps, eval_eps)
     print(json.dumps(summary))
     sys.stdout.flush()

@@ -7,12 +7,14 @@
     python -m benchmarks.maze --quick --memory-pose-encoding frame --memory-time-embedding
 
 Data. A scripted explorer (``benchmarks/maze/worlds.py``) walks breadth-first paths between cell
-centres to the cells it has not seen for the longest time, so episodes cover the maze and come
-back to places after long absences, often from another direction. Training episodes and held-out
-evaluation episodes live in different mazes (other maze seeds). Episodes are generated in
+centres to the cells it has not seen for the longest time, so episodes cover the maze and come back
+to places after long absences, often from another direction. Training episodes (dataset ``--seed``,
+0 to 999) and held-out episodes live in different mazes: ``--split test`` (dataset 1000, the
+reported tables) or ``--split validation`` (dataset 2000, every design decision; the default of
+``--memory-report-only``); the rule is in ``worlds.episode_seeds``. Episodes are generated in
 parallel processes once and cached (``~/.cache/hybrid-cdit/memory_maze``, ``$HYBRID_CDIT_CACHE``
-overrides the root). Every ``--stride``-th camera frame is used, at ``--size`` pixels square,
-in pixel space (RGB scaled to ``[-1, 1]``); poses are ``(x, y, yaw)`` in cells and radians.
+overrides the root). Every ``--stride``-th camera frame is used, at ``--size`` pixels square, in
+pixel space (RGB scaled to ``[-1, 1]``); poses are ``(x, y, yaw)`` in cells and radians.
 
 Models. A CDiT and a HybridCDiT with the same CDiT weights at initialisation are trained side by
 side on the same batches, timesteps and noise (``benchmarks/side_by_side.py``: the DDPM loss with a
@@ -58,7 +60,13 @@ from benchmarks.maze.evaluation import evaluate, memory_report
 from benchmarks.maze.protocol import Data, settings_from
 from benchmarks.maze.report import print_tables, rollout_figure
 from benchmarks.maze.training import build_models, train
-from benchmarks.maze.worlds import Episode, load_episodes
+from benchmarks.maze.worlds import (
+    SPLITS,
+    Episode,
+    check_training_dataset,
+    held_out_dataset,
+    load_episodes,
+)
 from benchmarks.side_by_side import Diffusion, format_table
 
 __all__ = ["SUMMARY_KEYS", "main", "parse_args", "run"]
@@ -86,7 +94,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--maze-size", type=int, choices=(9, 11, 13, 15), default=9)
-    p.add_argument("--seed", type=int, default=0, help="training mazes, model init, noise")
+    p.add_argument(
+        "--seed", type=int, default=0, help="training mazes (dataset 0-999), model init, noise"
+    )
+    p.add_argument(
+        "--split",
+        choices=tuple(SPLITS),
+        default=None,
+        help="held-out mazes: test (dataset 1000, the reported tables) or validation (dataset "
+        "2000, design decisions); default test, validation with --memory-report-only",
+    )
     p.add_argument("--quick", action="store_true", help="a smaller run (about 10 minutes)")
     p.add_argument("--out", type=Path, default=None, help="write summary.json and the figure")
     p.add_argument("--figure", type=Path, default=None, help="also write the figure here")
@@ -168,6 +185,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="only the retrieval and informativeness report on the held-out episodes (no training)",
     )
     args = p.parse_args(argv)
+    try:
+        check_training_dataset(args.seed)
+    except ValueError as err:
+        p.error(str(err))
+    if args.split is None:
+        args.split = "validation" if args.memory_report_only else "test"
     quick = args.quick
     defaults = {
         "train_episodes": 8 if quick else 16,
@@ -201,7 +224,7 @@ def run(
     settings = settings_from(args)
     if eval_episodes is None:
         eval_episodes = load_episodes(
-            args.maze_size, 1000 + args.seed, args.eval_episodes, args.env_steps,
+            args.maze_size, held_out_dataset(args.split), args.eval_episodes, args.env_steps,
             cache_dir=args.cache_dir, workers=args.workers,
         )  # fmt: skip
     if train_episodes is None and not args.memory_report_only:
@@ -217,7 +240,12 @@ def run(
                 ["memory report (held-out revisit targets)", "value"], list(report.items())
             )
         )
-        return {**report, **vars(settings), "seconds": round(time.perf_counter() - start, 1)}
+        return {
+            **report,
+            **vars(settings),
+            "split": args.split,
+            "seconds": round(time.perf_counter() - start, 1),
+        }
     assert train_episodes is not None
     train_data = Data(train_episodes, args.stride, args.size, settings)
     eval_data = Data(eval_episodes, args.stride, args.size, settings)
@@ -250,6 +278,7 @@ def run(
     summary.update(
         maze_size=args.maze_size,
         seed=args.seed,
+        split=args.split,
         quick=args.quick,
         steps=args.steps,
         pretrain_steps=args.pretrain_steps,

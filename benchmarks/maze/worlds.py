@@ -44,15 +44,22 @@ from numpy.typing import NDArray
 __all__ = [
     "ACTION_NAMES",
     "CACHE_VERSION",
+    "DATASET_STRIDE",
+    "SPLITS",
+    "TEST_DATASET",
+    "TRAINING_DATASETS",
+    "VALIDATION_DATASET",
     "Episode",
     "Explorer",
     "MazeEnv",
     "bfs_path",
     "cache_path",
     "check_conventions",
+    "check_training_dataset",
     "default_cache_dir",
     "episode_seeds",
     "generate_episode",
+    "held_out_dataset",
     "load_episodes",
     "long_return_labels",
     "revisit_labels",
@@ -499,14 +506,49 @@ def default_cache_dir() -> Path:
     return base / "memory_maze"
 
 
+DATASET_STRIDE = 1009
+"""Maze seeds of dataset ``s`` are ``s * DATASET_STRIDE + i``: at most this many episodes each."""
+
+TRAINING_DATASETS = range(0, 1000)
+"""Dataset seeds of training mazes (the benchmark's ``--seed``)."""
+
+TEST_DATASET = 1000
+"""Dataset seed of the test mazes: only the reported tables evaluate on them."""
+
+VALIDATION_DATASET = 2000
+"""Dataset seed of the validation mazes: every design decision (ablations, memory report,
+recall and eviction studies, learnability) evaluates on them."""
+
+SPLITS = {"test": TEST_DATASET, "validation": VALIDATION_DATASET}
+"""Held-out split name -> dataset seed."""
+
+
+def held_out_dataset(split: str) -> int:
+    """Dataset seed of the held-out ``split`` (``"test"`` or ``"validation"``)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
+    return SPLITS[split]
+
+
+def check_training_dataset(seed: int) -> None:
+    """Raise ``ValueError`` unless ``seed`` is a training dataset seed (disjoint from the
+    held-out mazes by the rule of :func:`episode_seeds`)."""
+    if seed not in TRAINING_DATASETS:
+        raise ValueError(
+            f"seed must be a training dataset seed in [{TRAINING_DATASETS.start}, "
+            f"{TRAINING_DATASETS.stop}), got {seed}"
+        )
+
+
 def episode_seeds(seed: int, episodes: int) -> list[int]:
-    """Maze seeds of a dataset: ``seed * 1009 + i`` for ``i < episodes``. Datasets with distinct
-    ``seed`` use distinct mazes while ``episodes <= 1009``."""
-    if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, got {episodes}")
-    if not 0 <= seed * 1009 + episodes < 2**32:
+    """Maze seeds of a dataset: ``seed * DATASET_STRIDE + i`` for ``i < episodes``
+    (``episodes <= DATASET_STRIDE``), so datasets with distinct ``seed`` use distinct maze
+    seeds: training (:data:`TRAINING_DATASETS`), test and validation mazes never meet."""
+    if not 1 <= episodes <= DATASET_STRIDE:
+        raise ValueError(f"episodes must be in [1, {DATASET_STRIDE}], got {episodes}")
+    if not 0 <= seed * DATASET_STRIDE + episodes < 2**32:
         raise ValueError(f"seed must give maze seeds in [0, 2**32), got seed={seed}")
-    return [seed * 1009 + i for i in range(episodes)]
+    return [seed * DATASET_STRIDE + i for i in range(episodes)]
 
 
 def cache_path(cache_dir: Path, maze_size: int, maze_seed: int, steps: int) -> Path:
