@@ -14,15 +14,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 from torch import Tensor
 
+from benchmarks.maze.baselines import Learner
 from benchmarks.maze.protocol import (
+    Batch,
     Data,
     MemorySchedule,
     MemorySettings,
     ModelInputs,
+    batch_for,
     informativeness,
     memory_for,
     model_inputs,
@@ -30,13 +34,19 @@ from benchmarks.maze.protocol import (
     retrieval_hits,
     slots_near,
     step_memory,
+    subset_memory,
 )
-from benchmarks.maze.worlds import long_return_labels
-from benchmarks.side_by_side import Diffusion, predict, psnr
+from benchmarks.maze.worlds import GAP_BINS, gap_bin_name, long_return_labels
+from benchmarks.side_by_side import Diffusion, predict, psnr, ssim
 from hybrid_cdit import CDiT, HybridCDiT, MemoryContext
 from hybrid_cdit.memory import wrap_angle
 
 __all__ = [
+    "BANDS",
+    "COPIES",
+    "band_scores",
+    "band_weights",
+    "copies",
     "eps_errors",
     "eps_function",
     "eval_targets",
@@ -47,7 +57,6 @@ __all__ = [
     "oracle_memory",
     "rollout",
     "rollout_starts",
-    "subset_memory",
     "to_unit",
 ]
 
@@ -67,19 +76,6 @@ def eps_function(
         return diff.eps_from(out, x_t, t)
 
     return eps_fn
-
-
-def subset_memory(memory: MemoryContext, rows: Tensor) -> MemoryContext:
-    """Rows ``rows`` of a :class:`MemoryContext`."""
-    return MemoryContext(
-        frames=memory.frames[rows],
-        poses=memory.poses[rows],
-        scores=memory.scores[rows],
-        mask=memory.mask[rows],
-        query_pose=memory.query_pose[rows],
-        steps=None if memory.steps is None else memory.steps[rows],
-        query_step=None if memory.query_step is None else memory.query_step[rows],
-    )
 
 
 def oracle_memory(
@@ -160,9 +156,21 @@ def eps_errors(
     return out
 
 
+COPIES = ("copy_last", "copy_top")
+"""The copy baselines: the last context frame, and the hybrid's top retrieved frame (the last
+context frame when no slot is usable)."""
+
+
+def copies(batch: Batch) -> dict[str, Tensor]:
+    """The copy baselines' predictions ``(B, C, H, W)`` of a batch (model scale)."""
+    last = batch.x_cond[:, -1]
+    top_usable = batch.memory.mask[:, 0, None, None, None]
+    return {"copy_last": last, "copy_top": torch.where(top_usable, batch.memory.frames[:, 0], last)}
+
+
 @torch.no_grad()
 def one_step_samples(
-    models: dict[str, tuple[CDiT, bool]],
+    learners: Sequence[Learner],
     frames: Tensor,
     poses: Tensor,
     schedule: MemorySchedule,
@@ -174,26 +182,34 @@ def one_step_samples(
     ddim_steps: int,
     seed: int,
     batch: int = 256,
-) -> dict[str, Tensor]:
-    """DDIM samples of the target frames from the true context (and the true memory where the
-    variant uses memory); the same starting noise for every variant.
+) -> dict[str, dict[str, Tensor]]:
+    """DDIM samples of the target frames from each learner's conditioning on the true history
+    (the same starting noise for every learner), and the copy baselines (:data:`COPIES`).
 
     Returns:
-        name -> ``(B,)`` PSNR in dB against the true frames.
+        ``{"psnr": name -> (B,) dB, "ssim": name -> (B,)}`` against the true frames, for every
+        learner and copy baseline.
     """
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn((episode.shape[0], *frames.shape[2:]), generator=gen)
-    out = {name: torch.empty(episode.shape[0]) for name in models}
+    names = [learner.name for learner in learners] + list(COPIES)
+    out = {m: {name: torch.empty(episode.shape[0]) for name in names} for m in ("psnr", "ssim")}
     for lo in range(0, episode.shape[0], batch):
         sl = slice(lo, lo + batch)
-        e, t = episode[sl], target[sl]
-        inputs = model_inputs(frames, poses, e, t, settings.context)
-        memory = memory_for(frames, poses, schedule, e, t)
-        for name, (model, use_memory) in models.items():
-            fn = eps_function(model, inputs, memory if use_memory else None, diff)
-            sample = diff.ddim_sample(fn, noise[sl], ddim_steps)
-            out[name][sl] = psnr(to_unit(sample), to_unit(inputs.x0))
+        b = batch_for(frames, poses, schedule, episode[sl], target[sl], settings.context)
+        predictions = copies(b)
+        for learner in learners:
+            fn = partial(_eps_of, learner, b, diff)
+            predictions[learner.name] = diff.ddim_sample(fn, noise[sl], ddim_steps)
+        truth = to_unit(b.x0)
+        for name, pred in predictions.items():
+            out["psnr"][name][sl] = psnr(to_unit(pred), truth)
+            out["ssim"][name][sl] = ssim(to_unit(pred), truth)
     return out
+
+
+def _eps_of(learner: Learner, batch: Batch, diff: Diffusion, x_t: Tensor, t: Tensor) -> Tensor:
+    return diff.eps_from(learner.output(x_t, t, batch), x_t, t)
 
 
 def rollout_starts(
@@ -303,14 +319,73 @@ def rollout(
 
 
 def eval_targets(data: Data, limit: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-    """All novel targets and up to ``limit`` revisit targets (evenly drawn), as ``(episode,
-    target)`` long tensors."""
-    rev = data.revisit.nonzero()
-    nov = data.novel.nonzero()
-    if rev.shape[0] > limit:
-        rev = rev[torch.randperm(rev.shape[0], generator=gen)[:limit].sort().values]
-    both = torch.cat([rev, nov])
+    """Up to ``limit`` revisit targets, all novel targets and up to ``limit`` middle-band
+    targets (each drawn uniformly without replacement), in that order, as ``(episode, target)``
+    long tensors."""
+    picked = []
+    for labels, cap in ((data.revisit, limit), (data.novel, None), (data.middle, limit)):
+        rows = labels.nonzero()
+        if cap is not None and rows.shape[0] > cap:
+            rows = rows[torch.randperm(rows.shape[0], generator=gen)[:cap].sort().values]
+        picked.append(rows)
+    both = torch.cat(picked)
     return both[:, 0], both[:, 1]
+
+
+BANDS = ("revisit", "novel", "middle")
+"""Target bands: revisit, novel and the partly seen middle (neither); together every frame from
+``context`` on."""
+
+
+def band_weights(data: Data) -> dict[str, float]:
+    """Each band's share of the held-out frames from ``context`` on."""
+    counts = {band: float(getattr(data, band).sum()) for band in BANDS}
+    total = sum(counts.values())
+    return {band: c / total for band, c in counts.items()}
+
+
+def band_scores(
+    data: Data,
+    episode: Tensor,
+    target: Tensor,
+    scores: dict[str, dict[str, Tensor]],
+    context: int,
+) -> dict[str, float]:
+    """Mean scores per band, over all frames, and revisit PSNR by gap bin.
+
+    ``{band}_{metric}_{name}`` for ``band`` in :data:`BANDS`; ``all_{metric}_{name}``: the
+    band means weighted by each band's share of all held-out frames (:func:`band_weights`; the
+    targets are drawn per band); ``revisit_psnr_{name}_gap_{lo}_{hi}`` over the revisit
+    targets last seen ``[lo, hi)`` frames earlier (:data:`~benchmarks.maze.worlds.GAP_BINS`),
+    with ``revisit_targets_gap_{lo}_{hi}`` their count. Bands or bins without targets are left
+    out.
+    """
+    out: dict[str, float] = {}
+    weights = band_weights(data)
+    gap = data.gap[episode, target]
+    rev = data.revisit[episode, target]
+    for metric, per_name in scores.items():
+        for name, values in per_name.items():
+            total, present = 0.0, True
+            for band in BANDS:
+                sel = getattr(data, band)[episode, target]
+                if bool(sel.any()):
+                    out[f"{band}_{metric}_{name}"] = float(values[sel].mean())
+                    total += weights[band] * float(values[sel].mean())
+                elif weights[band] > 0:
+                    present = False
+            if present:
+                out[f"all_{metric}_{name}"] = total
+            if metric != "psnr":
+                continue
+            for lo, hi in GAP_BINS:
+                below = gap < hi if hi is not None else torch.ones_like(rev)
+                sel = rev & (gap >= lo) & below
+                if bool(sel.any()):
+                    key = gap_bin_name(lo, hi)
+                    out[f"revisit_psnr_{name}_gap_{key}"] = float(values[sel].mean())
+                    out[f"revisit_targets_gap_{key}"] = int(sel.sum())
+    return out
 
 
 def memory_report(data: Data, settings: MemorySettings) -> dict[str, float]:
@@ -350,25 +425,39 @@ def evaluate(
     hybrid: HybridCDiT,
     diff: Diffusion,
     settings: MemorySettings,
+    baselines: Sequence[Learner] = (),
 ) -> dict[str, object]:
-    """Every figure of the summary but ``seconds``, plus the rollouts for the figure."""
+    """Every figure of the summary but ``seconds``, plus the rollouts for the figure
+    (``_figure``) and the per-target one-step scores (``_targets``, for intervals).
+
+    The targets are the same for every training seed (drawn with a fixed generator)."""
     cdit.eval()
     hybrid.eval()
-    gen = torch.Generator().manual_seed(args.seed + 20_000)
+    for baseline in baselines:
+        baseline.model.eval()
+    gen = torch.Generator().manual_seed(20_000)
     episode, target = eval_targets(data, args.max_revisit_targets, gen)
     is_rev = data.revisit[episode, target]
     is_nov = data.novel[episode, target]
+    is_mid = data.middle[episode, target]
+    core = is_rev | is_nov
     result: dict[str, object] = {
         "revisit_targets": int(is_rev.sum()),
         "novel_targets": int(is_nov.sum()),
+        "middle_targets": int(is_mid.sum()),
         "revisit_targets_all": int(data.revisit.sum()),
+        "novel_targets_all": int(data.novel.sum()),
+        "middle_targets_all": int(data.middle.sum()),
         "eval_frames": int(data.revisit.shape[0] * (data.length - settings.context)),
     }
 
     result["informativeness"] = memory_report(data, settings)
 
     # noise-prediction error at fixed levels
-    print(f"[eval] noise-prediction error at t={args.eval_t} on {len(episode)} targets", flush=True)
+    print(
+        f"[eval] noise-prediction error at t={args.eval_t} on {int(core.sum())} targets",
+        flush=True,
+    )
     errors = eps_errors(
         {
             "cdit": (cdit, "none"),
@@ -380,15 +469,15 @@ def evaluate(
         data.poses,
         data.schedule,
         data.pair_mse,
-        episode,
-        target,
+        episode[core],
+        target[core],
         diff,
         args.eval_t,
         settings,
         seed=args.seed + 30_000,
     )
     eps_table: dict[str, dict[str, float]] = {}
-    for split, sel in (("revisit", is_rev), ("novel", is_nov)):
+    for split, sel in (("revisit", is_rev[core]), ("novel", is_nov[core])):
         for name, err in errors.items():
             eps_table[f"{split}_{name}"] = {
                 f"t={lv}": float(err[j, sel].mean()) for j, lv in enumerate(args.eval_t)
@@ -406,8 +495,14 @@ def evaluate(
 
     # one-step DDIM generation
     print(f"[eval] one-step DDIM ({args.ddim_steps} steps) on {len(episode)} targets", flush=True)
-    psnrs = one_step_samples(
-        {"cdit": (cdit, False), "hybrid": (hybrid, True), "hybrid_no_memory": (hybrid, False)},
+    learners = [
+        Learner("cdit", cdit, "recent"),
+        Learner("hybrid", hybrid, "memory"),
+        Learner("hybrid_no_memory", hybrid, "recent"),
+        *baselines,
+    ]
+    scores = one_step_samples(
+        learners,
         data.frames,
         data.poses,
         data.schedule,
@@ -418,12 +513,12 @@ def evaluate(
         ddim_steps=args.ddim_steps,
         seed=args.seed + 40_000,
     )
-    for split, sel in (("revisit", is_rev), ("novel", is_nov)):
-        for name, values in psnrs.items():
-            result[f"{split}_psnr_{name}"] = float(values[sel].mean())
+    result.update(band_scores(data, episode, target, scores, settings.context))
+    psnrs = scores["psnr"]
     rev_active = data.schedule.mask[episode, target].any(1) & is_rev
     result["revisit_active_psnr_cdit"] = float(psnrs["cdit"][rev_active].mean())
     result["revisit_active_psnr_hybrid"] = float(psnrs["hybrid"][rev_active].mean())
+    result["_targets"] = {"episode": episode, "target": target, **scores}
 
     # autoregressive rollouts
     r_episode, r_start = rollout_starts(

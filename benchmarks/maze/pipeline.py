@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -56,10 +55,12 @@ from typing import cast
 import torch
 from torch import Tensor
 
-from benchmarks.maze.evaluation import evaluate, memory_report
-from benchmarks.maze.protocol import Data, settings_from
+from benchmarks.maze.baselines import Learner, build_baselines, forward_flops
+from benchmarks.maze.evaluation import BANDS, band_scores, band_weights, evaluate, memory_report
+from benchmarks.maze.protocol import Data, MemorySettings, settings_from
 from benchmarks.maze.report import print_tables, rollout_figure
-from benchmarks.maze.training import build_models, train
+from benchmarks.maze.stats import headline_intervals
+from benchmarks.maze.training import HeldOutBatch, architecture, build_models, train
 from benchmarks.maze.worlds import (
     SPLITS,
     Episode,
@@ -83,8 +84,24 @@ SUMMARY_KEYS = (
     "revisit_targets",
     "novel_targets",
     "seconds",
+    "revisit_psnr_ctx_memory",
+    "revisit_psnr_ctx_memory_pose",
+    "revisit_psnr_long_context",
+    "revisit_psnr_copy_top",
+    "revisit_psnr_copy_last",
+    "novel_psnr_copy_last",
+    "all_psnr_copy_last",
+    "middle_psnr_cdit",
+    "middle_psnr_hybrid",
+    "all_psnr_cdit",
+    "all_psnr_hybrid",
+    "revisit_gain_ci_low",
+    "revisit_gain_ci_high",
+    "params_cdit",
+    "params_hybrid",
 )
-"""Keys the last printed JSON line always has."""
+"""Keys the last printed JSON line always has (the learned baselines' with ``--baselines``, the
+default; the middle band's and ``all``'s when the held-out episodes have middle-band frames)."""
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -104,7 +121,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="held-out mazes: test (dataset 1000, the reported tables) or validation (dataset "
         "2000, design decisions); default test, validation with --memory-report-only",
     )
+    p.add_argument(
+        "--seeds",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=None,
+        help="run the protocol once per training seed (e.g. 0,1,2) on the same held-out "
+        "targets and aggregate (overrides --seed)",
+    )
     p.add_argument("--quick", action="store_true", help="a smaller run (about 10 minutes)")
+    p.add_argument(
+        "--baselines",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="train the learned baselines (long context, context as memory with and without "
+        "poses) beside the CDiT and the hybrid",
+    )
+    p.add_argument(
+        "--curve-every", type=int, default=250, help="steps between held-out loss evaluations"
+    )
+    p.add_argument("--curve-samples", type=int, default=64, help="held-out samples of the curve")
+    p.add_argument("--bootstrap-draws", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--out", type=Path, default=None, help="write summary.json and the figure")
     p.add_argument("--figure", type=Path, default=None, help="also write the figure here")
     p.add_argument("--cache-dir", type=Path, default=None, help="episode cache folder")
@@ -186,9 +222,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     args = p.parse_args(argv)
     try:
-        check_training_dataset(args.seed)
+        for seed in args.seeds or [args.seed]:
+            check_training_dataset(seed)
     except ValueError as err:
         p.error(str(err))
+    if args.seeds:
+        args.seed = args.seeds[0]
     if args.split is None:
         args.split = "validation" if args.memory_report_only else "test"
     quick = args.quick
@@ -227,12 +266,6 @@ def run(
             args.maze_size, held_out_dataset(args.split), args.eval_episodes, args.env_steps,
             cache_dir=args.cache_dir, workers=args.workers,
         )  # fmt: skip
-    if train_episodes is None and not args.memory_report_only:
-        train_episodes = load_episodes(
-            args.maze_size, args.seed, args.train_episodes, args.env_steps,
-            cache_dir=args.cache_dir, workers=args.workers,
-        )  # fmt: skip
-    data_seconds = time.perf_counter() - start
     if args.memory_report_only:
         report = memory_report(Data(eval_episodes, args.stride, args.size, settings), settings)
         print(
@@ -246,23 +279,27 @@ def run(
             "split": args.split,
             "seconds": round(time.perf_counter() - start, 1),
         }
-    assert train_episodes is not None
-    train_data = Data(train_episodes, args.stride, args.size, settings)
+    data_seconds = time.perf_counter() - start
     eval_data = Data(eval_episodes, args.stride, args.size, settings)
-    diff = Diffusion(prediction=args.prediction)
-    cdit, hybrid = build_models(args)
-    print(
-        f"{len(train_episodes)} training / {len(eval_episodes)} held-out episodes of "
-        f"{train_data.length} frames ({args.size}x{args.size}, every {args.stride} steps); "
-        f"CDiT {sum(p.numel() for p in cdit.parameters()):,} params, memory branch "
-        f"{sum(p.numel() for p in hybrid.memory_parameters()):,} params in layers "
-        f"{hybrid.memory_layers}, memory_patch_size {hybrid.memory_patch_size}, retrieval "
-        f"{settings.strategy!r} k={settings.top_k} threshold {settings.threshold} scale "
-        f"{settings.scale} capacity {settings.capacity} write policy {settings.write_policy!r}",
-        flush=True,
-    )
-    info = train(args, train_data, cdit, hybrid, diff, settings)
-    result = evaluate(args, eval_data, cdit, hybrid, diff, settings)
+    seeds = args.seeds or [args.seed]
+    runs: list[dict[str, object]] = []
+    for seed in seeds:
+        seed_args = argparse.Namespace(**{**vars(args), "seed": seed, "seeds": None})
+        episodes = train_episodes
+        if episodes is None:
+            loading = time.perf_counter()
+            episodes = load_episodes(
+                args.maze_size, seed, args.train_episodes, args.env_steps,
+                cache_dir=args.cache_dir, workers=args.workers,
+            )  # fmt: skip
+            data_seconds += time.perf_counter() - loading
+        if len(seeds) > 1:
+            print(f"[seed {seed}] training seed {len(runs) + 1} of {len(seeds)}", flush=True)
+        train_data = Data(episodes, args.stride, args.size, settings)
+        runs.append(run_seed(seed_args, train_data, eval_data, settings))
+    result = runs[0] if len(runs) == 1 else aggregate(runs, eval_data, settings)
+    targets = cast(dict[str, object], result.pop("_targets"))
+    result.update(intervals(targets, eval_data, args.bootstrap_draws))
     figure = result.pop("_figure")
     print_tables(result)
     paths = []
@@ -277,7 +314,7 @@ def run(
     summary.update({k: v for k, v in result.items() if k not in summary})
     summary.update(
         maze_size=args.maze_size,
-        seed=args.seed,
+        seed=args.seed if len(seeds) == 1 else seeds,
         split=args.split,
         quick=args.quick,
         steps=args.steps,
@@ -290,12 +327,11 @@ def run(
         hidden=args.hidden,
         depth=args.depth,
         patch_size=args.patch_size,
-        memory_patch_size=hybrid.memory_patch_size,
-        memory_time_embedding=hybrid.memory_time_embedding,
-        memory_pose_encoding=hybrid.memory_pose_encoding,
-        camera_fov=round(math.degrees(hybrid.camera_fov), 3),
-        memory_ray_alignment=hybrid.memory_ray_alignment,
-        memory_layers=list(hybrid.memory_layers),
+        memory_patch_size=args.memory_patch_size or args.patch_size,
+        memory_time_embedding=args.memory_time_embedding,
+        memory_pose_encoding=args.memory_pose_encoding,
+        camera_fov=args.camera_fov,
+        memory_ray_alignment=args.memory_ray_alignment,
         retrieval=settings.strategy,
         top_k=settings.top_k,
         threshold=settings.threshold,
@@ -304,7 +340,6 @@ def run(
         write_policy=settings.write_policy,
         threads=args.threads,
         data_seconds=round(data_seconds, 1),
-        train_seconds=round(info["train_seconds"], 1),
         cpu_seconds=round(_cpu_seconds() - cpu_start, 1),
         seconds=round(time.perf_counter() - start, 1),
     )
@@ -312,6 +347,80 @@ def run(
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def run_seed(
+    args: argparse.Namespace, train_data: Data, eval_data: Data, settings: MemorySettings
+) -> dict[str, object]:
+    """One training seed: build, train and evaluate every model; the evaluation's result plus
+    ``memory_layers``, ``train_seconds``, ``curve``, ``params_{name}`` and ``flops_{name}``."""
+    diff = Diffusion(prediction=args.prediction)
+    cdit, hybrid = build_models(args)
+    baselines = build_baselines(args, architecture(args)) if args.baselines else []
+    print(
+        f"{train_data.frames.shape[0]} training / {eval_data.frames.shape[0]} held-out episodes "
+        f"of {train_data.length} frames ({args.size}x{args.size}, every {args.stride} steps); "
+        f"CDiT {sum(p.numel() for p in cdit.parameters()):,} params, memory branch "
+        f"{sum(p.numel() for p in hybrid.memory_parameters()):,} params in layers "
+        f"{hybrid.memory_layers}, memory_patch_size {hybrid.memory_patch_size}, retrieval "
+        f"{settings.strategy!r} k={settings.top_k} threshold {settings.threshold} scale "
+        f"{settings.scale} capacity {settings.capacity} write policy {settings.write_policy!r}; "
+        f"learned baselines {[b.name for b in baselines]}",
+        flush=True,
+    )
+    held_out = HeldOutBatch.draw(eval_data, args.curve_samples, diff, settings, seed=10_000)
+    info = train(args, train_data, cdit, hybrid, diff, settings, baselines, held_out)
+    result = evaluate(args, eval_data, cdit, hybrid, diff, settings, baselines)
+    learners = [Learner("cdit", cdit, "recent"), Learner("hybrid", hybrid, "memory"), *baselines]
+    for learner in learners:
+        result[f"params_{learner.name}"] = sum(p.numel() for p in learner.model.parameters())
+        result[f"flops_{learner.name}"] = forward_flops(learner, held_out.batch)
+    result["memory_layers"] = list(hybrid.memory_layers)
+    result["train_seconds"] = round(float(info["train_seconds"]), 1)  # type: ignore[arg-type]
+    result["curve"] = info["curve"]
+    return result
+
+
+def intervals(targets: dict[str, object], data: Data, draws: int) -> dict[str, float]:
+    """Bootstrap intervals over held-out episodes of the headline differences (one-step PSNR
+    per target, ``targets`` from :func:`~benchmarks.maze.evaluation.evaluate`)."""
+    episode = cast(Tensor, targets["episode"])
+    target = cast(Tensor, targets["target"])
+    psnr = cast(dict[str, Tensor], targets["psnr"])
+    bands = {band: getattr(data, band)[episode, target] for band in BANDS}
+    return headline_intervals(
+        psnr, episode, bands, band_weights(data), data.frames.shape[0], draws=draws, seed=0
+    )
+
+
+def aggregate(
+    runs: Sequence[dict[str, object]], data: Data, settings: MemorySettings
+) -> dict[str, object]:
+    """The summary of several training seeds on the same held-out targets: every number the
+    mean over seeds (``{key}_seeds``: the per-seed values of the one-step band scores), the
+    one-step band scores recomputed from the seed-averaged per-target scores (so intervals
+    are over episodes of the seed-averaged models), the rollout figure of the first seed."""
+    first = runs[0]
+    out: dict[str, object] = {}
+    for key, value in first.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            values = [float(cast(float, r[key])) for r in runs if key in r]
+            out[key] = sum(values) / len(values)
+            if key.split("_")[0] in (*BANDS, "all"):
+                out[f"{key}_seeds"] = values
+        elif key not in ("_targets",):
+            out[key] = value
+    out["curve"] = [r["curve"] for r in runs]
+    targets = [cast(dict[str, object], r["_targets"]) for r in runs]
+    episode = cast(Tensor, targets[0]["episode"])
+    target = cast(Tensor, targets[0]["target"])
+    scores: dict[str, dict[str, Tensor]] = {}
+    for metric in ("psnr", "ssim"):
+        per = [cast(dict[str, Tensor], t[metric]) for t in targets]
+        scores[metric] = {name: torch.stack([p[name] for p in per]).mean(0) for name in per[0]}
+    out.update(band_scores(data, episode, target, scores, settings.context))
+    out["_targets"] = {"episode": episode, "target": target, **scores}
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -8,33 +8,116 @@ import torch
 from torch import Tensor
 
 from benchmarks.maze.evaluation import to_unit
+from benchmarks.maze.stats import HEADLINE_DIFFERENCES
+from benchmarks.maze.worlds import GAP_BINS, gap_bin_name
 from benchmarks.side_by_side import format_table
 
-__all__ = ["print_tables", "rollout_figure"]
+__all__ = [
+    "PREDICTORS",
+    "cost_table",
+    "curve_table",
+    "gap_table",
+    "interval_table",
+    "one_step_table",
+    "print_tables",
+    "rollout_figure",
+]
+
+
+PREDICTORS = (
+    "cdit",
+    "hybrid",
+    "hybrid_no_memory",
+    "long_context",
+    "ctx_memory",
+    "ctx_memory_pose",
+    "copy_last",
+    "copy_top",
+)
+"""Rows of the one-step table, in order (those the summary has)."""
+
+
+def _get(result: dict[str, object], key: str) -> object:
+    value = result.get(key)
+    return "-" if value is None else value
+
+
+def one_step_table(result: dict[str, object]) -> str:
+    """One-step PSNR and SSIM of every predictor on every band."""
+    columns = [(b, m) for m in ("psnr", "ssim") for b in ("revisit", "novel", "middle", "all")]
+    rows = [
+        [name, *(_get(result, f"{b}_{m}_{name}") for b, m in columns)]
+        for name in PREDICTORS
+        if f"revisit_psnr_{name}" in result
+    ]
+    header = ["one-step", *(f"{b} {m.upper()}" for b, m in columns)]
+    return format_table(header, rows)
+
+
+def gap_table(result: dict[str, object]) -> str:
+    """Revisit PSNR of every predictor by frames since the view was last seen."""
+    bins = [gap_bin_name(lo, hi) for lo, hi in GAP_BINS]
+    rows = [
+        [name, *(_get(result, f"revisit_psnr_{name}_gap_{b}") for b in bins)]
+        for name in PREDICTORS
+        if f"revisit_psnr_{name}" in result
+    ]
+    rows.append(["targets", *(_get(result, f"revisit_targets_gap_{b}") for b in bins)])
+    return format_table(["revisit PSNR by gap (frames)", *bins], rows)
+
+
+def interval_table(result: dict[str, object]) -> str:
+    """Headline differences with their 95% bootstrap intervals over held-out episodes."""
+    rows = []
+    for band, a, b in HEADLINE_DIFFERENCES:
+        key = f"{band}_psnr_gain_{a}_vs_{b}"
+        if key in result:
+            rows.append(
+                [
+                    f"{band}: {a} - {b}",
+                    result[key],
+                    result[f"{key}_ci_low"],
+                    result[f"{key}_ci_high"],
+                ]
+            )
+    return format_table(["PSNR difference (dB)", "mean", "95% low", "95% high"], rows)
+
+
+def cost_table(result: dict[str, object]) -> str:
+    """Parameters and operations per forward (one sample) of every learned model."""
+    names = [k.removeprefix("params_") for k in result if k.startswith("params_")]
+    rows = [[n, result[f"params_{n}"], _get(result, f"flops_{n}")] for n in names]
+    return format_table(["learned model", "parameters", "FLOPs / forward"], rows)
+
+
+def curve_table(curve: list[dict[str, float]]) -> str:
+    """Held-out DDPM loss of every learned model over training steps."""
+    names = [k for k in curve[0] if k != "step"]
+    rows = [[int(row["step"]), *(row[n] for n in names)] for row in curve]
+    return format_table(["step (held-out loss)", *names], rows)
 
 
 def print_tables(result: dict[str, object]) -> None:
-    """Print the PSNR, noise-prediction error and memory informativeness tables of a summary."""
+    """Print the one-step (bands, baselines, gap bins, intervals), rollout, cost, learning
+    curve, noise-prediction error and memory informativeness tables of a summary."""
+    print(one_step_table(result))
+    print(gap_table(result))
+    print(interval_table(result))
     rows = []
-    for split in ("revisit", "novel"):
-        for name in ("cdit", "hybrid", "hybrid_no_memory"):
-            rows.append([split, name, float(result[f"{split}_psnr_{name}"])])  # type: ignore[arg-type]
-    rows.append(["rollout revisit", "cdit", float(result["rollout_revisit_psnr_cdit"])])  # type: ignore[arg-type]
-    rows.append(["rollout revisit", "hybrid", float(result["rollout_revisit_psnr_hybrid"])])  # type: ignore[arg-type]
-    rows.append(
-        [
-            "rollout revisit",
-            "hybrid_no_memory",
-            float(result["rollout_revisit_psnr_hybrid_no_memory"]),  # type: ignore[arg-type]
-        ]
-    )
+    for name in ("cdit", "hybrid", "hybrid_no_memory"):
+        rows.append(["rollout revisit", name, _get(result, f"rollout_revisit_psnr_{name}")])
     for name in ("cdit", "lru", "coverage", "coverage_route", "whole_episode"):
         key = f"long_rollout_revisit_psnr_{name}"
         if key in result:
             hit = result.get(f"long_rollout_hit_rate_{name}")
             label = name if hit is None else f"{name} (memory hit rate {float(hit):.2f})"  # type: ignore[arg-type]
-            rows.append(["long-return rollout", label, float(result[key])])  # type: ignore[arg-type]
-    print(format_table(["PSNR (dB)", "model", "value"], rows))
+            rows.append(["long-return rollout", label, result[key]])
+    print(format_table(["rollout PSNR (dB)", "model", "value"], rows))
+    print(cost_table(result))
+    curves = result.get("curve")
+    if isinstance(curves, list) and curves:
+        for curve in curves if isinstance(curves[0], list) else [curves]:
+            print(curve_table(curve))
     eps = result["eps_mse"]
     assert isinstance(eps, dict)
     levels = [k for k in eps["revisit_cdit"] if k != "mean"]

@@ -45,6 +45,7 @@ __all__ = [
     "ACTION_NAMES",
     "CACHE_VERSION",
     "DATASET_STRIDE",
+    "GAP_BINS",
     "SPLITS",
     "TEST_DATASET",
     "TRAINING_DATASETS",
@@ -58,8 +59,10 @@ __all__ = [
     "check_training_dataset",
     "default_cache_dir",
     "episode_seeds",
+    "gap_bin_name",
     "generate_episode",
     "held_out_dataset",
+    "last_seen_gap",
     "load_episodes",
     "long_return_labels",
     "revisit_labels",
@@ -360,11 +363,36 @@ def long_return_labels(
     """
     if gap < 1:
         raise ValueError(f"gap must be >= 1, got {gap}")
+    since = last_seen_gap(
+        poses, context, revisit_distance=revisit_distance, revisit_angle=revisit_angle
+    )
+    return since >= gap
+
+
+def last_seen_gap(
+    poses: FloatArray,
+    context: int,
+    *,
+    revisit_distance: float = 1.0,
+    revisit_angle: float = math.pi / 4,
+) -> NDArray[np.int64]:
+    """``(T,)`` int64: frames since each frame's view was last seen before its context window
+    (``t - s`` for the latest ``s < t - context`` within ``revisit_distance`` and
+    ``revisit_angle``, the revisit rule of :func:`revisit_labels`); -1 where never seen."""
     _, close = _pairs(poses, revisit_distance, revisit_angle)
     src = np.arange(close.shape[0])
     close &= src[None, :] < (src[:, None] - context)
     latest = np.where(close, src[None, :], -1).max(1)
-    return (latest >= 0) & (src - latest >= gap)
+    return np.where(latest >= 0, src - latest, -1).astype(np.int64)
+
+
+GAP_BINS = ((3, 10), (10, 30), (30, 100), (100, None))
+"""Bins of :func:`last_seen_gap` for revisit PSNR: ``[lo, hi)`` frames, ``None`` unbounded."""
+
+
+def gap_bin_name(lo: int, hi: int | None) -> str:
+    """``"3_10"``, ..., ``"100_plus"``: the summary key suffix of a gap bin."""
+    return f"{lo}_{hi}" if hi is not None else f"{lo}_plus"
 
 
 # --------------------------------------------------------------------------- environment
