@@ -266,7 +266,7 @@ def ssim(a: Tensor, b: Tensor, *, window: int = 11, sigma: float = 1.5) -> Tenso
     Gaussian-weighted local means, variances and covariance over ``window x window`` patches
     (standard deviation ``sigma``; the window shrinks to the largest odd size that fits the
     image), constants ``(0.01)^2`` and ``(0.03)^2``, "valid" patches only; the SSIM map is
-    averaged over positions and channels.
+    averaged over positions and channels. Computed in float64, returned in the inputs' dtype.
 
     Returns:
         ``(B,)`` SSIM, 1 for identical images.
@@ -278,7 +278,8 @@ def ssim(a: Tensor, b: Tensor, *, window: int = 11, sigma: float = 1.5) -> Tenso
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-(x**2) / (2 * sigma**2))
     kernel = torch.outer(g, g)
-    kernel = (kernel / kernel.sum()).to(a.dtype)
+    kernel = kernel / kernel.sum()
+    dtype, a, b = a.dtype, a.double(), b.double()  # variances are small differences of squares
     channels = a.shape[1]
     weight = kernel.expand(channels, 1, size, size)
 
@@ -292,7 +293,7 @@ def ssim(a: Tensor, b: Tensor, *, window: int = 11, sigma: float = 1.5) -> Tenso
     c1, c2 = 0.01**2, 0.03**2
     num = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
     den = (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
-    return (num / den).flatten(1).mean(1)
+    return (num / den).flatten(1).mean(1).to(dtype)
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
