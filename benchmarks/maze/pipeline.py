@@ -31,14 +31,21 @@ hybrid's memory is withheld (all slots masked), so the hybrid stays a good model
 
 Evaluation, on the held-out episodes. Labels: a target is a *revisit* when a frame before the
 context window lies within 1 cell and 45 degrees of it (not the identical pose), *novel* when no
-frame before the context window lies within 2 cells. Figures: one-step DDIM PSNR (fixed noise)
-for CDiT, HybridCDiT and HybridCDiT with memory withheld; the noise-prediction MSE ratio
-hybrid/CDiT on revisit targets at fixed noise levels (plus two diagnostics: memory withheld and
-an oracle memory holding the pixel-closest history frame); memory informativeness (pixel MSE of
-the best retrieved frame, the last context frame and the closest history frame); autoregressive
-rollouts of ``--rollout-length`` frames, generated frames becoming context and entering the
-hybrid's memory (also run by the hybrid with its memory withheld, the rollouts' control); and the
-figure of one rollout. The last printed line is one JSON object.
+frame before the context window lies within 2 cells, *middle* otherwise (partly seen). Figures:
+one-step DDIM PSNR and SSIM (fixed noise) on every band and over all frames, for CDiT, HybridCDiT,
+HybridCDiT with memory withheld, the learned baselines (``baselines.py``: long context, context as
+memory with and without poses, trained side by side from the same pretrained CDiT) and the copy
+baselines (the last context frame, the top retrieved frame); revisit PSNR by frames since the view
+was last seen; 95% bootstrap intervals over held-out episodes of the headline differences
+(``stats.py``); parameters and FLOPs per forward, and held-out learning curves, of every learned
+model; the noise-prediction MSE ratio hybrid/CDiT on revisit targets at fixed noise levels (plus two
+diagnostics: memory withheld and an oracle memory holding the pixel-closest history frame); memory
+informativeness (pixel MSE of the best retrieved frame, the last context frame and the closest
+history frame); autoregressive rollouts of ``--rollout-length`` frames, generated frames becoming
+context and entering the hybrid's memory, which holds the true history before the rollout's start
+(also run by the hybrid with its memory withheld, the rollouts' control); and the figure of one
+rollout. ``--seeds 0,1,2`` repeats training per seed on the same held-out targets and aggregates.
+The last printed line is one JSON object.
 """
 
 from __future__ import annotations
