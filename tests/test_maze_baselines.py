@@ -18,7 +18,7 @@ from benchmarks.maze import protocol as mmem
 from benchmarks.maze import stats
 from benchmarks.maze import worlds as mt
 
-from hybrid_cdit import CDiT
+from hybrid_cdit import CDiT, HybridCDiT
 
 SETTINGS = mmem.MemorySettings(context=2, capacity=40, top_k=3, threshold=0.5, scale=4.0)
 
@@ -266,4 +266,80 @@ def test_seeds_aggregate_on_the_same_targets(episodes: list[mt.Episode]) -> None
     assert max(start) - min(start) < 1e-6
     assert summary["params_hybrid"] > summary["params_cdit"] > 0  # type: ignore[operator]
     assert summary["flops_ctx_memory"] > summary["flops_cdit"] > 0  # type: ignore[operator]
-    assert "outback_psnr_cdit" not in summary
+    assert summary["outback_rollouts"] >= 1  # type: ignore[operator]
+    assert summary["outback_frames"] > 0  # type: ignore[operator]
+
+
+def test_outback_windows_by_hand() -> None:
+    # T = 12, context 2; frame 9 last saw its view at frame 4, frame 11 at frame 1
+    gap = torch.full((2, 12), -1)
+    gap[0, 9], gap[0, 11] = 5, 10
+    episode, start, returns, first = me.outback_windows(gap, 6, 2)
+    # windows of 6 frames from s in [2, 6]: frame 9 returns for s in (3, 4]: s = 4 only
+    assert episode.tolist() == [0] and start.tolist() == [4]
+    assert returns[0].tolist() == [False] * 5 + [True]  # frame 9 = window index 5
+    assert first[0, 5] == 0  # its first visit, frame 4, is the window's first frame
+    with pytest.raises(ValueError, match="too short"):
+        me.outback_windows(gap, 11, 2)
+
+
+def test_outback_memory_holds_only_generated_frames(episodes: list[mt.Episode]) -> None:
+    frames, poses = mmem.episode_tensors(episodes, stride=4, size=8)
+    frames = frames * 2 - 1
+    _, hybrid = _open_pair()
+    diff = sbs.Diffusion()
+    episode, start, length = torch.tensor([0, 2]), torch.tensor([30, 36]), 8
+    seen: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+    kwargs = {"ddim_steps": 2, "seed": 1, "use_memory": True}
+    out = me.rollout(
+        hybrid, frames, poses, episode, start, length, diff, SETTINGS, generated_only=True,
+        on_memory=lambda t, ctx: seen.append((t, ctx.mask.clone(), ctx.steps.clone())),  # type: ignore[union-attr]
+        **kwargs,  # type: ignore[arg-type]
+    )  # fmt: skip
+    used = 0
+    for _, mask, steps in seen:
+        assert bool((steps[mask] >= start[:, None].expand_as(steps)[mask]).all())
+        used += int(mask.sum())
+    assert used > 0  # generated frames came back from memory
+    # the truth before each rollout's context is never read; with the true history it is
+    spoiled = frames.clone()
+    for i in range(2):
+        spoiled[episode[i], : start[i] - 2] = 0.5
+    again = me.rollout(
+        hybrid, spoiled, poses, episode, start, length, diff, SETTINGS, generated_only=True,
+        **kwargs,  # type: ignore[arg-type]
+    )  # fmt: skip
+    torch.testing.assert_close(again, out)
+    history = me.rollout(hybrid, frames, poses, episode, start, length, diff, SETTINGS, **kwargs)  # type: ignore[arg-type]
+    spoiled_history = me.rollout(
+        hybrid,
+        spoiled,
+        poses,
+        episode,
+        start,
+        length,
+        diff,
+        SETTINGS,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    assert not torch.allclose(history, spoiled_history)
+
+
+def _open_pair() -> tuple[CDiT, HybridCDiT]:
+    """A CDiT and a hybrid of its weights with every gate open (memory changes the output)."""
+    arch = {
+        "input_size": 8, "context_size": 2, "patch_size": 2, "in_channels": 3,
+        "hidden_size": 32, "depth": 2, "num_heads": 2, "learn_sigma": False,
+    }  # fmt: skip
+    memory = {"memory_top_k": 3, "memory_layers": [1], "retrieval": "pose",
+              "spatial_similarity_threshold": 0.5, "memory_activation_threshold": 0.5}  # fmt: skip
+    cdit, hybrid = sbs.build_pair(arch, memory, seed=0)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in cdit.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=gen))
+        sbs.load_cdit_weights(hybrid, cdit)
+        for name, p in hybrid.named_parameters():
+            if "memory" in name:
+                p.add_(0.1 * torch.randn(p.shape, generator=gen))
+    return cdit.eval(), hybrid.eval()

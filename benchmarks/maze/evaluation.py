@@ -55,6 +55,8 @@ __all__ = [
     "memory_report",
     "one_step_samples",
     "oracle_memory",
+    "outback_rollouts",
+    "outback_windows",
     "rollout",
     "rollout_starts",
     "to_unit",
@@ -258,6 +260,7 @@ def rollout(
     seed: int,
     use_memory: bool,
     on_memory: Callable[[int, MemoryContext], None] | None = None,
+    generated_only: bool = False,
 ) -> Tensor:
     """Autoregressive rollouts along the true poses: frames ``start .. start + length - 1`` of
     each episode are generated one after the other, each generated frame becoming context.
@@ -267,6 +270,8 @@ def rollout(
     they leave the context window; its retrievals drive the model. With ``settings.route``,
     each write is told the next ``route`` poses the rollout will generate (its window).
     ``on_memory(t, context)``, if given, sees every retrieval (for tests and diagnostics).
+    With ``generated_only``, the buffer holds only what the rollout generated: no frame before
+    ``start`` is written (out-and-back rollouts).
 
     Returns:
         ``(B, length, C, H, W)`` generated frames (model scale).
@@ -301,6 +306,7 @@ def rollout(
                 pose[:, t],
                 settings,
                 upcoming,
+                where=src >= start if generated_only else None,
             )
             if on_memory is not None:
                 on_memory(t, memory)
@@ -561,6 +567,8 @@ def evaluate(
     result["_figure"] = (truth[best], gen_c[best], gen_h[best], rev[best])
     if args.long_rollouts:
         result.update(long_rollouts(args, data, cdit, hybrid, diff, settings))
+    if args.outback:
+        result.update(outback_rollouts(args, data, cdit, hybrid, diff, settings))
     return result
 
 
@@ -644,4 +652,92 @@ def long_rollouts(
     for name, frames in generated.items():
         p = psnr(to_unit(frames).flatten(0, 1), to_unit(truth).flatten(0, 1)).view_as(marked)
         out[f"long_rollout_revisit_psnr_{name}"] = float(p[marked].mean())
+    return out
+
+
+def outback_windows(
+    gap: Tensor, length: int, context: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Out-and-back rollout windows: per episode, the start ``s >= context`` whose window
+    ``[s, s + length)`` holds the most *returns*, frames ``r`` whose view was last seen at a
+    frame ``f = r - gap[r]`` inside the same window (``s <= f``), so a rollout from ``s``
+    generates the place before it comes back to it. Episodes without any are left out.
+
+    Args:
+        gap: ``(N, T)`` long, frames since each view was last seen before the context window
+            (:func:`~benchmarks.maze.worlds.last_seen_gap`, -1 when never).
+
+    Returns:
+        ``episode (B,)`` and ``start (B,)`` long, ``returns (B, length)`` bool, and
+        ``first (B, length)`` long: the window index of each return's first visit (0 where
+        not a return).
+    """
+    t_len = gap.shape[1]
+    if context + length > t_len:
+        raise ValueError(
+            f"episodes of {t_len} frames are too short for out-and-back windows of {length}"
+        )
+    s = torch.arange(t_len)[:, None]  # (S, 1) candidate starts
+    r = torch.arange(t_len)[None, :]  # (1, R) frames
+    seen = gap >= 0  # (N, R)
+    first = r - gap  # (N, R)
+    inside = (s <= first[:, None]) & (r < s + length) & seen[:, None]  # (N, S, R)
+    counts = inside.sum(-1)
+    counts[:, :context] = -1
+    counts[:, t_len - length + 1 :] = -1
+    best, start = counts.max(1)
+    episode = (best > 0).nonzero().squeeze(1)
+    start = start[episode]
+    index = start[:, None] + torch.arange(length)  # (B, L)
+    returns = inside[episode[:, None], start[:, None], index]
+    first_in_window = torch.where(returns, first[episode[:, None], index] - start[:, None], 0)
+    return episode, start, returns, first_in_window
+
+
+def outback_rollouts(
+    args: argparse.Namespace,
+    data: Data,
+    cdit: CDiT,
+    hybrid: HybridCDiT,
+    diff: Diffusion,
+    settings: MemorySettings,
+) -> dict[str, object]:
+    """Out-and-back rollouts (LoopNav's A -> B -> A) of ``--outback-length`` frames: the
+    hybrid's memory holds only what the rollout generated since its start (no true frame before
+    it). On the return frames: PSNR against the truth (``outback_psnr_{model}``) and against
+    the model's own first-visit frame (``outback_self_psnr_{model}``, self-consistency), and
+    the truth's own first-visit PSNR (``outback_self_psnr_truth``: how alike the two views
+    really are)."""
+    length = args.outback_length
+    episode, start, returns, first = outback_windows(data.gap, length, settings.context)
+    out: dict[str, object] = {"outback_rollouts": int(episode.numel())}
+    if episode.numel() == 0:
+        return out
+    print(
+        f"[eval] out and back: {len(episode)} rollouts of {length} frames, "
+        f"{int(returns.sum())} return frames; memory holds only generated frames",
+        flush=True,
+    )
+    common = {"ddim_steps": args.ddim_steps, "seed": args.seed + 70_000}
+    index = start[:, None] + torch.arange(length)
+    generated = {
+        "truth": data.frames[episode[:, None], index],
+        "cdit": rollout(
+            cdit, data.frames, data.poses, episode, start, length, diff, settings,
+            use_memory=False, **common,
+        ),
+        "hybrid": rollout(
+            hybrid, data.frames, data.poses, episode, start, length, diff, settings,
+            use_memory=True, generated_only=True, **common,
+        ),
+    }  # fmt: skip
+    rows = torch.arange(len(episode))[:, None].expand_as(first)
+    truth = to_unit(generated["truth"][returns])
+    out["outback_frames"] = int(returns.sum())
+    for name, frames in generated.items():
+        at_return = to_unit(frames[returns])
+        at_first = to_unit(frames[rows[returns], first[returns]])
+        if name != "truth":
+            out[f"outback_psnr_{name}"] = float(psnr(at_return, truth).mean())
+        out[f"outback_self_psnr_{name}"] = float(psnr(at_return, at_first).mean())
     return out

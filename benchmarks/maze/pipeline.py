@@ -106,9 +106,13 @@ SUMMARY_KEYS = (
     "revisit_gain_ci_high",
     "params_cdit",
     "params_hybrid",
+    "outback_psnr_cdit",
+    "outback_psnr_hybrid",
 )
 """Keys the last printed JSON line always has (the learned baselines' with ``--baselines``, the
-default; the middle band's and ``all``'s when the held-out episodes have middle-band frames)."""
+default; the middle band's and ``all``'s when the held-out episodes have middle-band frames;
+out-and-back's with ``--outback``, the default, when a held-out episode has an out-and-back
+window)."""
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -221,6 +225,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--long-gap", type=int, default=75, help="frames since the view was last seen")
     p.add_argument("--long-capacity", type=int, default=50, help="buffer of the policy rollouts")
     p.add_argument("--long-min-start", type=int, default=100, help="earliest long rollout frame")
+    p.add_argument(
+        "--outback",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also roll out out-and-back windows with memory holding only generated frames",
+    )
+    p.add_argument("--outback-length", type=int, default=32, help="frames of an out-and-back")
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument(
         "--memory-report-only",

@@ -135,11 +135,13 @@ def step_memory(
     query: Tensor,
     settings: MemorySettings,
     upcoming: tuple[Tensor, Tensor] | None = None,
+    where: Tensor | None = None,
 ) -> MemoryContext:
     """One step of the memory protocol for frame ``t``: write ``written (B, C, H, W)`` (frame
     ``t - context - 1``, None when ``t <= context``) at ``written_poses (B, 3)``, then retrieve
     for ``query (B, 3)``. ``upcoming``: ``(B, L, 3)`` poses the next retrievals will query and
-    their ``(B, L)`` mask, passed to the write."""
+    their ``(B, L)`` mask, passed to the write. ``where``: ``(B,)`` bool, the samples that write
+    (None: all)."""
     if written is not None:
         if written_poses is None:
             raise ValueError("written_poses must be given with written, got None")
@@ -148,6 +150,7 @@ def step_memory(
             written,
             written_poses,
             step=t - settings.context - 1,
+            where=where,
             upcoming=route,
             upcoming_mask=counted,
         )

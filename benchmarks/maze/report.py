@@ -112,6 +112,16 @@ def print_tables(result: dict[str, object]) -> None:
             hit = result.get(f"long_rollout_hit_rate_{name}")
             label = name if hit is None else f"{name} (memory hit rate {float(hit):.2f})"  # type: ignore[arg-type]
             rows.append(["long-return rollout", label, result[key]])
+    for name in ("cdit", "hybrid"):
+        if f"outback_psnr_{name}" in result:
+            rows.append(["out and back, vs truth", name, result[f"outback_psnr_{name}"]])
+            rows.append(
+                ["out and back, vs own first visit", name, result[f"outback_self_psnr_{name}"]]
+            )
+    if "outback_self_psnr_truth" in result:
+        rows.append(
+            ["out and back, vs own first visit", "truth", result["outback_self_psnr_truth"]]
+        )
     print(format_table(["rollout PSNR (dB)", "model", "value"], rows))
     print(cost_table(result))
     curves = result.get("curve")
