@@ -4,7 +4,6 @@ on hand-computed expectations and tiny synthetic runs (no MuJoCo)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import numpy as np
@@ -18,22 +17,13 @@ from benchmarks.maze import protocol as mmem
 from benchmarks.maze import stats
 from benchmarks.maze import worlds as mt
 
-from hybrid_cdit import CDiT, HybridCDiT
+from hybrid_cdit import CDiT
+from tests.maze_helpers import tiny_pair
+
+pytest_plugins = ("tests.maze_fixtures",)  # the episodes and one_thread fixtures
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SETTINGS = mmem.MemorySettings(context=2, capacity=40, top_k=3, threshold=0.5, scale=4.0)
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
-@pytest.fixture(scope="module")
-def episodes() -> list[mt.Episode]:
-    return [mt.synthetic_episode(9, seed, 240) for seed in range(3)]
 
 
 def _ssim_reference(a: np.ndarray, b: np.ndarray, window: int, sigma: float) -> float:
@@ -286,7 +276,7 @@ def test_outback_windows_by_hand() -> None:
 def test_outback_memory_holds_only_generated_frames(episodes: list[mt.Episode]) -> None:
     frames, poses = mmem.episode_tensors(episodes, stride=4, size=8)
     frames = frames * 2 - 1
-    _, hybrid = _open_pair()
+    _, hybrid = tiny_pair(open_cdit=True)
     diff = sbs.Diffusion()
     episode, start, length = torch.tensor([0, 2]), torch.tensor([30, 36]), 8
     seen: list[tuple[int, torch.Tensor, torch.Tensor]] = []
@@ -323,23 +313,3 @@ def test_outback_memory_holds_only_generated_frames(episodes: list[mt.Episode]) 
         **kwargs,  # type: ignore[arg-type]
     )
     assert not torch.allclose(history, spoiled_history)
-
-
-def _open_pair() -> tuple[CDiT, HybridCDiT]:
-    """A CDiT and a hybrid of its weights with every gate open (memory changes the output)."""
-    arch = {
-        "input_size": 8, "context_size": 2, "patch_size": 2, "in_channels": 3,
-        "hidden_size": 32, "depth": 2, "num_heads": 2, "learn_sigma": False,
-    }  # fmt: skip
-    memory = {"memory_top_k": 3, "memory_layers": [1], "retrieval": "pose",
-              "spatial_similarity_threshold": 0.5, "memory_activation_threshold": 0.5}  # fmt: skip
-    cdit, hybrid = sbs.build_pair(arch, memory, seed=0)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in cdit.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=gen))
-        sbs.load_cdit_weights(hybrid, cdit)
-        for name, p in hybrid.named_parameters():
-            if "memory" in name:
-                p.add_(0.1 * torch.randn(p.shape, generator=gen))
-    return cdit.eval(), hybrid.eval()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,24 +18,14 @@ from benchmarks.maze import protocol as mmem
 from benchmarks.maze import report, training
 from benchmarks.maze import worlds as mt
 
-from hybrid_cdit import HybridCDiT, MemoryContext
+from hybrid_cdit import MemoryContext
 from hybrid_cdit.memory import MemoryBuffer
+from tests.maze_helpers import tiny_pair
+
+pytest_plugins = ("tests.maze_fixtures",)  # the episodes and one_thread fixtures
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SETTINGS = mmem.MemorySettings(context=2, capacity=12, top_k=3, threshold=0.5, scale=4.0)
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models: one intra-op thread is fastest (and robust on a busy machine)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
-@pytest.fixture(scope="module")
-def episodes() -> list[mt.Episode]:
-    return [mt.synthetic_episode(9, seed, 240) for seed in range(3)]
 
 
 @pytest.fixture(scope="module")
@@ -237,30 +226,11 @@ def test_rollout_starts_pick_revisit_rich_windows() -> None:
         me.rollout_starts(revisit, 35, min_start=10)
 
 
-def _tiny_pair() -> tuple[sbs.CDiT, HybridCDiT]:
-    arch = {
-        "input_size": 8, "context_size": 2, "patch_size": 2, "in_channels": 3,
-        "hidden_size": 32, "depth": 2, "num_heads": 2, "learn_sigma": False,
-    }  # fmt: skip
-    memory = {"memory_top_k": 3, "memory_layers": [1], "retrieval": "pose",
-              "spatial_similarity_threshold": 0.5, "memory_activation_threshold": 0.5}  # fmt: skip
-    cdit, hybrid = sbs.build_pair(arch, memory, seed=0)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # open the zero-initialised output and memory gates
-        for p in cdit.final_layer.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=gen))
-        hybrid.load_state_dict(cdit.state_dict(), strict=False)
-        for name, p in hybrid.named_parameters():
-            if "memory" in name:
-                p.add_(0.05 * torch.randn(p.shape, generator=gen))
-    return cdit.eval(), hybrid.eval()
-
-
 def test_rollout_writes_generated_frames_to_memory_and_never_reads_ahead(
     data: tuple[torch.Tensor, torch.Tensor],
 ) -> None:
     frames, poses = data
-    _, hybrid = _tiny_pair()
+    _, hybrid = tiny_pair()
     schedule = mmem.replay_memory(poses, SETTINGS)
     diff = sbs.Diffusion()
     episode, start, length = torch.tensor([0, 2]), torch.tensor([30, 36]), 6
@@ -295,7 +265,7 @@ def test_rollout_memory_reaches_the_hybrid_only(
     data: tuple[torch.Tensor, torch.Tensor],
 ) -> None:
     frames, poses = data
-    cdit, hybrid = _tiny_pair()
+    cdit, hybrid = tiny_pair()
     diff = sbs.Diffusion()
     episode, start = torch.tensor([1]), torch.tensor([40])
     args = (frames, poses, episode, start, 6, diff, SETTINGS)
