@@ -51,11 +51,10 @@ class PosedContextCDiT(CDiT):
         if not 0 < extra <= self.context_size:
             raise ValueError(f"extra must be in [1, {self.context_size}], got {extra}")
         self.extra = extra
-        self.context_pose_embedder = nn.Sequential(
-            nn.Linear(4, self.hidden_size), nn.SiLU(), nn.Linear(self.hidden_size, self.hidden_size)
-        )
-        nn.init.zeros_(self.context_pose_embedder[2].weight)
-        nn.init.zeros_(self.context_pose_embedder[2].bias)
+        out = nn.Linear(self.hidden_size, self.hidden_size)
+        nn.init.zeros_(out.weight)
+        nn.init.zeros_(out.bias)
+        self.context_pose_embedder = nn.Sequential(nn.Linear(4, self.hidden_size), nn.SiLU(), out)
         self._context_pose: Tensor | None = None
 
     def embed_frames(self, x: Tensor, x_cond: Tensor) -> tuple[Tensor, Tensor]:
@@ -64,10 +63,11 @@ class PosedContextCDiT(CDiT):
             return tokens, context
         emb = self.context_pose_embedder(self._context_pose)  # (N, extra, D)
         emb = nn.functional.pad(emb, (0, 0, 0, self.context_size - self.extra))
-        per_frame = context.unflatten(1, (self.context_size, -1)) + emb[:, :, None]
+        n, _, dim = context.shape
+        per_frame = context.view(n, self.context_size, -1, dim) + emb[:, :, None]
         return tokens, per_frame.flatten(1, 2)
 
-    def forward(  # type: ignore[override]
+    def forward(
         self,
         x: Tensor,
         t: Tensor,
@@ -149,8 +149,8 @@ def build_baselines(args: argparse.Namespace, arch: dict[str, object]) -> list[L
     weights), their own parameters drawn from ``args.seed``."""
     wide = {**arch, "context_size": args.context + args.top_k}
     torch.manual_seed(args.seed + 3)
-    long_context = CDiT(**wide)  # type: ignore[arg-type]
-    ctx_memory = CDiT(**wide)  # type: ignore[arg-type]
+    long_context = CDiT(**wide)
+    ctx_memory = CDiT(**wide)
     ctx_memory_pose = PosedContextCDiT(extra=args.top_k, **wide)
     return [
         Learner("long_context", long_context, "long"),

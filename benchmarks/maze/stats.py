@@ -117,18 +117,19 @@ def headline_intervals(
         diff = psnr[a] - psnr[b]
         if band == "all":
             keep = stratum >= 0
-            present = [n for n in names if bool(bands[n].any())]
-            if len(present) < len(names):
+            if not all(bool(bands[n].any()) for n in names):
                 continue
-            kwargs = {"strata": stratum[keep], "weights": [weights[n] for n in names]}
+            strata: Tensor | None = stratum[keep]
+            band_weights = [weights[n] for n in names]
         else:
             keep = bands[band]
             if not bool(keep.any()):
                 continue
-            kwargs = {}
+            strata, band_weights = None, [1.0]
         low, high = bootstrap_interval(
-            diff[keep], episode[keep], n_episodes, draws=draws, seed=seed, **kwargs
-        )
+            diff[keep], episode[keep], n_episodes,
+            strata=strata, weights=band_weights, draws=draws, seed=seed,
+        )  # fmt: skip
         if band == "all":
             mean = sum(weights[n] * float(diff[bands[n]].mean()) for n in names)
         else:
