@@ -274,8 +274,16 @@ def run(
     train_episodes: Sequence[Episode] | None = None,
     eval_episodes: Sequence[Episode] | None = None,
 ) -> dict[str, object]:
-    """Generate or load episodes (unless given), train, evaluate, print the tables and write
-    the figure; return the summary."""
+    """The whole protocol: train, evaluate, print the tables, write the figure; return the
+    summary (the JSON ``main`` prints).
+
+    Args:
+        args: from :func:`parse_args`.
+        train_episodes: training episodes of any world (images and poses); None loads Memory
+            Maze's of dataset ``--seed`` (of each of ``--seeds``: with episodes given, every
+            training seed trains on them).
+        eval_episodes: held-out episodes; None loads Memory Maze's of ``--split``.
+    """
     start, cpu_start = time.perf_counter(), _cpu_seconds()
     torch.set_num_threads(args.threads)
     settings = settings_from(args)
