@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from benchmarks.maze import worlds as mt
 
 
@@ -214,7 +215,8 @@ def test_benchmarks_evaluate_on_the_split_they_are_for(monkeypatch: pytest.Monke
         return [mt.synthetic_episode(size, s, 40) for s in mt.episode_seeds(seed, episodes)]
 
     monkeypatch.setattr(pipeline, "load_episodes", fake_load)
-    small = ["--eval-episodes", "1", "--size", "16", "--stride", "2"]
+    threads = str(torch.get_num_threads())  # run() sets torch's thread count: keep it
+    small = ["--eval-episodes", "1", "--size", "16", "--stride", "2", "--threads", threads]
     pipeline.run(pipeline.parse_args([*small, "--memory-report-only"]))
     assert loaded == [mt.VALIDATION_DATASET]  # design decisions: validation mazes
     assert pipeline.parse_args([]).split == "test"  # the reported tables: test mazes
