@@ -219,6 +219,17 @@ def test_benchmarks_evaluate_on_the_split_they_are_for(monkeypatch: pytest.Monke
     small = ["--eval-episodes", "1", "--size", "16", "--stride", "2", "--threads", threads]
     pipeline.run(pipeline.parse_args([*small, "--memory-report-only"]))
     assert loaded == [mt.VALIDATION_DATASET]  # design decisions: validation mazes
+    tiny = [
+        "--steps", "1", "--pretrain-steps", "0", "--batch", "2", "--hidden", "16", "--depth", "2",
+        "--heads", "2", "--patch-size", "4", "--ddim-steps", "1", "--max-revisit-targets", "2",
+        "--no-long-rollouts", "--no-outback", "--no-baselines", "--rollout-length", "2",
+        "--rollout-min-start", "4", "--train-episodes", "1", "--seed", "3", "--curve-every", "1",
+        "--bootstrap-draws", "10", "--eval-t", "500",
+    ]  # fmt: skip
+    loaded.clear()
+    pipeline.run(pipeline.parse_args([*small, *tiny]))
+    # the reported tables: test mazes; the learning curves: validation mazes; training: dataset 3
+    assert loaded == [mt.TEST_DATASET, mt.VALIDATION_DATASET, 3]
     assert pipeline.parse_args([]).split == "test"  # the reported tables: test mazes
     with pytest.raises(SystemExit):
         pipeline.parse_args(["--seed", "1000"])  # a training seed never names held-out mazes

@@ -283,15 +283,28 @@ def run(
             Maze's of dataset ``--seed`` (of each of ``--seeds``: with episodes given, every
             training seed trains on them).
         eval_episodes: held-out episodes; None loads Memory Maze's of ``--split``.
+
+    The learning curves' held-out loss is measured on ``eval_episodes`` when they are given,
+    else on the validation mazes (they decide how long to train; the test mazes decide
+    nothing).
     """
     start, cpu_start = time.perf_counter(), _cpu_seconds()
     torch.set_num_threads(args.threads)
     settings = settings_from(args)
+    curve_episodes = eval_episodes
     if eval_episodes is None:
         eval_episodes = load_episodes(
             args.maze_size, held_out_dataset(args.split), args.eval_episodes, args.env_steps,
             cache_dir=args.cache_dir, workers=args.workers,
         )  # fmt: skip
+        curve_episodes = eval_episodes
+        if args.split == "test" and not args.memory_report_only:
+            # learning curves decide how long to train: validation mazes, never the test ones
+            curve_episodes = load_episodes(
+                args.maze_size, held_out_dataset("validation"), args.eval_episodes,
+                args.env_steps, cache_dir=args.cache_dir, workers=args.workers,
+            )  # fmt: skip
+    assert curve_episodes is not None
     if args.memory_report_only:
         report = memory_report(Data(eval_episodes, args.stride, args.size, settings), settings)
         print(
@@ -307,6 +320,7 @@ def run(
         }
     data_seconds = time.perf_counter() - start
     eval_data = Data(eval_episodes, args.stride, args.size, settings)
+    curve_data = Data(curve_episodes, args.stride, args.size, settings)
     seeds = args.seeds or [args.seed]
     runs: list[dict[str, object]] = []
     for seed in seeds:
@@ -322,7 +336,7 @@ def run(
         if len(seeds) > 1:
             print(f"[seed {seed}] training seed {len(runs) + 1} of {len(seeds)}", flush=True)
         train_data = Data(episodes, args.stride, args.size, settings)
-        runs.append(run_seed(seed_args, train_data, eval_data, settings))
+        runs.append(run_seed(seed_args, train_data, eval_data, settings, curve_data))
     result = runs[0] if len(runs) == 1 else aggregate(runs, eval_data, settings)
     targets = cast(dict[str, object], result.pop("_targets"))
     result.update(intervals(targets, eval_data, args.bootstrap_draws))
@@ -376,7 +390,11 @@ def run(
 
 
 def run_seed(
-    args: argparse.Namespace, train_data: Data, eval_data: Data, settings: MemorySettings
+    args: argparse.Namespace,
+    train_data: Data,
+    eval_data: Data,
+    settings: MemorySettings,
+    curve_data: Data | None = None,
 ) -> dict[str, object]:
     """One training seed: build, train and evaluate every model; the evaluation's result plus
     ``memory_layers``, ``train_seconds``, ``curve``, ``params_{name}`` and ``flops_{name}``."""
@@ -394,7 +412,8 @@ def run_seed(
         f"learned baselines {[b.name for b in baselines]}",
         flush=True,
     )
-    held_out = HeldOutBatch.draw(eval_data, args.curve_samples, diff, settings, seed=10_000)
+    curve = eval_data if curve_data is None else curve_data
+    held_out = HeldOutBatch.draw(curve, args.curve_samples, diff, settings, seed=10_000)
     info = train(args, train_data, cdit, hybrid, diff, settings, baselines, held_out)
     result = evaluate(args, eval_data, cdit, hybrid, diff, settings, baselines)
     learners = [Learner("cdit", cdit, "recent"), Learner("hybrid", hybrid, "memory"), *baselines]
@@ -423,7 +442,8 @@ def aggregate(
     runs: Sequence[dict[str, object]], data: Data, settings: MemorySettings
 ) -> dict[str, object]:
     """The summary of several training seeds on the same held-out targets: every number the
-    mean over seeds (``{key}_seeds``: the per-seed values of the one-step band scores), the
+    mean over seeds (``{key}_seeds``: the per-seed values of the one-step band scores; the
+    nested tables ``eps_mse`` and ``informativeness`` are the first seed's), the
     one-step band scores recomputed from the seed-averaged per-target scores (so intervals
     are over episodes of the seed-averaged models), the rollout figure of the first seed."""
     first = runs[0]
