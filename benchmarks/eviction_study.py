@@ -47,10 +47,10 @@ import torch.nn.functional as F
 
 from hybrid_cdit.memory import view_distance
 
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
-import maze_trajectories as trajectories  # noqa: E402
-import memory_recall as recall  # noqa: E402
+if str(Path(__file__).resolve().parents[1]) not in sys.path:  # run as a script
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import memory_recall as recall
+from benchmarks.maze import worlds as trajectories
 
 RULES = (
     "redundant",
@@ -68,7 +68,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--world", choices=["maze", "synthetic"], default="maze")
     parser.add_argument("--maze-size", type=int, choices=trajectories.MAZE_SIZES, default=9)
-    parser.add_argument("--seed", type=int, default=1000, help="dataset seed (maze seeds)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=trajectories.VALIDATION_DATASET,
+        help="dataset seed (maze seeds); default the validation mazes",
+    )
     parser.add_argument("--episodes", type=int, default=6)
     parser.add_argument("--steps", type=int, default=1000, help="frames per episode")
     parser.add_argument("--capacity", type=int, default=50)

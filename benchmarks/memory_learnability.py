@@ -5,15 +5,15 @@ by memory kind.
     python benchmarks/memory_learnability.py --memory retrieved --capacity 250 --scale 2 \\
         --threshold 0.5                                                  # the library's retrieval
 
-A CDiT is trained alone for ``--pretrain-steps`` (the v target of ``memory_maze.py``), then a
-HybridCDiT built from its weights is fine-tuned for ``--finetune-steps`` while the CDiT stays
+A CDiT is trained alone for ``--pretrain-steps`` (the v target of ``benchmarks.maze``), then
+a HybridCDiT built from its weights is fine-tuned for ``--finetune-steps`` while the CDiT stays
 fixed. Each training sample's memory is either the library's retrieval from the replayed buffer
-(``retrieved``, the protocol of ``memory_maze.py``) or a diagnostic one-slot memory holding the
-frame before the context window that is closest in pixels to the target (``oracle``: it looks
+(``retrieved``, the protocol of ``benchmarks.maze``) or a diagnostic one-slot memory holding
+the frame before the context window that is closest in pixels to the target (``oracle``: it looks
 at the target, so it shows what a perfectly informative memory frame allows, never a headline
 figure). Every ``--eval-every`` steps the held-out noise-prediction error at ``--eval-t`` is
 printed as a ratio to the fixed CDiT, with the same memory kind and with memory withheld: the
-gap between the two is what memory contributes. Every other flag is ``memory_maze.py``'s
+gap between the two is what memory contributes. Every other flag is ``benchmarks.maze``'s
 (``--quick`` data sizes). The last printed line is one JSON object.
 """
 
@@ -24,13 +24,20 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
-import memory_maze as mm
 import torch
-from maze_eval import oracle_memory
-from maze_memory import memory_for, model_inputs
-from maze_trajectories import Episode, load_episodes
-from side_by_side import (
+
+if str(Path(__file__).resolve().parents[1]) not in sys.path:  # run as a script
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from torch import Tensor
+
+from benchmarks.maze import pipeline as mm
+from benchmarks.maze.evaluation import oracle_memory
+from benchmarks.maze.protocol import Data, memory_for, model_inputs, settings_from
+from benchmarks.maze.training import build_models, pretrain
+from benchmarks.maze.worlds import Episode, held_out_dataset, load_episodes
+from benchmarks.side_by_side import (
     Diffusion,
     load_cdit_weights,
     optimizer,
@@ -38,14 +45,12 @@ from side_by_side import (
     set_warmup,
     train_step,
 )
-from torch import Tensor
-
 from hybrid_cdit import CDiT, HybridCDiT, MemoryContext
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, argparse.Namespace]:
-    """This script's flags and ``memory_maze.py``'s (``--quick`` sizes; 600 pretraining steps
-    unless given)."""
+    """This script's flags and ``benchmarks.maze``'s (``--quick`` sizes; 600 pretraining
+    steps unless given)."""
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -62,7 +67,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, argparse
 class Batches:
     """Random ``(episode, target)`` batches of one dataset with the chosen memory kind."""
 
-    def __init__(self, data: mm.Data, kind: str, context: int, min_target: int) -> None:
+    def __init__(self, data: Data, kind: str, context: int, min_target: int) -> None:
         self.data, self.kind, self.context, self.min_target = data, kind, context, min_target
 
     def draw(self, size: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -123,16 +128,20 @@ def run(
     """Pretrain, fine-tune and evaluate; returns the summary (``curve``: the ratios over steps).
 
     Args:
-        own: this script's flags; args: ``memory_maze.py``'s.
+        own: this script's flags; args: ``benchmarks.maze``'s.
     """
     start = time.perf_counter()
-    settings = mm.settings_from(args)
+    settings = settings_from(args)
     seed = args.seed
-    train = Batches(mm.Data(train_eps, args, settings), own.memory, args.context, own.min_target)
-    held = Batches(mm.Data(eval_eps, args, settings), own.memory, args.context, own.min_target)
+    train = Batches(
+        Data(train_eps, args.stride, args.size, settings), own.memory, args.context, own.min_target
+    )
+    held = Batches(
+        Data(eval_eps, args.stride, args.size, settings), own.memory, args.context, own.min_target
+    )
     diff = Diffusion(prediction=args.prediction)
-    cdit, hybrid = mm.build_models(args)
-    mm.pretrain(args, train.data, cdit, diff, settings)
+    cdit, hybrid = build_models(args)
+    pretrain(args, train.data, cdit, diff, settings)
     torch.manual_seed(seed + 2)
     load_cdit_weights(hybrid, cdit)
     cdit.eval()
@@ -189,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     size, seed, steps, workers = args.maze_size, args.seed, args.env_steps, args.workers
     train_eps = load_episodes(size, seed, args.train_episodes, steps, workers=workers)
-    eval_eps = load_episodes(size, 1000 + seed, args.eval_episodes, steps, workers=workers)
+    held = held_out_dataset("validation")  # a design study: never the test mazes
+    eval_eps = load_episodes(size, held, args.eval_episodes, steps, workers=workers)
     summary = run(own, args, train_eps, eval_eps)
     print(json.dumps(summary))
     sys.stdout.flush()

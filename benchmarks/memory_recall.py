@@ -5,7 +5,7 @@ when it leaves the context window (the last ``--context`` frames, which the mode
 and before each target frame the buffer is asked for the ``k`` frames it would retrieve for the
 target's pose. A target is a *revisit* when some frame before its context window was taken
 within 1 cell and 45 degrees of it (never the identical pose; ``revisit_labels`` of
-``maze_trajectories.py``). **Recall** is the fraction of revisit targets whose retrieved top
+``benchmarks/maze/worlds.py``). **Recall** is the fraction of revisit targets whose retrieved top
 ``k`` (unmasked slots) contains such a frame; **held** is the fraction for which the buffer
 holds one at all (what eviction left; recall can only be lower).
 
@@ -24,7 +24,7 @@ costs, not what the capacity allows.
     python benchmarks/memory_recall.py --maze-size 15 --steps 2000 --episodes 4
     python benchmarks/memory_recall.py --world synthetic --episodes 4 --steps 400   # no MuJoCo
 
-Memory Maze episodes come from ``maze_trajectories.load_episodes`` (cached on disk; generating
+Memory Maze episodes come from ``benchmarks.maze.worlds.load_episodes`` (cached on disk; generating
 them needs ``pip install -e ".[bench]"`` and ``MUJOCO_GL=egl``). ``--world synthetic`` replays
 the same corridor explorer in a MuJoCo-free point world (``synthetic_episode``). The last line
 printed is one JSON object.
@@ -46,11 +46,9 @@ from torch import Tensor
 
 from hybrid_cdit.memory import STRATEGIES, CoveragePolicy, MemoryBuffer, wrap_angle
 
-# This directory goes last on the path: the benchmark script memory_maze.py beside this one
-# must not shadow the memory_maze package the trajectory generator imports.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
-import maze_trajectories as trajectories  # noqa: E402
+if str(Path(__file__).resolve().parents[1]) not in sys.path:  # run as a script
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.maze import worlds as trajectories
 
 POLICIES = ("coverage", "coverage-replace")
 
@@ -59,7 +57,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--world", choices=["maze", "synthetic"], default="maze")
     parser.add_argument("--maze-size", type=int, choices=trajectories.MAZE_SIZES, default=9)
-    parser.add_argument("--seed", type=int, default=1000, help="dataset seed (maze seeds)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=trajectories.VALIDATION_DATASET,
+        help="dataset seed (maze seeds); default the validation mazes",
+    )
     parser.add_argument("--episodes", type=int, default=6)
     parser.add_argument("--steps", type=int, default=1000, help="frames per episode")
     parser.add_argument("--capacity", type=int, default=50)

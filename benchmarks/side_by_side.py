@@ -1,14 +1,15 @@
 """What the memory benchmarks share: a CDiT and a HybridCDiT from the same initial weights,
 trained side by side with one DDPM loss, DDIM sampling, PSNR, and plain-text tables.
 
-Used by ``benchmarks/revisit.py`` (synthetic latents) and ``benchmarks/memory_maze.py`` (Memory
-Maze frames). Public API of ``hybrid_cdit`` only.
+Used by ``benchmarks/revisit.py`` (synthetic latents) and ``benchmarks/maze/`` (Memory Maze
+frames). Public API of ``hybrid_cdit`` only.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -25,7 +26,9 @@ __all__ = [
     "predict",
     "psnr",
     "set_warmup",
+    "ssim",
     "train_step",
+    "train_step_each",
 ]
 
 
@@ -206,16 +209,42 @@ def train_step(
     *,
     clip: float,
 ) -> list[Tensor]:
-    """One optimiser step of every model on the same noised batch (the DDPM loss: mean
-    squared error against ``target``, from :meth:`Diffusion.target`).
+    """One optimiser step of every model on the same noised batch and inputs (see
+    :func:`train_step_each`).
+
+    Returns:
+        per model, the detached per-sample losses ``(B,)``.
+    """
+    return train_step_each(
+        [
+            (partial(predict, model, x_t, t, y, x_cond, rel_t, memory), model, opt)
+            for model, opt in models
+        ],
+        target,
+        clip=clip,
+    )
+
+
+def train_step_each(
+    steps: Sequence[tuple[Callable[[], Tensor], nn.Module, torch.optim.Optimizer]],
+    target: Tensor,
+    *,
+    clip: float,
+) -> list[Tensor]:
+    """One optimiser step of every model on the same noised batch (the DDPM loss: mean squared
+    error against ``target``, from :meth:`Diffusion.target`), each model's prediction from its
+    own ``forward()`` (so models may see different conditioning of the same samples).
+
+    Args:
+        steps: per model, ``(forward, model, optimizer)``; ``forward()`` returns the prediction
+            ``(B, ...)`` shaped as ``target``.
 
     Returns:
         per model, the detached per-sample losses ``(B,)``.
     """
     losses = []
-    for model, opt in models:
-        per_sample = (predict(model, x_t, t, y, x_cond, rel_t, memory) - target).square()
-        per_sample = per_sample.flatten(1).mean(1)
+    for forward, model, opt in steps:
+        per_sample = (forward() - target).square().flatten(1).mean(1)
         opt.zero_grad(set_to_none=True)
         per_sample.mean().backward()  # type: ignore[no-untyped-call]
         nn.utils.clip_grad_norm_(model.parameters(), clip)
@@ -229,6 +258,42 @@ def psnr(a: Tensor, b: Tensor) -> Tensor:
     ``1e-10``)."""
     mse = (a - b).square().flatten(1).mean(1)
     return -10.0 * torch.log10(mse.clamp(min=1e-10))
+
+
+def ssim(a: Tensor, b: Tensor, *, window: int = 11, sigma: float = 1.5) -> Tensor:
+    """Per-sample SSIM (Wang et al., 2004) of images ``(B, C, H, W)`` with values in ``[0, 1]``.
+
+    Gaussian-weighted local means, variances and covariance over ``window x window`` patches
+    (standard deviation ``sigma``; the window shrinks to the largest odd size that fits the
+    image), constants ``(0.01)^2`` and ``(0.03)^2``, "valid" patches only; the SSIM map is
+    averaged over positions and channels. Computed in float64, returned in the inputs' dtype.
+
+    Returns:
+        ``(B,)`` SSIM, 1 for identical images.
+    """
+    if a.shape != b.shape or a.dim() != 4:
+        raise ValueError(f"a and b must be (B, C, H, W) of one shape, got {a.shape} and {b.shape}")
+    size = min(window, a.shape[-2], a.shape[-1])
+    size -= 1 - size % 2
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    kernel = torch.outer(g, g)
+    kernel = kernel / kernel.sum()
+    dtype, a, b = a.dtype, a.double(), b.double()  # variances are small differences of squares
+    channels = a.shape[1]
+    weight = kernel.expand(channels, 1, size, size)
+
+    def local(v: Tensor) -> Tensor:
+        return torch.nn.functional.conv2d(v, weight, groups=channels)
+
+    mu_a, mu_b = local(a), local(b)
+    var_a = local(a * a) - mu_a**2
+    var_b = local(b * b) - mu_b**2
+    cov = local(a * b) - mu_a * mu_b
+    c1, c2 = 0.01**2, 0.03**2
+    num = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
+    den = (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
+    return (num / den).flatten(1).mean(1).to(dtype)
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import itertools
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-BENCHMARKS = str(Path(__file__).resolve().parents[1] / "benchmarks")
-if BENCHMARKS not in sys.path:
-    sys.path.insert(0, BENCHMARKS)
-
-import maze_trajectories as mt  # noqa: E402
+import torch
+from benchmarks.maze import worlds as mt
 
 
 def _brute_labels(
@@ -178,3 +173,65 @@ def test_load_episodes_rejects_bad_arguments(
     args = {"maze_size": 9, "seed": 0, "episodes": 1, "steps": 10, "workers": 1} | kwargs
     with pytest.raises(ValueError, match=match):
         mt.load_episodes(cache_dir=tmp_path, generate=_refuse, progress=None, **args)
+
+
+def test_training_validation_and_test_maze_seeds_never_meet() -> None:
+    stride = mt.DATASET_STRIDE
+    train = np.arange(mt.TRAINING_DATASETS.stop * stride)  # every training dataset, full size
+    assert train[-1] == (mt.TRAINING_DATASETS.stop - 1) * stride + stride - 1
+    test = set(mt.episode_seeds(mt.TEST_DATASET, stride))
+    validation = set(mt.episode_seeds(mt.VALIDATION_DATASET, stride))
+    assert min(test) > int(train.max()) and not test & validation
+    assert not np.isin(train, list(test | validation)).any()
+    assert mt.episode_seeds(3, 2) == [3 * stride, 3 * stride + 1]
+    with pytest.raises(ValueError, match=r"episodes must be in \[1, 1009\], got 1010"):
+        mt.episode_seeds(0, stride + 1)
+    with pytest.raises(ValueError, match=r"seed must be a training dataset seed .* got 1000"):
+        mt.check_training_dataset(mt.TEST_DATASET)
+    assert mt.held_out_dataset("test") == 1000 and mt.held_out_dataset("validation") == 2000
+    with pytest.raises(ValueError, match="split must be one of"):
+        mt.held_out_dataset("train")
+
+
+def test_synthetic_layouts_of_the_three_splits_are_disjoint() -> None:
+    def layouts(dataset: int, count: int) -> set[bytes]:
+        seeds = mt.episode_seeds(dataset, count)
+        return {mt.synthetic_episode(9, s, 2).layout.tobytes() for s in seeds}  # type: ignore[union-attr]
+
+    train = set().union(*(layouts(d, 8) for d in range(3)))
+    test, validation = layouts(mt.TEST_DATASET, 8), layouts(mt.VALIDATION_DATASET, 8)
+    assert len(train) == 24 and len(test) == len(validation) == 8
+    assert not train & test and not train & validation and not test & validation
+
+
+def test_benchmarks_evaluate_on_the_split_they_are_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks import eviction_study, memory_recall
+    from benchmarks.maze import pipeline
+
+    loaded: list[int] = []
+
+    def fake_load(size: int, seed: int, episodes: int, steps: int, **_: object) -> list[mt.Episode]:
+        loaded.append(seed)
+        return [mt.synthetic_episode(size, s, 40) for s in mt.episode_seeds(seed, episodes)]
+
+    monkeypatch.setattr(pipeline, "load_episodes", fake_load)
+    threads = str(torch.get_num_threads())  # run() sets torch's thread count: keep it
+    small = ["--eval-episodes", "1", "--size", "16", "--stride", "2", "--threads", threads]
+    pipeline.run(pipeline.parse_args([*small, "--memory-report-only"]))
+    assert loaded == [mt.VALIDATION_DATASET]  # design decisions: validation mazes
+    tiny = [
+        "--steps", "1", "--pretrain-steps", "0", "--batch", "2", "--hidden", "16", "--depth", "2",
+        "--heads", "2", "--patch-size", "4", "--ddim-steps", "1", "--max-revisit-targets", "2",
+        "--no-long-rollouts", "--no-outback", "--no-baselines", "--rollout-length", "2",
+        "--rollout-min-start", "4", "--train-episodes", "1", "--seed", "3", "--curve-every", "1",
+        "--bootstrap-draws", "10", "--eval-t", "500",
+    ]  # fmt: skip
+    loaded.clear()
+    pipeline.run(pipeline.parse_args([*small, *tiny]))
+    # the reported tables: test mazes; the learning curves: validation mazes; training: dataset 3
+    assert loaded == [mt.TEST_DATASET, mt.VALIDATION_DATASET, 3]
+    assert pipeline.parse_args([]).split == "test"  # the reported tables: test mazes
+    with pytest.raises(SystemExit):
+        pipeline.parse_args(["--seed", "1000"])  # a training seed never names held-out mazes
+    assert memory_recall.parse_args([]).seed == mt.VALIDATION_DATASET
+    assert eviction_study.parse_args([]).seed == mt.VALIDATION_DATASET

@@ -6,42 +6,26 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from benchmarks import side_by_side as sbs
+from benchmarks.maze import evaluation as me
+from benchmarks.maze import pipeline as bench
+from benchmarks.maze import protocol as mmem
+from benchmarks.maze import report, training
+from benchmarks.maze import worlds as mt
 
-BENCHMARKS = str(Path(__file__).resolve().parents[1] / "benchmarks")
-if BENCHMARKS not in sys.path:
-    sys.path.insert(0, BENCHMARKS)
+from hybrid_cdit import MemoryContext
+from hybrid_cdit.memory import MemoryBuffer
+from tests.maze_helpers import tiny_pair
 
-import maze_eval as me  # noqa: E402
-import maze_memory as mmem  # noqa: E402
-import maze_trajectories as mt  # noqa: E402
-import memory_maze as bench  # noqa: E402
-import side_by_side as sbs  # noqa: E402
-
-from hybrid_cdit import HybridCDiT, MemoryContext  # noqa: E402
-from hybrid_cdit.memory import MemoryBuffer  # noqa: E402
+pytest_plugins = ("tests.maze_fixtures",)  # the episodes and one_thread fixtures
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SETTINGS = mmem.MemorySettings(context=2, capacity=12, top_k=3, threshold=0.5, scale=4.0)
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models: one intra-op thread is fastest (and robust on a busy machine)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
-@pytest.fixture(scope="module")
-def episodes() -> list[mt.Episode]:
-    return [mt.synthetic_episode(9, seed, 240) for seed in range(3)]
 
 
 @pytest.fixture(scope="module")
@@ -242,30 +226,11 @@ def test_rollout_starts_pick_revisit_rich_windows() -> None:
         me.rollout_starts(revisit, 35, min_start=10)
 
 
-def _tiny_pair() -> tuple[sbs.CDiT, HybridCDiT]:
-    arch = {
-        "input_size": 8, "context_size": 2, "patch_size": 2, "in_channels": 3,
-        "hidden_size": 32, "depth": 2, "num_heads": 2, "learn_sigma": False,
-    }  # fmt: skip
-    memory = {"memory_top_k": 3, "memory_layers": [1], "retrieval": "pose",
-              "spatial_similarity_threshold": 0.5, "memory_activation_threshold": 0.5}  # fmt: skip
-    cdit, hybrid = sbs.build_pair(arch, memory, seed=0)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # open the zero-initialised output and memory gates
-        for p in cdit.final_layer.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=gen))
-        hybrid.load_state_dict(cdit.state_dict(), strict=False)
-        for name, p in hybrid.named_parameters():
-            if "memory" in name:
-                p.add_(0.05 * torch.randn(p.shape, generator=gen))
-    return cdit.eval(), hybrid.eval()
-
-
 def test_rollout_writes_generated_frames_to_memory_and_never_reads_ahead(
     data: tuple[torch.Tensor, torch.Tensor],
 ) -> None:
     frames, poses = data
-    _, hybrid = _tiny_pair()
+    _, hybrid = tiny_pair()
     schedule = mmem.replay_memory(poses, SETTINGS)
     diff = sbs.Diffusion()
     episode, start, length = torch.tensor([0, 2]), torch.tensor([30, 36]), 6
@@ -300,7 +265,7 @@ def test_rollout_memory_reaches_the_hybrid_only(
     data: tuple[torch.Tensor, torch.Tensor],
 ) -> None:
     frames, poses = data
-    cdit, hybrid = _tiny_pair()
+    cdit, hybrid = tiny_pair()
     diff = sbs.Diffusion()
     episode, start = torch.tensor([1]), torch.tensor([40])
     args = (frames, poses, episode, start, 6, diff, SETTINGS)
@@ -340,7 +305,7 @@ def test_rollout_figure_marks_revisit_frames(tmp_path: Path) -> None:
     truth, a, b = (torch.rand(4, 3, 8, 8, generator=gen) * 2 - 1 for _ in range(3))
     revisit = torch.tensor([False, True, False, True])
     path = tmp_path / "fig.png"
-    me.rollout_figure(truth, a, b, revisit, path, scale=2)
+    report.rollout_figure(truth, a, b, revisit, path, scale=2)
     with Image.open(path) as png:
         pixels = np.asarray(png.convert("RGB"))
     image = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 255  # (3, 56, 74)
@@ -360,11 +325,11 @@ def test_pretraining_starts_both_models_from_the_trained_cdit(
         "--heads", "2", "--patch-size", "2", "--size", "8", "--stride", "2", "--log-every", "1",
     ]  # fmt: skip
     args = bench.parse_args(argv)
-    settings = bench.settings_from(args)
-    data = bench.Data(episodes[:2], args, settings)
-    cdit, hybrid = bench.build_models(args)
+    settings = mmem.settings_from(args)
+    data = mmem.Data(episodes[:2], args.stride, args.size, settings)
+    cdit, hybrid = training.build_models(args)
     initial = {k: v.clone() for k, v in cdit.state_dict().items()}
-    bench.train(args, data, cdit, hybrid, sbs.Diffusion(prediction="v"), settings)
+    training.train(args, data, cdit, hybrid, sbs.Diffusion(prediction="v"), settings)
     trained = cdit.state_dict()
     assert any(not torch.equal(initial[k], trained[k]) for k in initial)
     hybrid_state = hybrid.state_dict()
@@ -409,8 +374,8 @@ def test_end_to_end_tiny_on_synthetic_episodes(
     assert abs(last["revisit_psnr_hybrid"] - last["revisit_psnr_cdit"]) < 0.5
     assert (tmp_path / "memory_maze_rollout.png").exists()
     assert 0 <= last["informativeness"]["revisit_hit_rate"] <= 1
-    report = bench.run(bench.parse_args([*argv, "--memory-report-only"]), None, episodes[2:])
-    assert report["revisit_hit_rate"] == last["informativeness"]["revisit_hit_rate"]
+    only = bench.run(bench.parse_args([*argv, "--memory-report-only"]), None, episodes[2:])
+    assert only["revisit_hit_rate"] == last["informativeness"]["revisit_hit_rate"]
     assert json.loads((tmp_path / "summary.json").read_text())["seconds"] > 0
 
 
@@ -423,9 +388,9 @@ def test_long_rollouts_compare_write_policies(episodes: list[mt.Episode]) -> Non
     ]  # fmt: skip
     args = bench.parse_args(argv)
     assert args.long_rollouts
-    settings = bench.settings_from(args)
-    data = bench.Data(episodes, args, settings)
-    cdit, hybrid = bench.build_models(args)
+    settings = mmem.settings_from(args)
+    data = mmem.Data(episodes, args.stride, args.size, settings)
+    cdit, hybrid = training.build_models(args)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():  # a CDiT whose output is not zero (DiT zero-initialises it)
         for p in cdit.parameters():
@@ -436,7 +401,7 @@ def test_long_rollouts_compare_write_policies(episodes: list[mt.Episode]) -> Non
             if "memory_adaLN" in name:
                 p.normal_(0, 0.5, generator=gen)
     diff = sbs.Diffusion(prediction="v")
-    small = bench.long_rollouts(args, data, cdit, hybrid, diff, settings)
+    small = me.long_rollouts(args, data, cdit, hybrid, diff, settings)
     frames = small["long_rollout_frames"]
     assert isinstance(frames, int) and frames > 0
     for name in ("lru", "coverage", "coverage_route", "whole_episode"):
@@ -444,7 +409,7 @@ def test_long_rollouts_compare_write_policies(episodes: list[mt.Episode]) -> Non
     for name in ("cdit", "lru", "coverage", "coverage_route", "whole_episode"):
         assert math.isfinite(small[f"long_rollout_revisit_psnr_{name}"])  # type: ignore[arg-type]
     # an LRU buffer that evicts nothing is the whole-episode buffer: the same rollouts
-    large = bench.long_rollouts(
+    large = me.long_rollouts(
         bench.parse_args([*argv, "--long-capacity", "200"]), data, cdit, hybrid, diff, settings
     )
     assert (
@@ -464,7 +429,7 @@ def test_long_rollouts_compare_write_policies(episodes: list[mt.Episode]) -> Non
 
 @pytest.mark.parametrize("kind", ["oracle", "retrieved"])
 def test_learnability_probe_on_synthetic_episodes(episodes: list[mt.Episode], kind: str) -> None:
-    import memory_learnability as ml
+    from benchmarks import memory_learnability as ml
 
     own, args = ml.parse_args(
         [
@@ -486,3 +451,26 @@ def test_learnability_probe_on_synthetic_episodes(episodes: list[mt.Episode], ki
     gain = summary["memory_gain"]
     assert gain == pytest.approx(curve[-1]["withheld"] - curve[-1]["memory"], abs=1e-4)
     assert summary["memory"] == kind and summary["pretrain_steps"] == 2
+
+
+def test_package_docstring_example_runs_on_synthetic_episodes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import textwrap
+
+    import benchmarks.maze as package
+
+    doc = package.__doc__
+    assert doc is not None
+    code = textwrap.dedent(doc.split("On your own recorded trajectories::\n\n")[1])
+    namespace: dict[str, object] = {}
+    exec(compile(code, "benchmarks.maze docstring", "exec"), namespace)
+    summary = namespace["summary"]
+    assert isinstance(summary, dict)
+    for key in package.SUMMARY_KEYS:
+        assert key in summary
+    printed = capsys.readouterr().out.strip().splitlines()[-1].split()
+    assert [float(v) for v in printed] == [
+        pytest.approx(summary["revisit_psnr_hybrid"]),
+        pytest.approx(summary["novel_psnr_cdit"]),
+    ]

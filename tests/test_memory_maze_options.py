@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import torch
-
-BENCHMARKS = str(Path(__file__).resolve().parents[1] / "benchmarks")
-if BENCHMARKS not in sys.path:
-    sys.path.insert(0, BENCHMARKS)
-
-import maze_memory as mmem  # noqa: E402
-import maze_trajectories as mt  # noqa: E402
-import memory_maze as bench  # noqa: E402
+from benchmarks.maze import pipeline as bench
+from benchmarks.maze import protocol as mmem
+from benchmarks.maze import training
+from benchmarks.maze import worlds as mt
 
 
 def test_flags_reach_the_model_and_its_memory_carries_ages() -> None:
@@ -24,11 +18,11 @@ def test_flags_reach_the_model_and_its_memory_carries_ages() -> None:
         "--no-memory-ray-alignment",
     ]  # fmt: skip
     args = bench.parse_args(argv)
-    _, hybrid = bench.build_models(args)
+    _, hybrid = training.build_models(args)
     assert hybrid.memory_time_embedding and hybrid.memory_pose_encoding == "frame"
     assert not hybrid.memory_ray_alignment
     assert math.isclose(hybrid.camera_fov, math.radians(70))
-    _, default = bench.build_models(bench.parse_args(argv[:10]))
+    _, default = training.build_models(bench.parse_args(argv[:10]))
     assert not default.memory_time_embedding and default.memory_pose_encoding == "rays"
     assert default.memory_ray_alignment
     assert math.isclose(default.camera_fov, math.radians(80))

@@ -15,6 +15,8 @@ images (selection depends on poses, steps and the LRU clock only) at a fraction 
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,16 +24,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from maze_trajectories import Episode
 from torch import Tensor
 
+from benchmarks.maze.worlds import Episode, last_seen_gap, revisit_labels
 from hybrid_cdit import MemoryContext
 from hybrid_cdit.memory import MemoryBuffer, relative_pose, wrap_angle
 
 __all__ = [
+    "Batch",
+    "Data",
     "MemorySchedule",
     "MemorySettings",
     "ModelInputs",
+    "batch_for",
     "episode_tensors",
     "informativeness",
     "memory_for",
@@ -40,8 +45,10 @@ __all__ = [
     "pairwise_mse",
     "replay_memory",
     "retrieval_hits",
+    "settings_from",
     "slots_near",
     "step_memory",
+    "subset_memory",
 ]
 
 
@@ -128,11 +135,13 @@ def step_memory(
     query: Tensor,
     settings: MemorySettings,
     upcoming: tuple[Tensor, Tensor] | None = None,
+    where: Tensor | None = None,
 ) -> MemoryContext:
     """One step of the memory protocol for frame ``t``: write ``written (B, C, H, W)`` (frame
     ``t - context - 1``, None when ``t <= context``) at ``written_poses (B, 3)``, then retrieve
     for ``query (B, 3)``. ``upcoming``: ``(B, L, 3)`` poses the next retrievals will query and
-    their ``(B, L)`` mask, passed to the write."""
+    their ``(B, L)`` mask, passed to the write. ``where``: ``(B,)`` bool, the samples that write
+    (None: all)."""
     if written is not None:
         if written_poses is None:
             raise ValueError("written_poses must be given with written, got None")
@@ -141,6 +150,7 @@ def step_memory(
             written,
             written_poses,
             step=t - settings.context - 1,
+            where=where,
             upcoming=route,
             upcoming_mask=counted,
         )
@@ -305,3 +315,146 @@ def slots_near(
     turn = wrap_angle(slot_poses[..., 2] - query[:, None, 2])
     hits: Tensor = (near & (turn.abs() <= angle) & mask).any(1)
     return hits
+
+
+class Data:
+    """Frames (model scale), poses, labels and memory schedule of a set of episodes.
+
+    Labels ``(N, T)`` bool: ``revisit``, ``novel`` and ``middle`` (partly seen: neither), all
+    False before frame ``context``; ``gap`` ``(N, T)`` long, frames since the view was last
+    seen (:func:`~benchmarks.maze.worlds.last_seen_gap`, -1 when never).
+    """
+
+    def __init__(
+        self, episodes: Sequence[Episode], stride: int, size: int, settings: MemorySettings
+    ) -> None:
+        frames, self.poses = episode_tensors(episodes, stride, size)
+        self.frames = frames * 2 - 1
+        labels = [revisit_labels(p.numpy(), settings.context) for p in self.poses]
+        self.revisit = torch.stack([torch.from_numpy(r) for r, _ in labels])
+        self.novel = torch.stack([torch.from_numpy(n) for _, n in labels])
+        self.revisit[:, : settings.context] = False
+        self.novel[:, : settings.context] = False
+        self.middle = ~self.revisit & ~self.novel
+        self.middle[:, : settings.context] = False
+        self.gap = torch.stack(
+            [torch.from_numpy(last_seen_gap(p.numpy(), settings.context)) for p in self.poses]
+        )
+        self.schedule: MemorySchedule = replay_memory(self.poses, settings)
+        self._pair_mse: Tensor | None = None
+
+    @property
+    def pair_mse(self) -> Tensor:
+        """``(N, T, T)`` pixel MSE between frames of each episode (model scale), computed once."""
+        if self._pair_mse is None:
+            self._pair_mse = pairwise_mse(self.frames)
+        return self._pair_mse
+
+    @property
+    def length(self) -> int:
+        return int(self.frames.shape[1])
+
+
+def settings_from(args: argparse.Namespace) -> MemorySettings:
+    """The memory settings of the benchmark's flags."""
+    return MemorySettings(
+        context=args.context,
+        capacity=args.capacity,
+        top_k=args.top_k,
+        strategy=args.retrieval,
+        threshold=args.threshold,
+        scale=args.scale,
+        write_policy=args.write_policy,
+    )
+
+
+def subset_memory(memory: MemoryContext, rows: Tensor) -> MemoryContext:
+    """Rows ``rows`` of a :class:`MemoryContext`."""
+    return MemoryContext(
+        frames=memory.frames[rows],
+        poses=memory.poses[rows],
+        scores=memory.scores[rows],
+        mask=memory.mask[rows],
+        query_pose=memory.query_pose[rows],
+        steps=None if memory.steps is None else memory.steps[rows],
+        query_step=None if memory.query_step is None else memory.query_step[rows],
+    )
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Everything any learned model or copy baseline sees for samples ``(episode[i],
+    target[i])``; built once per batch so every model gets the same samples.
+
+    Attributes:
+        x0: ``(B, C, H, W)`` target frames.
+        y, rel_t: the action and relative time (see :class:`ModelInputs`).
+        x_cond: ``(B, context, C, H, W)`` the recent context frames.
+        memory: the hybrid's :class:`~hybrid_cdit.MemoryContext` (withheld rows masked).
+        long_cond: ``(B, context + k, C, H, W)`` the ``context + k`` most recent frames (frame 0
+            repeated before the episode's start).
+        retrieved_cond: ``(B, k + context, C, H, W)`` the ``k`` retrieved frames (slot ``k - 1``
+            first, the top slot next to the recent frames; an unusable slot holds the oldest
+            recent frame) followed by ``x_cond``.
+        retrieved_pose: ``(B, k, 4)`` each retrieved-context frame's pose relative to the
+            target, ``(dx, dy, cos dyaw, sin dyaw)``, in the order of ``retrieved_cond``.
+    """
+
+    x0: Tensor
+    y: Tensor
+    rel_t: Tensor
+    x_cond: Tensor
+    memory: MemoryContext
+    long_cond: Tensor
+    retrieved_cond: Tensor
+    retrieved_pose: Tensor
+
+    def rows(self, rows: Tensor) -> Batch:
+        """The samples ``rows``."""
+        memory = subset_memory(self.memory, rows)
+        fields = {
+            f.name: getattr(self, f.name)[rows]
+            for f in dataclasses.fields(self)
+            if f.name != "memory"
+        }
+        return Batch(memory=memory, **fields)
+
+
+def batch_for(
+    frames: Tensor,
+    poses: Tensor,
+    schedule: MemorySchedule,
+    episode: Tensor,
+    target: Tensor,
+    context: int,
+    withheld: Tensor | None = None,
+) -> Batch:
+    """The :class:`Batch` of samples ``(episode[i], target[i])`` (see :func:`memory_for` for
+    ``withheld``; the retrieved-context frames of withheld rows are unusable slots too)."""
+    inputs = model_inputs(frames, poses, episode, target, context)
+    memory = memory_for(frames, poses, schedule, episode, target, withheld)
+    k = memory.mask.shape[1]
+    offsets = torch.arange(-(context + k), 0)
+    long_cond = frames[episode[:, None], (target[:, None] + offsets).clamp(min=0)]
+    oldest = target - context
+    usable = memory.mask.flip(1)
+    slot_frames = torch.where(
+        usable[..., None, None, None], memory.frames.flip(1), inputs.x_cond[:, :1]
+    )
+    slot_poses = torch.where(
+        usable[..., None], memory.poses.flip(1), poses[episode, oldest][:, None]
+    )
+    rel = relative_pose(slot_poses, poses[episode, target][:, None])
+    retrieved_pose = torch.stack(
+        [rel[..., 0], rel[..., 1], rel[..., 2].cos(), rel[..., 2].sin()], dim=-1
+    )
+    return Batch(
+        x0=inputs.x0,
+        y=inputs.y,
+        rel_t=inputs.rel_t,
+        x_cond=inputs.x_cond,
+        memory=memory,
+        long_cond=long_cond,
+        retrieved_cond=torch.cat([slot_frames, inputs.x_cond], dim=1),
+        retrieved_pose=retrieved_pose,
+    )

@@ -1,9 +1,12 @@
-"""Memory Maze trajectories: a scripted corridor explorer, parallel generation and an npz cache.
+"""World adapters of the benchmark: the episode type, Memory Maze's environment, a scripted
+corridor explorer, a MuJoCo-free synthetic world, parallel generation and an npz cache.
 
 DeepMind's Memory Maze (Pasukonis et al., 2022; ``pip install -e ".[bench]"``) renders a 3-D
 maze from an agent's camera. This module turns it into datasets of episodes: camera images,
 poses ``(x, y, yaw)`` and discrete actions, generated once and cached on disk, so a second run
-never touches the environment.
+never touches the environment. :class:`Episode` is the benchmark's input from any world: images
+and poses are required, actions and a maze layout optional (a user's recorded trajectories fit
+it as they are).
 
 Only :class:`MazeEnv` (the environment adapter) imports MuJoCo, lazily; everything else here is
 plain numpy and is tested without it: the explorer (:class:`Explorer`, a pure controller over the
@@ -29,13 +32,11 @@ from __future__ import annotations
 import importlib
 import math
 import os
-import sys
 import zipfile
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -43,15 +44,25 @@ from numpy.typing import NDArray
 __all__ = [
     "ACTION_NAMES",
     "CACHE_VERSION",
+    "DATASET_STRIDE",
+    "GAP_BINS",
+    "SPLITS",
+    "TEST_DATASET",
+    "TRAINING_DATASETS",
+    "VALIDATION_DATASET",
     "Episode",
     "Explorer",
     "MazeEnv",
     "bfs_path",
     "cache_path",
     "check_conventions",
+    "check_training_dataset",
     "default_cache_dir",
     "episode_seeds",
+    "gap_bin_name",
     "generate_episode",
+    "held_out_dataset",
+    "last_seen_gap",
     "load_episodes",
     "long_return_labels",
     "revisit_labels",
@@ -73,19 +84,21 @@ FloatArray = NDArray[np.float32]
 
 @dataclass(frozen=True)
 class Episode:
-    """One generated episode.
+    """One episode of any world: what the benchmark needs is images and poses.
 
     Attributes:
         images: ``(T, H, W, 3)`` uint8 camera frames.
-        poses: ``(T, 3)`` float32 ``(x, y, yaw)``, positions in cells, yaw in radians.
-        actions: ``(T - 1,)`` int64, action ``t`` leads from frame ``t`` to frame ``t + 1``.
-        layout: ``(S, S)`` uint8 maze layout, ``layout[y, x] == 1`` on free cells.
+        poses: ``(T, 3)`` float32 ``(x, y, yaw)``; positions in the world's unit (Memory Maze:
+            cells; the revisit labels' distances are in that unit), yaw in radians,
+            counter-clockwise from ``+x``.
+        actions: optional ``(T - 1,)`` int64, action ``t`` leads from frame ``t`` to ``t + 1``.
+        layout: optional ``(S, S)`` uint8 maze layout, ``layout[y, x] == 1`` on free cells.
     """
 
     images: NDArray[np.uint8]
     poses: FloatArray
-    actions: NDArray[np.int64]
-    layout: NDArray[np.uint8]
+    actions: NDArray[np.int64] | None = None
+    layout: NDArray[np.uint8] | None = None
 
     def __post_init__(self) -> None:
         t = self.images.shape[0]
@@ -95,9 +108,13 @@ class Episode:
             )
         if self.poses.shape != (t, 3):
             raise ValueError(f"poses must have shape (T={t}, 3), got {self.poses.shape}")
-        if self.actions.shape != (t - 1,):
+        if not np.isfinite(self.poses).all():
+            raise ValueError("poses must be finite, got NaN or inf")
+        if self.actions is not None and self.actions.shape != (t - 1,):
             raise ValueError(f"actions must have shape (T-1={t - 1},), got {self.actions.shape}")
-        if self.layout.ndim != 2 or self.layout.shape[0] != self.layout.shape[1]:
+        if self.layout is not None and (
+            self.layout.ndim != 2 or self.layout.shape[0] != self.layout.shape[1]
+        ):
             raise ValueError(f"layout must be square (S, S), got {self.layout.shape}")
 
     def __len__(self) -> int:
@@ -346,44 +363,39 @@ def long_return_labels(
     """
     if gap < 1:
         raise ValueError(f"gap must be >= 1, got {gap}")
+    since = last_seen_gap(
+        poses, context, revisit_distance=revisit_distance, revisit_angle=revisit_angle
+    )
+    return since >= gap
+
+
+def last_seen_gap(
+    poses: FloatArray,
+    context: int,
+    *,
+    revisit_distance: float = 1.0,
+    revisit_angle: float = math.pi / 4,
+) -> NDArray[np.int64]:
+    """``(T,)`` int64: frames since each frame's view was last seen before its context window
+    (``t - s`` for the latest ``s < t - context`` within ``revisit_distance`` and
+    ``revisit_angle``, the revisit rule of :func:`revisit_labels`); -1 where never seen."""
     _, close = _pairs(poses, revisit_distance, revisit_angle)
     src = np.arange(close.shape[0])
     close &= src[None, :] < (src[:, None] - context)
     latest = np.where(close, src[None, :], -1).max(1)
-    return (latest >= 0) & (src - latest >= gap)
+    return np.where(latest >= 0, src - latest, -1).astype(np.int64)
+
+
+GAP_BINS = ((3, 10), (10, 30), (30, 100), (100, None))
+"""Bins of :func:`last_seen_gap` for revisit PSNR: ``[lo, hi)`` frames, ``None`` unbounded."""
+
+
+def gap_bin_name(lo: int, hi: int | None) -> str:
+    """``"3_10"``, ..., ``"100_plus"``: the summary key suffix of a gap bin."""
+    return f"{lo}_{hi}" if hi is not None else f"{lo}_plus"
 
 
 # --------------------------------------------------------------------------- environment
-
-
-def _memory_maze_tasks() -> Any:
-    """``memory_maze.tasks`` of the installed package (imported lazily).
-
-    This folder holds a script named ``memory_maze.py``, which shadows the package whenever the
-    folder is on ``sys.path`` (as it is for any script run from here): import the package with
-    the folder left out of the search path.
-    """
-    here = Path(__file__).resolve().parent
-
-    def is_here(entry: str) -> bool:
-        try:
-            return Path(entry or ".").resolve() == here
-        except OSError:
-            return False
-
-    shadow = sys.modules.get("memory_maze")
-    if shadow is not None and Path(getattr(shadow, "__file__", "") or ".").resolve().parent == here:
-        del sys.modules["memory_maze"]
-    else:
-        shadow = None
-    saved = sys.path[:]
-    sys.path[:] = [entry for entry in saved if not is_here(entry)]
-    try:
-        return importlib.import_module("memory_maze.tasks")
-    finally:
-        sys.path[:] = saved
-        if shadow is not None:
-            sys.modules["memory_maze"] = shadow
 
 
 class MazeEnv:
@@ -402,7 +414,8 @@ class MazeEnv:
         if maze_size not in MAZE_SIZES:
             raise ValueError(f"maze_size must be one of {MAZE_SIZES}, got {maze_size!r}")
         os.environ.setdefault("MUJOCO_GL", "egl")
-        make = getattr(_memory_maze_tasks(), f"memory_maze_{maze_size}x{maze_size}")
+        tasks = importlib.import_module("memory_maze.tasks")
+        make = getattr(tasks, f"memory_maze_{maze_size}x{maze_size}")
         self.env = make(global_observables=True, seed=seed, target_color_in_image=False)
 
     @staticmethod
@@ -434,13 +447,12 @@ def generate_episode(maze_size: int, seed: int, steps: int) -> Episode:
         images.append(image)
         poses.append(pose)
         actions.append(action)
+    moves = np.asarray(actions, dtype=np.int64)
     episode = Episode(
-        images=np.stack(images),
-        poses=np.stack(poses).astype(np.float32),
-        actions=np.asarray(actions, dtype=np.int64),
+        images=np.stack(images), poses=np.stack(poses).astype(np.float32), actions=moves,
         layout=layout,
-    )
-    check_conventions(episode.poses, episode.actions)
+    )  # fmt: skip
+    check_conventions(episode.poses, moves)
     return episode
 
 
@@ -522,14 +534,49 @@ def default_cache_dir() -> Path:
     return base / "memory_maze"
 
 
+DATASET_STRIDE = 1009
+"""Maze seeds of dataset ``s`` are ``s * DATASET_STRIDE + i``: at most this many episodes each."""
+
+TRAINING_DATASETS = range(0, 1000)
+"""Dataset seeds of training mazes (the benchmark's ``--seed``)."""
+
+TEST_DATASET = 1000
+"""Dataset seed of the test mazes: only the reported tables evaluate on them."""
+
+VALIDATION_DATASET = 2000
+"""Dataset seed of the validation mazes: every design decision (ablations, memory report,
+recall and eviction studies, learnability) evaluates on them."""
+
+SPLITS = {"test": TEST_DATASET, "validation": VALIDATION_DATASET}
+"""Held-out split name -> dataset seed."""
+
+
+def held_out_dataset(split: str) -> int:
+    """Dataset seed of the held-out ``split`` (``"test"`` or ``"validation"``)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
+    return SPLITS[split]
+
+
+def check_training_dataset(seed: int) -> None:
+    """Raise ``ValueError`` unless ``seed`` is a training dataset seed (disjoint from the
+    held-out mazes by the rule of :func:`episode_seeds`)."""
+    if seed not in TRAINING_DATASETS:
+        raise ValueError(
+            f"seed must be a training dataset seed in [{TRAINING_DATASETS.start}, "
+            f"{TRAINING_DATASETS.stop}), got {seed}"
+        )
+
+
 def episode_seeds(seed: int, episodes: int) -> list[int]:
-    """Maze seeds of a dataset: ``seed * 1009 + i`` for ``i < episodes``. Datasets with distinct
-    ``seed`` use distinct mazes while ``episodes <= 1009``."""
-    if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, got {episodes}")
-    if not 0 <= seed * 1009 + episodes < 2**32:
+    """Maze seeds of a dataset: ``seed * DATASET_STRIDE + i`` for ``i < episodes``
+    (``episodes <= DATASET_STRIDE``), so datasets with distinct ``seed`` use distinct maze
+    seeds: training (:data:`TRAINING_DATASETS`), test and validation mazes never meet."""
+    if not 1 <= episodes <= DATASET_STRIDE:
+        raise ValueError(f"episodes must be in [1, {DATASET_STRIDE}], got {episodes}")
+    if not 0 <= seed * DATASET_STRIDE + episodes < 2**32:
         raise ValueError(f"seed must give maze seeds in [0, 2**32), got seed={seed}")
-    return [seed * 1009 + i for i in range(episodes)]
+    return [seed * DATASET_STRIDE + i for i in range(episodes)]
 
 
 def cache_path(cache_dir: Path, maze_size: int, maze_seed: int, steps: int) -> Path:
@@ -538,6 +585,8 @@ def cache_path(cache_dir: Path, maze_size: int, maze_seed: int, steps: int) -> P
 
 
 def _save(path: Path, episode: Episode) -> None:
+    if episode.actions is None or episode.layout is None:
+        raise ValueError("cached episodes need actions and a layout, got an episode without")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
     np.savez_compressed(

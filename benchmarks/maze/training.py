@@ -1,0 +1,225 @@
+"""Training stage of the Memory Maze benchmark: the models, CDiT pretraining, and side-by-side
+training of every learned model on the same batches, timesteps and noise
+(:func:`benchmarks.side_by_side.train_step`).
+
+The hybrid's memory for each sample is what its buffer holds at that point of the episode under
+the protocol of :mod:`benchmarks.maze.protocol`; for ``--withhold`` of the samples it is withheld
+(all slots masked), so the hybrid stays a good model without memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import Tensor
+
+from benchmarks.maze.baselines import Learner, load_wider_context
+from benchmarks.maze.protocol import Batch, Data, MemorySettings, batch_for, model_inputs
+from benchmarks.side_by_side import (
+    Diffusion,
+    build_pair,
+    load_cdit_weights,
+    optimizer,
+    set_warmup,
+    train_step,
+    train_step_each,
+)
+from hybrid_cdit import CDiT, HybridCDiT
+
+__all__ = ["HeldOutBatch", "architecture", "build_models", "duration", "pretrain", "train"]
+
+
+def architecture(args: argparse.Namespace) -> dict[str, object]:
+    """The CDiT constructor arguments of the flags."""
+    return {
+        "input_size": args.size,
+        "context_size": args.context,
+        "patch_size": args.patch_size,
+        "in_channels": 3,
+        "hidden_size": args.hidden,
+        "depth": args.depth,
+        "num_heads": args.heads,
+        "mlp_ratio": 4.0,
+        "learn_sigma": False,
+    }
+
+
+def build_models(args: argparse.Namespace) -> tuple[CDiT, HybridCDiT]:
+    """The CDiT and the HybridCDiT of the flags, with the same CDiT weights."""
+    memory_kwargs: dict[str, object] = {
+        "memory_top_k": args.top_k,
+        "memory_buffer_size": args.capacity,
+        "retrieval": args.retrieval,
+        "memory_retrieval_scale": args.scale,
+        "spatial_similarity_threshold": args.threshold,
+        "memory_activation_threshold": args.threshold,
+        "memory_patch_size": args.memory_patch_size or args.patch_size,
+        "memory_time_embedding": args.memory_time_embedding,
+        "memory_pose_encoding": args.memory_pose_encoding,
+        "camera_fov": math.radians(args.camera_fov),
+        "memory_ray_alignment": args.memory_ray_alignment,
+    }
+    layers = args.memory_layers
+    memory_kwargs["memory_layers"] = layers if layers else list(range(args.depth // 2, args.depth))
+    return build_pair(architecture(args), memory_kwargs, args.seed)
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` as ``MmSSs``."""
+    return f"{int(seconds // 60):d}m{int(seconds % 60):02d}s"
+
+
+@dataclass(frozen=True)
+class HeldOutBatch:
+    """A fixed held-out batch for learning curves: samples, timesteps, noise and loss target."""
+
+    batch: Batch
+    x_t: Tensor
+    t: Tensor
+    target: Tensor
+
+    @classmethod
+    def draw(
+        cls, data: Data, size: int, diff: Diffusion, settings: MemorySettings, seed: int
+    ) -> HeldOutBatch:
+        """``size`` random ``(episode, target)`` samples of ``data`` with fixed noise."""
+        gen = torch.Generator().manual_seed(seed)
+        n, t_len = data.frames.shape[:2]
+        episode = torch.randint(0, n, (size,), generator=gen)
+        target = torch.randint(settings.context, t_len, (size,), generator=gen)
+        batch = batch_for(data.frames, data.poses, data.schedule, episode, target, settings.context)
+        x_t, t, loss_target = diff.training_sample(batch.x0, gen)
+        return cls(batch=batch, x_t=x_t, t=t, target=loss_target)
+
+    @torch.no_grad()
+    def losses(self, learners: Sequence[Learner]) -> dict[str, float]:
+        """Each learner's mean DDPM loss on the batch (in eval mode; modes restored)."""
+        out = {}
+        for learner in learners:
+            mode = learner.model.training
+            learner.model.eval()
+            pred = learner.output(self.x_t, self.t, self.batch)
+            out[learner.name] = float((pred - self.target).square().mean())
+            learner.model.train(mode)
+        return out
+
+
+def train(
+    args: argparse.Namespace,
+    data: Data,
+    cdit: CDiT,
+    hybrid: HybridCDiT,
+    diff: Diffusion,
+    settings: MemorySettings,
+    baselines: Sequence[Learner] = (),
+    held_out: HeldOutBatch | None = None,
+) -> dict[str, object]:
+    """Side-by-side training of the CDiT, the hybrid and the learned ``baselines`` on the same
+    batches, timesteps and noise (after ``--pretrain-steps`` of the CDiT alone, whose weights
+    every model then starts from); prints progress with the revisit losses and an ETA.
+
+    Returns:
+        ``train_seconds``, and with ``held_out`` the learning curves ``curve``: rows of the
+        step and each learner's held-out loss, every ``--curve-every`` steps (and at 0).
+    """
+    if args.pretrain_steps:
+        pretrain(args, data, cdit, diff, settings)
+        torch.manual_seed(args.seed + 2)  # the memory branch's fresh initial state
+        load_cdit_weights(hybrid, cdit)
+    for baseline in baselines:
+        load_wider_context(baseline.model, cdit)
+    learners = [Learner("cdit", cdit, "recent"), Learner("hybrid", hybrid, "memory"), *baselines]
+    gen = torch.Generator().manual_seed(args.seed + 100)
+    opts = [
+        optimizer(cdit, args.lr, args.lr),
+        optimizer(hybrid, args.lr, args.lr * args.memory_lr),
+        *(optimizer(b.model, args.lr, args.lr) for b in baselines),
+    ]
+    n, t_len = data.frames.shape[:2]
+    names = ("cdit", "hybrid", "cdit_rev", "hybrid_rev", "hybrid_rev_withheld")
+    window: dict[str, list[float]] = {k: [] for k in names}
+    curve: list[dict[str, float]] = []
+    if held_out is not None:
+        curve.append({"step": 0, **held_out.losses(learners)})
+    start = time.perf_counter()
+    for learner in learners:
+        learner.model.train()
+    for step in range(1, args.steps + 1):
+        set_warmup(opts, step, args.warmup)
+        episode = torch.randint(0, n, (args.batch,), generator=gen)
+        target = torch.randint(settings.context, t_len, (args.batch,), generator=gen)
+        withheld = torch.rand(args.batch, generator=gen) < args.withhold
+        batch = batch_for(
+            data.frames, data.poses, data.schedule, episode, target, settings.context, withheld
+        )
+        x_t, t, loss_target = diff.training_sample(batch.x0, gen)
+        losses = train_step_each(
+            [
+                (partial(learner.output, x_t, t, batch), learner.model, opt)
+                for learner, opt in zip(learners, opts, strict=True)
+            ],
+            loss_target,
+            clip=args.clip,
+        )
+        rev = data.revisit[episode, target]
+        for name, per_sample in zip(("cdit", "hybrid"), losses, strict=False):
+            window[name].append(float(per_sample.mean()))
+            if bool((rev & ~withheld).any()):
+                window[name + "_rev"].append(float(per_sample[rev & ~withheld].mean()))
+        if bool((rev & withheld).any()):
+            window["hybrid_rev_withheld"].append(float(losses[1][rev & withheld].mean()))
+        if held_out is not None and (step % args.curve_every == 0 or step == args.steps):
+            curve.append({"step": step, **held_out.losses(learners)})
+        if step % args.log_every == 0 or step == args.steps:
+            m = {k: sum(v) / max(1, len(v)) for k, v in window.items()}
+            elapsed = time.perf_counter() - start
+            eta = elapsed / step * (args.steps - step)
+            ratio = m["hybrid_rev"] / max(m["cdit_rev"], 1e-12)
+            print(
+                f"[train {step:5d}/{args.steps} {100 * step / args.steps:3.0f}%] loss cdit "
+                f"{m['cdit']:.4f} hybrid {m['hybrid']:.4f} | revisit cdit {m['cdit_rev']:.4f} "
+                f"hybrid {m['hybrid_rev']:.4f} (x{ratio:.3f}) withheld "
+                f"{m['hybrid_rev_withheld']:.4f} | {duration(elapsed)} eta {duration(eta)}",
+                flush=True,
+            )
+            window = {k: [] for k in names}
+    info: dict[str, object] = {"train_seconds": time.perf_counter() - start}
+    if held_out is not None:
+        info["curve"] = curve
+    return info
+
+
+def pretrain(
+    args: argparse.Namespace, data: Data, cdit: CDiT, diff: Diffusion, settings: MemorySettings
+) -> None:
+    """``--pretrain-steps`` of the CDiT alone (the same loss, its own batches): the initial
+    weights both models start from, as a user's trained CDiT is for fine-tuning a hybrid."""
+    gen = torch.Generator().manual_seed(args.seed + 300)
+    opt = optimizer(cdit, args.lr, args.lr)
+    n, t_len = data.frames.shape[:2]
+    start = time.perf_counter()
+    cdit.train()
+    for step in range(1, args.pretrain_steps + 1):
+        set_warmup([opt], step, args.warmup)
+        episode = torch.randint(0, n, (args.batch,), generator=gen)
+        target = torch.randint(settings.context, t_len, (args.batch,), generator=gen)
+        inputs = model_inputs(data.frames, data.poses, episode, target, settings.context)
+        x_t, t, loss_target = diff.training_sample(inputs.x0, gen)
+        (loss,) = train_step(
+            [(cdit, opt)], x_t, t, loss_target, inputs.y, inputs.x_cond, inputs.rel_t, None,
+            clip=args.clip,
+        )  # fmt: skip
+        if step % args.log_every == 0 or step == args.pretrain_steps:
+            elapsed = time.perf_counter() - start
+            eta = elapsed / step * (args.pretrain_steps - step)
+            print(
+                f"[pretrain {step:5d}/{args.pretrain_steps}] loss cdit {float(loss.mean()):.4f}"
+                f" | {duration(elapsed)} eta {duration(eta)}",
+                flush=True,
+            )
