@@ -155,8 +155,9 @@ def check_summary_times(out: str) -> None:
         parsed = TIMES.match(text)
         assert parsed is not None, text
         hybrid, cdit, diff = (float(v) for v in parsed.groups())
-        assert hybrid == pytest.approx(sum(r[1] for r in chosen) / len(chosen), abs=0.051)
-        assert cdit == pytest.approx(sum(r[2] for r in chosen) / len(chosen), abs=0.051)
+        # the printed mean and each printed row are rounded to 0.1 ms: at most 0.05 each way
+        assert hybrid == pytest.approx(sum(r[1] for r in chosen) / len(chosen), abs=0.101)
+        assert cdit == pytest.approx(sum(r[2] for r in chosen) / len(chosen), abs=0.101)
         assert diff == pytest.approx(hybrid - cdit, abs=0.11)
     assert "%" not in out.split("summary:")[1]
 
