@@ -158,7 +158,7 @@ def check_summary_times(out: str) -> None:
         # the printed mean and each printed row are rounded to 0.1 ms: at most 0.05 each way
         assert hybrid == pytest.approx(sum(r[1] for r in chosen) / len(chosen), abs=0.101)
         assert cdit == pytest.approx(sum(r[2] for r in chosen) / len(chosen), abs=0.101)
-        assert diff == pytest.approx(hybrid - cdit, abs=0.11)
+        assert diff == pytest.approx(hybrid - cdit, abs=0.151)
     assert "%" not in out.split("summary:")[1]
 
 
