@@ -4,6 +4,7 @@ on hand-computed expectations and tiny synthetic runs (no MuJoCo)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -313,3 +314,22 @@ def test_outback_memory_holds_only_generated_frames(episodes: list[mt.Episode]) 
         **kwargs,  # type: ignore[arg-type]
     )
     assert not torch.allclose(history, spoiled_history)
+
+
+def test_saved_models_evaluate_to_the_same_figures(
+    episodes: list[mt.Episode], tmp_path: Path
+) -> None:
+    """--out saves every learned model; --models-from evaluates them without training and
+    gives the trained run's figures; a missing file names the model."""
+    train, held_out = episodes[:1], episodes[1:]
+    trained = bench.run(bench.parse_args([*TINY, "--out", str(tmp_path)]), train, held_out)
+    names = {p.stem for p in (tmp_path / "models" / "seed0").iterdir()}
+    assert names == {"cdit", "hybrid", *bl.BASELINES}
+    from_saved = bench.parse_args([*TINY, "--models-from", str(tmp_path)])
+    loaded = bench.run(from_saved, train, held_out)
+    for key in ("revisit_psnr_hybrid", "novel_psnr_cdit", "revisit_psnr_ctx_memory_pose"):
+        assert loaded[key] == pytest.approx(trained[key], abs=1e-6), key
+    assert loaded["train_seconds"] == 0.0
+    (tmp_path / "models" / "seed0" / "hybrid.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="hybrid"):
+        bench.run(from_saved, train, held_out)

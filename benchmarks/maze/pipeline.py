@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import cast
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from benchmarks.maze.baselines import Learner, build_baselines, forward_flops
@@ -233,6 +234,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--outback-length", type=int, default=32, help="frames of an out-and-back")
     p.add_argument("--log-every", type=int, default=100)
+    p.add_argument(
+        "--models-from",
+        default=None,
+        help="evaluate the models a run with --out saved (its models/seed{N}/ folders) "
+        "instead of training them",
+    )
     p.add_argument(
         "--memory-report-only",
         action="store_true",
@@ -414,9 +421,15 @@ def run_seed(
     )
     curve = eval_data if curve_data is None else curve_data
     held_out = HeldOutBatch.draw(curve, args.curve_samples, diff, settings, seed=10_000)
-    info = train(args, train_data, cdit, hybrid, diff, settings, baselines, held_out)
-    result = evaluate(args, eval_data, cdit, hybrid, diff, settings, baselines)
     learners = [Learner("cdit", cdit, "recent"), Learner("hybrid", hybrid, "memory"), *baselines]
+    if args.models_from is not None:
+        load_models(Path(args.models_from), args.seed, learners)
+        info: dict[str, object] = {"train_seconds": 0.0, "curve": []}
+    else:
+        info = train(args, train_data, cdit, hybrid, diff, settings, baselines, held_out)
+        if args.out is not None:
+            save_models(Path(args.out), args.seed, learners)
+    result = evaluate(args, eval_data, cdit, hybrid, diff, settings, baselines)
     for learner in learners:
         result[f"params_{learner.name}"] = sum(p.numel() for p in learner.model.parameters())
         result[f"flops_{learner.name}"] = forward_flops(learner, held_out.batch)
@@ -424,6 +437,24 @@ def run_seed(
     result["train_seconds"] = round(float(info["train_seconds"]), 1)  # type: ignore[arg-type]
     result["curve"] = info["curve"]
     return result
+
+
+def save_models(out: Path, seed: int, learners: Sequence[Learner]) -> None:
+    """Write each learner's weights to ``out/models/seed{seed}/{name}.safetensors``."""
+    folder = out / "models" / f"seed{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for learner in learners:
+        state = {k: v.detach().contiguous() for k, v in learner.model.state_dict().items()}
+        save_file(state, str(folder / f"{learner.name}.safetensors"))
+
+
+def load_models(folder: Path, seed: int, learners: Sequence[Learner]) -> None:
+    """Load what :func:`save_models` wrote for ``seed`` into ``learners`` (strict)."""
+    for learner in learners:
+        path = folder / "models" / f"seed{seed}" / f"{learner.name}.safetensors"
+        if not path.is_file():
+            raise FileNotFoundError(f"--models-from: no weights for {learner.name!r} at {path}")
+        learner.model.load_state_dict(load_file(str(path)), strict=True)
 
 
 def intervals(targets: dict[str, object], data: Data, draws: int) -> dict[str, float]:
