@@ -26,7 +26,13 @@ from .poses import (
     to_pose5,
     wrap_angle,
 )
-from .rays import camera_rotation, patch_directions, plucker_rays
+from .rays import (
+    alignment_softening,
+    camera_rotation,
+    patch_directions,
+    plucker_rays,
+    ray_angle_std,
+)
 from .retrieval import build_context, gather_slots, retrieve, select_memory
 from .scores import STRATEGIES, Strategy, check_strategy, distance_scores, pose_scores
 from .selection import Selection, select_top_k
@@ -42,6 +48,7 @@ __all__ = [
     "Selection",
     "Strategy",
     "WritePolicy",
+    "alignment_softening",
     "build_context",
     "camera_rotation",
     "check_pose",
@@ -59,6 +66,7 @@ __all__ = [
     "pose_positions",
     "pose_scores",
     "poses_from_actions",
+    "ray_angle_std",
     "relative_pose",
     "retrieve",
     "select_memory",

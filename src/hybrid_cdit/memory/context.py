@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -19,6 +19,16 @@ def _check_time(name: str, value: object, dims: list[tuple[str, int | None]]) ->
     if tensor.is_complex() or tensor.dtype == torch.bool:
         raise ValueError(f"{name} must have an integer or floating dtype, got {tensor.dtype}")
     check_finite(name, tensor)
+
+
+def _check_ray_std(ray_std: object, b: int, k: int) -> None:
+    tensor = check_shape("ray_std", ray_std, [("B", b), ("k", k)])
+    if not tensor.is_floating_point():
+        raise ValueError(f"ray_std must have a floating dtype, got {tensor.dtype}")
+    if bool(torch.isnan(tensor).any()) or bool((tensor < 0).any()):
+        raise ValueError(
+            "ray_std must be >= 0 (inf for an unknown pose), got NaN or negative values"
+        )
 
 
 @dataclass(eq=False)
@@ -42,6 +52,13 @@ class MemoryContext:
         query_step: optional ``(B,)`` time step of the frame being predicted. With both given,
             a model may use each frame's age ``query_step[:, None] - steps``; with either
             missing, memory carries no time.
+        ray_std: optional ``(B, k)`` standard deviation, in radians, of the error of the
+            view-ray directions implied by each slot's pose relative to the query pose (see
+            :func:`~hybrid_cdit.memory.ray_angle_std` to get it from position and heading
+            uncertainty). A model with ray-aligned memory attention softens the alignment of an
+            uncertain slot: its ray distances are scaled by ``s**2 / (s**2 + ray_std**2)``, ``s``
+            the angle between neighbouring memory tokens. ``inf`` marks a slot whose pose is
+            unknown: it is never attended, as if masked. None means exact poses (0).
 
     Validation runs on construction and raises ``ValueError`` naming the field; every tensor
     must be finite, masked slots included (an attention weight of zero times NaN is NaN), and
@@ -55,6 +72,7 @@ class MemoryContext:
     query_pose: Tensor
     steps: Tensor | None = None
     query_step: Tensor | None = None
+    ray_std: Tensor | None = None
 
     def __post_init__(self) -> None:
         # The cache is no dataclass field, so code that rebuilds dataclasses field by field
@@ -83,6 +101,8 @@ class MemoryContext:
             _check_time("steps", self.steps, [("B", b), ("k", k)])
         if self.query_step is not None:
             _check_time("query_step", self.query_step, [("B", b)])
+        if self.ray_std is not None:
+            _check_ray_std(self.ray_std, b, k)
         # Masked slots must be finite too: attention weights of zero times NaN are still NaN.
         for name in ("frames", "poses", "scores"):
             if not all_finite(getattr(self, name)):
@@ -180,6 +200,9 @@ class MemoryContext:
             query_pose=self.query_pose.to(device=device, dtype=geometry),
             steps=None if self.steps is None else self.steps.to(device=device),
             query_step=None if self.query_step is None else self.query_step.to(device=device),
+            ray_std=None
+            if self.ray_std is None
+            else self.ray_std.to(device=device, dtype=geometry),
         )
 
     def is_placed(
@@ -187,12 +210,28 @@ class MemoryContext:
     ) -> bool:
         """Whether :meth:`to` with these arguments would change nothing: every tensor on
         ``device``, ``frames`` in ``dtype``, poses, scores and query pose in ``geometry_dtype``."""
-        geometry = (self.poses, self.scores, self.query_pose)
+        geometry: tuple[Tensor, ...] = (self.poses, self.scores, self.query_pose)
+        if self.ray_std is not None:
+            geometry = (*geometry, self.ray_std)
         tensors = (self.frames, self.mask, *geometry)
         return (
             all(t.device == device for t in tensors)
             and self.frames.dtype == dtype
             and all(t.dtype == geometry_dtype for t in geometry)
+        )
+
+    def with_known_poses(self) -> MemoryContext:
+        """This context with every slot whose ``ray_std`` is ``inf`` (pose unknown) masked and
+        its ``ray_std`` set to 0; ``self`` when no slot is unknown."""
+        if self.ray_std is None:
+            return self
+        unknown = torch.isinf(self.ray_std)
+        if not bool(unknown.any()):
+            return self
+        return replace(
+            self,
+            mask=self.mask & ~unknown,
+            ray_std=torch.where(unknown, torch.zeros_like(self.ray_std), self.ray_std),
         )
 
     @property

@@ -26,7 +26,13 @@ from .._validation import check_positive_int
 from ._checks import check_real
 from .poses import check_pose, to_pose5
 
-__all__ = ["camera_rotation", "patch_directions", "plucker_rays"]
+__all__ = [
+    "alignment_softening",
+    "camera_rotation",
+    "patch_directions",
+    "plucker_rays",
+    "ray_angle_std",
+]
 
 
 def camera_rotation(pose: Tensor) -> Tensor:
@@ -100,3 +106,47 @@ def plucker_rays(pose: Tensor, ref: Tensor, grid_size: int, fov: float) -> Tenso
     directions = torch.einsum("...ij,gj->...gi", relative, cam)
     moments = torch.linalg.cross(origin.unsqueeze(-2).expand_as(directions), directions, dim=-1)
     return torch.cat([directions, moments], dim=-1)
+
+
+def ray_angle_std(position_std: Tensor, heading_std: Tensor, depth: float) -> Tensor:
+    """Standard deviation, in radians, of the view-ray error a pose error implies (small angles).
+
+    A heading error turns every ray by itself; a lateral position error ``e`` turns the ray to a
+    point ``depth`` away by about ``e / depth``. Independent errors add in variance:
+    ``sqrt(heading_std**2 + (position_std / depth)**2)``, the value
+    :class:`~hybrid_cdit.memory.MemoryContext` takes as ``ray_std``.
+
+    Args:
+        position_std: ``(...)`` s.d. of the position error per axis of a slot's pose relative
+            to the query pose, in pose units (``inf`` for an unknown pose).
+        heading_std: ``(...)`` s.d. of the relative heading error, radians (broadcasts with
+            ``position_std``).
+        depth: typical distance from the camera to what it sees, in pose units, finite > 0.
+
+    Returns:
+        ``(...)`` the broadcast shape, floating.
+    """
+    depth = check_real("depth", depth, positive=True)
+    for name, value in (("position_std", position_std), ("heading_std", heading_std)):
+        if not isinstance(value, Tensor) or not value.is_floating_point():
+            raise ValueError(f"{name} must be a floating tensor, got {value!r:.80}")
+        if bool(torch.isnan(value).any()) or bool((value < 0).any()):
+            raise ValueError(f"{name} must be >= 0 (inf for unknown), got NaN or negative values")
+    return torch.hypot(heading_std, position_std / depth)
+
+
+def alignment_softening(ray_std: Tensor, spacing: float) -> Tensor:
+    """Per-slot factor ``s**2 / (s**2 + ray_std**2)`` on ray distances, ``s = spacing`` the
+    angle between neighbouring memory tokens (radians): a ray distance is about
+    ``(angle / s)**2``, and a Gaussian direction error of s.d. ``ray_std`` widens the angular
+    tolerance from ``s`` to ``sqrt(s**2 + ray_std**2)``. 1 for exact poses, 0 for unknown ones.
+
+    Args:
+        ray_std: ``(N, k)`` from :attr:`MemoryContext.ray_std`.
+        spacing: radians, > 0.
+
+    Returns:
+        ``(N, k)`` in ``[0, 1]``, ``ray_std``'s dtype.
+    """
+    s2 = spacing * spacing
+    return s2 / (s2 + ray_std.square())
