@@ -36,8 +36,8 @@ __all__ = [
     "PoseNoise",
     "corrupt",
     "has_pose_std",
-    "nominal_std",
     "noise_flag",
+    "nominal_std",
     "pose_errors",
     "with_pose_std",
 ]
