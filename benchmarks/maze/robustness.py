@@ -97,6 +97,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python -m benchmarks.maze.robustness",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # abbreviations of the benchmark's flags stay the benchmark's
     )
     p.add_argument("--models-from", required=True, help="the --out folder of a benchmark run")
     p.add_argument(
