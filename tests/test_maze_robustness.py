@@ -231,12 +231,18 @@ def test_robustness_rows_repeat_the_runs_figures(
     # the command line (on the same episodes): the table, then one JSON line
     monkeypatch.setattr(rb, "held_out_episodes", lambda args: episodes[1:])
     capsys.readouterr()
-    rb.main([*TINY, "--models-from", str(saved), "--settings", "drift:0.05,1"])
+    rb.main([*TINY, "--models-from", str(saved), "--settings", "drift:0.05,1", "--baselines"])
     out = capsys.readouterr().out.strip().splitlines()
     assert "share of exact gain" in "\n".join(out)
     last = json.loads(out[-1])
     assert [r["setting"] for r in last["rows"]] == ["exact", "drift 5% / 1 deg"]
     assert last["rows"][0]["revisit_psnr_hybrid"] == pytest.approx(exact["revisit_psnr_hybrid"])
+    # --baselines: the retrieved-context baselines too, the exact row as in the run
+    for name in ("ctx_memory", "ctx_memory_pose"):
+        key = f"revisit_psnr_{name}"
+        assert last["rows"][0][key] == pytest.approx(run_noisy[key], abs=1e-4), key
+        assert f"novel_psnr_{name}" in last["rows"][1]
+    assert "revisit_psnr_long_context" not in last["rows"][0]
 
 
 def test_robustness_flags_and_the_uncertainty_hook(
@@ -273,3 +279,28 @@ def test_robustness_flags_and_the_uncertainty_hook(
     out = rb.uncertainty(noise, poses)(memory, episode, target)
     position, heading = mn.nominal_std(noise, poses, episode, steps, target)
     torch.testing.assert_close(out.pose_std, torch.stack([position, heading], -1))  # type: ignore[attr-defined]
+
+
+def test_memory_subsets_keep_every_per_sample_field() -> None:
+    @dataclasses.dataclass(eq=False)
+    class WithStd(MemoryContext):
+        pose_std: torch.Tensor | None = None
+
+    gen = torch.Generator().manual_seed(0)
+    memory = WithStd(
+        frames=torch.randn(4, 2, 3, 4, 4, generator=gen), poses=torch.randn(4, 2, 3, generator=gen),
+        scores=torch.rand(4, 2, generator=gen), mask=torch.rand(4, 2, generator=gen) > 0.5,
+        query_pose=torch.randn(4, 3, generator=gen), steps=torch.arange(8).view(4, 2),
+        query_step=torch.arange(4), pose_std=torch.rand(4, 2, 2, generator=gen),
+    )  # fmt: skip
+    rows = torch.tensor([3, 1])
+    sub = mmem.subset_memory(memory, rows)
+    assert isinstance(sub, WithStd)
+    for name in ("frames", "poses", "scores", "mask", "query_pose", "steps", "query_step",
+                 "pose_std"):  # fmt: skip
+        assert torch.equal(getattr(sub, name), getattr(memory, name)[rows]), name
+    plain = MemoryContext(frames=memory.frames, poses=memory.poses, scores=memory.scores,
+                          mask=memory.mask, query_pose=memory.query_pose)  # fmt: skip
+    sub = mmem.subset_memory(plain, rows)
+    assert sub.steps is None and sub.query_step is None
+    assert torch.equal(sub.frames, plain.frames[rows])

@@ -389,16 +389,14 @@ def settings_from(args: argparse.Namespace) -> MemorySettings:
 
 
 def subset_memory(memory: MemoryContext, rows: Tensor) -> MemoryContext:
-    """Rows ``rows`` of a :class:`MemoryContext`."""
-    return MemoryContext(
-        frames=memory.frames[rows],
-        poses=memory.poses[rows],
-        scores=memory.scores[rows],
-        mask=memory.mask[rows],
-        query_pose=memory.query_pose[rows],
-        steps=None if memory.steps is None else memory.steps[rows],
-        query_step=None if memory.query_step is None else memory.query_step[rows],
-    )
+    """Rows ``rows`` of a :class:`MemoryContext`: every tensor field (all are per sample,
+    ``(B, ...)``, including fields of later versions such as a per-slot ``pose_std``)."""
+    picked = {
+        f.name: value[rows]
+        for f in dataclasses.fields(memory)
+        if isinstance(value := getattr(memory, f.name), Tensor)
+    }
+    return dataclasses.replace(memory, **picked)
 
 
 @dataclass(frozen=True)
