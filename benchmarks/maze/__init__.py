@@ -9,7 +9,9 @@ Stages: :mod:`~benchmarks.maze.worlds` (episodes: the :class:`~benchmarks.maze.w
 type, Memory Maze's environment, the explorer, a synthetic world, the cache),
 :mod:`~benchmarks.maze.protocol` (labels, the memory protocol, model inputs),
 :mod:`~benchmarks.maze.training`, :mod:`~benchmarks.maze.evaluation`,
-:mod:`~benchmarks.maze.report`, and :mod:`~benchmarks.maze.pipeline` (flags and :func:`run`).
+:mod:`~benchmarks.maze.report`, :mod:`~benchmarks.maze.pipeline` (flags and :func:`run`),
+:mod:`~benchmarks.maze.noise` (pose jitter and drift) and :mod:`~benchmarks.maze.robustness`
+(``python -m benchmarks.maze.robustness``: saved models under corrupted memory poses).
 
 Python entry point: ``run(args, train_episodes, eval_episodes)`` runs the whole protocol
 (train, evaluate, print the tables, return the summary) on episodes from any world: each

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from benchmarks.maze.baselines import Learner
+from benchmarks.maze.noise import pose_errors
 from benchmarks.maze.protocol import (
     Batch,
     Data,
@@ -44,6 +45,9 @@ from hybrid_cdit.memory import wrap_angle
 __all__ = [
     "BANDS",
     "COPIES",
+    "MEMORY_KINDS",
+    "NOISY_POSES",
+    "MemoryTransform",
     "band_scores",
     "band_weights",
     "copies",
@@ -53,10 +57,13 @@ __all__ = [
     "evaluate",
     "long_rollouts",
     "memory_report",
+    "noisy_pose_scores",
+    "one_step_noise",
     "one_step_samples",
     "oracle_memory",
     "outback_rollouts",
     "outback_windows",
+    "pose_noise_figures",
     "rollout",
     "rollout_starts",
     "to_unit",
@@ -126,6 +133,7 @@ def eps_errors(
     *,
     seed: int,
     batch: int = 256,
+    memory_poses: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Noise-prediction MSE ``(len(levels), B)`` per model variant at fixed timesteps, with
     fixed noise (seeded).
@@ -133,7 +141,10 @@ def eps_errors(
     Args:
         models: name -> ``(model, memory)``, memory one of ``"none"``, ``"retrieved"``,
             ``"oracle"``.
+        memory_poses: the poses the memory sees (``schedule``'s; default ``poses``).
     """
+    if memory_poses is None:
+        memory_poses = poses
     gen = torch.Generator().manual_seed(seed)
     shape = (len(levels), episode.shape[0], *frames.shape[2:])
     eps_all = torch.randn(shape, generator=gen)
@@ -144,8 +155,8 @@ def eps_errors(
         inputs = model_inputs(frames, poses, e, t, settings.context)
         memories = {
             "none": None,
-            "retrieved": memory_for(frames, poses, schedule, e, t),
-            "oracle": oracle_memory(frames, poses, pair_mse, e, t, settings.context),
+            "retrieved": memory_for(frames, memory_poses, schedule, e, t),
+            "oracle": oracle_memory(frames, memory_poses, pair_mse, e, t, settings.context),
         }
         for j, level in enumerate(levels):
             tt = torch.full((e.shape[0],), level, dtype=torch.long)
@@ -170,6 +181,16 @@ def copies(batch: Batch) -> dict[str, Tensor]:
     return {"copy_last": last, "copy_top": torch.where(top_usable, batch.memory.frames[:, 0], last)}
 
 
+def one_step_noise(count: int, frame_shape: Sequence[int], seed: int) -> Tensor:
+    """The starting noise ``(count, *frame_shape)`` of :func:`one_step_samples` for ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn((count, *frame_shape), generator=gen)
+
+
+MemoryTransform = Callable[[MemoryContext, Tensor, Tensor], MemoryContext]
+"""``(memory, episode, target) -> memory``: a change to each batch's memory context."""
+
+
 @torch.no_grad()
 def one_step_samples(
     learners: Sequence[Learner],
@@ -184,22 +205,38 @@ def one_step_samples(
     ddim_steps: int,
     seed: int,
     batch: int = 256,
+    memory_poses: Tensor | None = None,
+    noise: Tensor | None = None,
+    memory_transform: MemoryTransform | None = None,
+    copy_names: Sequence[str] = COPIES,
 ) -> dict[str, dict[str, Tensor]]:
     """DDIM samples of the target frames from each learner's conditioning on the true history
     (the same starting noise for every learner), and the copy baselines (:data:`COPIES`).
+
+    Args:
+        memory_poses: the poses the memory sees, those ``schedule`` was replayed on (default
+            ``poses``; see :func:`~benchmarks.maze.protocol.batch_for`).
+        noise: ``(B, C, H, W)`` starting noise (default :func:`one_step_noise` of ``seed``).
+        memory_transform: applied to each batch's memory context before any learner sees it.
+        copy_names: the copy baselines to score (a subset of :data:`COPIES`).
 
     Returns:
         ``{"psnr": name -> (B,) dB, "ssim": name -> (B,)}`` against the true frames, for every
         learner and copy baseline.
     """
-    gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn((episode.shape[0], *frames.shape[2:]), generator=gen)
-    names = [learner.name for learner in learners] + list(COPIES)
+    if noise is None:
+        noise = one_step_noise(episode.shape[0], frames.shape[2:], seed)
+    names = [learner.name for learner in learners] + list(copy_names)
     out = {m: {name: torch.empty(episode.shape[0]) for name in names} for m in ("psnr", "ssim")}
     for lo in range(0, episode.shape[0], batch):
         sl = slice(lo, lo + batch)
-        b = batch_for(frames, poses, schedule, episode[sl], target[sl], settings.context)
-        predictions = copies(b)
+        b = batch_for(
+            frames, poses, schedule, episode[sl], target[sl], settings.context,
+            memory_poses=memory_poses,
+        )  # fmt: skip
+        if memory_transform is not None:
+            b = dataclasses.replace(b, memory=memory_transform(b.memory, episode[sl], target[sl]))
+        predictions = {k: v for k, v in copies(b).items() if k in copy_names}
         for learner in learners:
             fn = partial(_eps_of, learner, b, diff)
             predictions[learner.name] = diff.ddim_sample(fn, noise[sl], ddim_steps)
@@ -212,6 +249,59 @@ def one_step_samples(
 
 def _eps_of(learner: Learner, batch: Batch, diff: Diffusion, x_t: Tensor, t: Tensor) -> Tensor:
     return diff.eps_from(learner.output(x_t, t, batch), x_t, t)
+
+
+MEMORY_KINDS = ("memory", "retrieved", "retrieved_pose")
+"""Learner kinds (:class:`~benchmarks.maze.baselines.Learner`) whose inputs depend on the poses
+the memory sees: through the memory's poses, or through what the retrieval returns."""
+
+NOISY_POSES = "_noisy_poses"
+"""Suffix of the names scored with corrupted memory poses."""
+
+
+def noisy_pose_scores(
+    learners: Sequence[Learner],
+    noisy: Data,
+    episode: Tensor,
+    target: Tensor,
+    diff: Diffusion,
+    settings: MemorySettings,
+    *,
+    ddim_steps: int,
+    seed: int,
+    noise: Tensor | None = None,
+    memory_transform: MemoryTransform | None = None,
+) -> dict[str, dict[str, Tensor]]:
+    """:func:`one_step_samples` with the memory seeing ``noisy.memory_poses`` (retrieval,
+    memory poses, query pose), for the learners of :data:`MEMORY_KINDS` and ``copy_top``; the
+    actions, context and targets are the true ones, the starting noise ``noise`` or that of
+    ``seed``, so the scores compare target by target with an exact-pose pass of the same noise.
+    Names get the suffix :data:`NOISY_POSES`."""
+    chosen = [learner for learner in learners if learner.kind in MEMORY_KINDS]
+    scores = one_step_samples(
+        chosen, noisy.frames, noisy.poses, noisy.schedule, episode, target, diff, settings,
+        ddim_steps=ddim_steps, seed=seed, memory_poses=noisy.memory_poses, noise=noise,
+        memory_transform=memory_transform, copy_names=("copy_top",),
+    )  # fmt: skip
+    return {m: {f"{n}{NOISY_POSES}": v for n, v in per.items()} for m, per in scores.items()}
+
+
+def pose_noise_figures(data: Data, noisy: Data) -> dict[str, float]:
+    """How far the memory's poses in ``noisy`` are from the truth of ``data`` (the same
+    episodes): ``pose_error_median`` (cells) and ``heading_error_median_deg`` over every
+    held-out frame, and the share of all held-out revisit frames whose retrieval returns a
+    slot truly within 1 cell and 45 degrees of the target, with the exact poses (``hit_rate``)
+    and with the noisy ones (``hit_rate_noisy_poses``)."""
+    position, heading = pose_errors(noisy.memory_poses, data.poses)
+    r_ep, r_t = data.revisit.nonzero(as_tuple=True)
+    exact_hits = retrieval_hits(data.poses, data.schedule, r_ep, r_t)
+    noisy_hits = retrieval_hits(data.poses, noisy.schedule, r_ep, r_t)
+    return {
+        "pose_error_median": float(position.median()),
+        "heading_error_median_deg": float(heading.median().rad2deg()),
+        "hit_rate": float(exact_hits.float().mean()),
+        "hit_rate_noisy_poses": float(noisy_hits.float().mean()),
+    }
 
 
 def rollout_starts(
@@ -432,11 +522,15 @@ def evaluate(
     diff: Diffusion,
     settings: MemorySettings,
     baselines: Sequence[Learner] = (),
+    noisy: Data | None = None,
 ) -> dict[str, object]:
     """Every figure of the summary but ``seconds``, plus the rollouts for the figure
     (``_figure``) and the per-target one-step scores (``_targets``, for intervals).
 
-    The targets are the same for every training seed (drawn with a fixed generator)."""
+    The targets are the same for every training seed (drawn with a fixed generator). With
+    ``noisy`` (``data`` whose memory sees corrupted poses), the one-step figures are also
+    scored with them (:func:`noisy_pose_scores`: ``{band}_psnr_{name}_noisy_poses``) and
+    :func:`pose_noise_figures` is added; everything else uses the exact poses."""
     cdit.eval()
     hybrid.eval()
     for baseline in baselines:
@@ -481,6 +575,7 @@ def evaluate(
         args.eval_t,
         settings,
         seed=args.seed + 30_000,
+        memory_poses=data.memory_poses,
     )
     eps_table: dict[str, dict[str, float]] = {}
     for split, sel in (("revisit", is_rev[core]), ("novel", is_nov[core])):
@@ -518,7 +613,17 @@ def evaluate(
         settings,
         ddim_steps=args.ddim_steps,
         seed=args.seed + 40_000,
+        memory_poses=data.memory_poses,
     )
+    if noisy is not None:
+        print("[eval] one-step DDIM again with the memory's poses corrupted", flush=True)
+        extra = noisy_pose_scores(
+            learners, noisy, episode, target, diff, settings,
+            ddim_steps=args.ddim_steps, seed=args.seed + 40_000,
+        )  # fmt: skip
+        for metric, per_name in extra.items():
+            scores[metric].update(per_name)
+        result.update(pose_noise_figures(data, noisy))
     result.update(band_scores(data, episode, target, scores, settings.context))
     psnrs = scores["psnr"]
     rev_active = data.schedule.mask[episode, target].any(1) & is_rev

@@ -46,6 +46,22 @@ context and entering the hybrid's memory, which holds the true history before th
 (also run by the hybrid with its memory withheld, the rollouts' control); and the figure of one
 rollout. ``--seeds 0,1,2`` repeats training per seed on the same held-out targets and aggregates.
 The last printed line is one JSON object.
+
+Poses as odometry gives them (``benchmarks/maze/noise.py``). ``--pose-jitter XY,DEG`` (i.i.d.
+Gaussian noise per frame, s.d. XY cells per axis and DEG degrees) or ``--pose-drift F,DEG``
+(every step's motion off by s.d. F times its length per axis and DEG degrees of turn, integrated
+from the true first pose) corrupts the poses the memory sees at evaluation (the buffer's writes
+and queries, the memory's and the query's poses, the retrieved-context poses; drawn from
+``--pose-noise-seed``, the same for every training seed); actions, context, labels and targets
+keep the true poses. The one-step figures are then scored again on the same targets and noise by
+every model that reads memory (``{band}_psnr_{model}_noisy_poses``, ``copy_top`` included), with
+``revisit_gain_noisy_poses`` (hybrid minus CDiT, 95% interval), ``gain_share_noisy_poses`` (of the
+exact-pose gain), ``hit_rate`` / ``hit_rate_noisy_poses`` (revisit frames whose retrieval holds
+a frame truly within 1 cell and 45 degrees) and ``pose_error_median`` (cells) /
+``heading_error_median_deg`` over all held-out frames; every other key stays exact-pose.
+``--train-pose-jitter`` / ``--train-pose-drift`` corrupt the training batches' memory poses the
+same way, afresh every epoch. ``python -m benchmarks.maze.robustness`` evaluates saved models
+under a series of such settings (the robustness table).
 """
 
 from __future__ import annotations
@@ -65,10 +81,17 @@ from torch import Tensor
 
 from benchmarks.maze.baselines import Learner, build_baselines, forward_flops
 from benchmarks.maze.evaluation import BANDS, band_scores, band_weights, evaluate, memory_report
+from benchmarks.maze.noise import PoseNoise, corrupt, noise_flag
 from benchmarks.maze.protocol import Data, MemorySettings, settings_from
 from benchmarks.maze.report import print_tables, rollout_figure
 from benchmarks.maze.stats import headline_intervals
-from benchmarks.maze.training import HeldOutBatch, architecture, build_models, train
+from benchmarks.maze.training import (
+    HeldOutBatch,
+    architecture,
+    build_models,
+    train,
+    train_pose_noise,
+)
 from benchmarks.maze.worlds import (
     SPLITS,
     Episode,
@@ -78,7 +101,16 @@ from benchmarks.maze.worlds import (
 )
 from benchmarks.side_by_side import Diffusion, format_table
 
-__all__ = ["SUMMARY_KEYS", "main", "parse_args", "run"]
+__all__ = [
+    "SUMMARY_KEYS",
+    "eval_pose_noise",
+    "held_out_episodes",
+    "load_models",
+    "main",
+    "noisy_data",
+    "parse_args",
+    "run",
+]
 
 SUMMARY_KEYS = (
     "revisit_psnr_cdit",
@@ -233,6 +265,44 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="also roll out out-and-back windows with memory holding only generated frames",
     )
     p.add_argument("--outback-length", type=int, default=32, help="frames of an out-and-back")
+    noise = p.add_mutually_exclusive_group()
+    noise.add_argument(
+        "--pose-jitter",
+        type=noise_flag("jitter", "--pose-jitter"),
+        default=None,
+        metavar="XY,DEG",
+        help="also evaluate one step with the memory's poses off by i.i.d. Gaussian noise per "
+        "frame: s.d. XY cells per axis, DEG degrees of heading (benchmarks/maze/noise.py)",
+    )
+    noise.add_argument(
+        "--pose-drift",
+        type=noise_flag("drift", "--pose-drift"),
+        default=None,
+        metavar="F,DEG",
+        help="also evaluate one step with the memory's poses dead-reckoned from noisy steps: "
+        "s.d. F times each step's length per axis, DEG degrees on each turn",
+    )
+    p.add_argument(
+        "--pose-noise-seed",
+        type=int,
+        default=0,
+        help="seed of the evaluation's pose noise (the same for every training seed)",
+    )
+    train_noise = p.add_mutually_exclusive_group()
+    train_noise.add_argument(
+        "--train-pose-jitter",
+        type=noise_flag("jitter", "--train-pose-jitter"),
+        default=None,
+        metavar="XY,DEG",
+        help="train with the memory's poses jittered (as --pose-jitter), afresh every epoch",
+    )
+    train_noise.add_argument(
+        "--train-pose-drift",
+        type=noise_flag("drift", "--train-pose-drift"),
+        default=None,
+        metavar="F,DEG",
+        help="train with the memory's poses drifting (as --pose-drift), afresh every epoch",
+    )
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument(
         "--models-from",
@@ -300,10 +370,7 @@ def run(
     settings = settings_from(args)
     curve_episodes = eval_episodes
     if eval_episodes is None:
-        eval_episodes = load_episodes(
-            args.maze_size, held_out_dataset(args.split), args.eval_episodes, args.env_steps,
-            cache_dir=args.cache_dir, workers=args.workers,
-        )  # fmt: skip
+        eval_episodes = held_out_episodes(args)
         curve_episodes = eval_episodes
         if args.split == "test" and not args.memory_report_only:
             # learning curves decide how long to train: validation mazes, never the test ones
@@ -327,6 +394,7 @@ def run(
         }
     data_seconds = time.perf_counter() - start
     eval_data = Data(eval_episodes, args.stride, args.size, settings)
+    noisy_eval = noisy_data(eval_data, eval_pose_noise(args), args.pose_noise_seed, settings)
     curve_data = Data(curve_episodes, args.stride, args.size, settings)
     seeds = args.seeds or [args.seed]
     runs: list[dict[str, object]] = []
@@ -343,11 +411,16 @@ def run(
         if len(seeds) > 1:
             print(f"[seed {seed}] training seed {len(runs) + 1} of {len(seeds)}", flush=True)
         train_data = Data(episodes, args.stride, args.size, settings)
-        runs.append(run_seed(seed_args, train_data, eval_data, settings, curve_data))
+        runs.append(run_seed(seed_args, train_data, eval_data, settings, curve_data, noisy_eval))
     result = runs[0] if len(runs) == 1 else aggregate(runs, eval_data, settings)
     targets = cast(dict[str, object], result.pop("_targets"))
     result.update(intervals(targets, eval_data, args.bootstrap_draws))
     figure = result.pop("_figure")
+    result.update(
+        pose_noise=_noise_label(eval_pose_noise(args)),
+        pose_noise_seed=args.pose_noise_seed,
+        train_pose_noise=_noise_label(train_pose_noise(args)),
+    )
     print_tables(result)
     paths = []
     if args.out is not None:
@@ -402,9 +475,11 @@ def run_seed(
     eval_data: Data,
     settings: MemorySettings,
     curve_data: Data | None = None,
+    noisy_eval: Data | None = None,
 ) -> dict[str, object]:
-    """One training seed: build, train and evaluate every model; the evaluation's result plus
-    ``memory_layers``, ``train_seconds``, ``curve``, ``params_{name}`` and ``flops_{name}``."""
+    """One training seed: build, train and evaluate every model (one step also with
+    ``noisy_eval``'s memory poses, if given); the evaluation's result plus ``memory_layers``,
+    ``train_seconds``, ``curve``, ``params_{name}`` and ``flops_{name}``."""
     diff = Diffusion(prediction=args.prediction)
     cdit, hybrid = build_models(args)
     baselines = build_baselines(args, architecture(args)) if args.baselines else []
@@ -429,7 +504,7 @@ def run_seed(
         info = train(args, train_data, cdit, hybrid, diff, settings, baselines, held_out)
         if args.out is not None:
             save_models(Path(args.out), args.seed, learners)
-    result = evaluate(args, eval_data, cdit, hybrid, diff, settings, baselines)
+    result = evaluate(args, eval_data, cdit, hybrid, diff, settings, baselines, noisy_eval)
     for learner in learners:
         result[f"params_{learner.name}"] = sum(p.numel() for p in learner.model.parameters())
         result[f"flops_{learner.name}"] = forward_flops(learner, held_out.batch)
@@ -459,14 +534,54 @@ def load_models(folder: Path, seed: int, learners: Sequence[Learner]) -> None:
 
 def intervals(targets: dict[str, object], data: Data, draws: int) -> dict[str, float]:
     """Bootstrap intervals over held-out episodes of the headline differences (one-step PSNR
-    per target, ``targets`` from :func:`~benchmarks.maze.evaluation.evaluate`)."""
+    per target, ``targets`` from :func:`~benchmarks.maze.evaluation.evaluate`). With scores of
+    corrupted memory poses, also ``revisit_gain_noisy_poses`` (hybrid minus CDiT on revisits)
+    with ``_ci_low`` / ``_ci_high``, and ``gain_share_noisy_poses``, its ratio to the
+    exact-pose gain."""
     episode = cast(Tensor, targets["episode"])
     target = cast(Tensor, targets["target"])
     psnr = cast(dict[str, Tensor], targets["psnr"])
     bands = {band: getattr(data, band)[episode, target] for band in BANDS}
-    return headline_intervals(
+    out = headline_intervals(
         psnr, episode, bands, band_weights(data), data.frames.shape[0], draws=draws, seed=0
     )
+    noisy = "revisit_psnr_gain_hybrid_noisy_poses_vs_cdit"
+    if noisy in out:
+        out["revisit_gain_noisy_poses"] = out[noisy]
+        out["revisit_gain_noisy_poses_ci_low"] = out[f"{noisy}_ci_low"]
+        out["revisit_gain_noisy_poses_ci_high"] = out[f"{noisy}_ci_high"]
+        exact = out["revisit_psnr_gain_hybrid_vs_cdit"]
+        out["gain_share_noisy_poses"] = out[noisy] / exact if exact != 0 else float("nan")
+    return out
+
+
+def held_out_episodes(args: argparse.Namespace) -> list[Episode]:
+    """The held-out Memory Maze episodes of ``--split`` (loaded from the cache or generated)."""
+    return load_episodes(
+        args.maze_size, held_out_dataset(args.split), args.eval_episodes, args.env_steps,
+        cache_dir=args.cache_dir, workers=args.workers,
+    )  # fmt: skip
+
+
+def eval_pose_noise(args: argparse.Namespace) -> PoseNoise | None:
+    """The noise of ``--pose-jitter`` / ``--pose-drift`` (None without either)."""
+    noise: PoseNoise | None = args.pose_jitter or args.pose_drift
+    return noise
+
+
+def noisy_data(
+    data: Data, noise: PoseNoise | None, seed: int, settings: MemorySettings
+) -> Data | None:
+    """``data`` whose memory sees its poses corrupted by ``noise`` drawn from ``seed`` (None
+    without noise)."""
+    if noise is None:
+        return None
+    poses = corrupt(data.poses, noise, torch.Generator().manual_seed(seed))
+    return data.with_memory_poses(poses, settings)
+
+
+def _noise_label(noise: PoseNoise | None) -> str | None:
+    return None if noise is None else noise.label()
 
 
 def aggregate(

@@ -16,6 +16,7 @@ images (selection depends on poses, steps and the LRU clock only) at a fraction 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import math
 from collections.abc import Sequence
@@ -323,6 +324,11 @@ class Data:
     Labels ``(N, T)`` bool: ``revisit``, ``novel`` and ``middle`` (partly seen: neither), all
     False before frame ``context``; ``gap`` ``(N, T)`` long, frames since the view was last
     seen (:func:`~benchmarks.maze.worlds.last_seen_gap`, -1 when never).
+
+    ``poses`` are the true poses (labels, actions ``y``); ``memory_poses`` ``(N, T, 3)`` are
+    the poses the memory sees (the buffer's writes and queries, so ``schedule``; the memory's
+    slot and query poses; the retrieved-context poses): the true ones, or corrupted ones in a
+    copy from :meth:`with_memory_poses`.
     """
 
     def __init__(
@@ -340,8 +346,22 @@ class Data:
         self.gap = torch.stack(
             [torch.from_numpy(last_seen_gap(p.numpy(), settings.context)) for p in self.poses]
         )
+        self.memory_poses = self.poses
         self.schedule: MemorySchedule = replay_memory(self.poses, settings)
         self._pair_mse: Tensor | None = None
+
+    def with_memory_poses(self, memory_poses: Tensor, settings: MemorySettings) -> Data:
+        """A copy whose memory sees ``memory_poses (N, T, 3)`` (the schedule replayed on them);
+        frames, true poses and labels shared with this one."""
+        if memory_poses.shape != self.poses.shape:
+            raise ValueError(
+                f"memory_poses must have shape {tuple(self.poses.shape)}, got "
+                f"{tuple(memory_poses.shape)}"
+            )
+        out = copy.copy(self)
+        out.memory_poses = memory_poses
+        out.schedule = replay_memory(memory_poses, settings)
+        return out
 
     @property
     def pair_mse(self) -> Tensor:
@@ -369,16 +389,14 @@ def settings_from(args: argparse.Namespace) -> MemorySettings:
 
 
 def subset_memory(memory: MemoryContext, rows: Tensor) -> MemoryContext:
-    """Rows ``rows`` of a :class:`MemoryContext`."""
-    return MemoryContext(
-        frames=memory.frames[rows],
-        poses=memory.poses[rows],
-        scores=memory.scores[rows],
-        mask=memory.mask[rows],
-        query_pose=memory.query_pose[rows],
-        steps=None if memory.steps is None else memory.steps[rows],
-        query_step=None if memory.query_step is None else memory.query_step[rows],
-    )
+    """Rows ``rows`` of a :class:`MemoryContext`: every tensor field (all are per sample,
+    ``(B, ...)``, including fields of later versions such as a per-slot ``pose_std``)."""
+    picked = {
+        f.name: value[rows]
+        for f in dataclasses.fields(memory)
+        if isinstance(value := getattr(memory, f.name), Tensor)
+    }
+    return dataclasses.replace(memory, **picked)
 
 
 @dataclass(frozen=True)
@@ -428,11 +446,18 @@ def batch_for(
     target: Tensor,
     context: int,
     withheld: Tensor | None = None,
+    memory_poses: Tensor | None = None,
 ) -> Batch:
     """The :class:`Batch` of samples ``(episode[i], target[i])`` (see :func:`memory_for` for
-    ``withheld``; the retrieved-context frames of withheld rows are unusable slots too)."""
+    ``withheld``; the retrieved-context frames of withheld rows are unusable slots too).
+
+    ``poses (N, T, 3)`` give the actions; ``memory_poses`` (default ``poses``), those the
+    memory sees and ``schedule`` was replayed on, give the memory's slot and query poses and
+    the retrieved-context poses."""
     inputs = model_inputs(frames, poses, episode, target, context)
-    memory = memory_for(frames, poses, schedule, episode, target, withheld)
+    if memory_poses is None:
+        memory_poses = poses
+    memory = memory_for(frames, memory_poses, schedule, episode, target, withheld)
     k = memory.mask.shape[1]
     offsets = torch.arange(-(context + k), 0)
     long_cond = frames[episode[:, None], (target[:, None] + offsets).clamp(min=0)]
@@ -442,9 +467,9 @@ def batch_for(
         usable[..., None, None, None], memory.frames.flip(1), inputs.x_cond[:, :1]
     )
     slot_poses = torch.where(
-        usable[..., None], memory.poses.flip(1), poses[episode, oldest][:, None]
+        usable[..., None], memory.poses.flip(1), memory_poses[episode, oldest][:, None]
     )
-    rel = relative_pose(slot_poses, poses[episode, target][:, None])
+    rel = relative_pose(slot_poses, memory.query_pose[:, None])
     retrieved_pose = torch.stack(
         [rel[..., 0], rel[..., 1], rel[..., 2].cos(), rel[..., 2].sin()], dim=-1
     )

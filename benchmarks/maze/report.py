@@ -19,6 +19,7 @@ __all__ = [
     "gap_table",
     "interval_table",
     "one_step_table",
+    "pose_noise_table",
     "print_tables",
     "rollout_figure",
 ]
@@ -33,8 +34,13 @@ PREDICTORS = (
     "ctx_memory_pose",
     "copy_last",
     "copy_top",
+    "hybrid_noisy_poses",
+    "ctx_memory_noisy_poses",
+    "ctx_memory_pose_noisy_poses",
+    "copy_top_noisy_poses",
 )
-"""Rows of the one-step table, in order (those the summary has)."""
+"""Rows of the one-step table, in order (those the summary has; ``_noisy_poses``: scored with
+corrupted memory poses)."""
 
 
 def _get(result: dict[str, object], key: str) -> object:
@@ -83,6 +89,23 @@ def interval_table(result: dict[str, object]) -> str:
     return format_table(["PSNR difference (dB)", "mean", "95% low", "95% high"], rows)
 
 
+def pose_noise_table(result: dict[str, object]) -> str:
+    """What corrupted memory poses cost (runs with ``--pose-jitter`` / ``--pose-drift``)."""
+    keys = (
+        "pose_noise",
+        "pose_error_median",
+        "heading_error_median_deg",
+        "hit_rate",
+        "hit_rate_noisy_poses",
+        "revisit_psnr_gain_hybrid_vs_cdit",
+        "revisit_gain_noisy_poses",
+        "revisit_gain_noisy_poses_ci_low",
+        "revisit_gain_noisy_poses_ci_high",
+        "gain_share_noisy_poses",
+    )
+    return format_table(["memory poses corrupted", "value"], [[k, _get(result, k)] for k in keys])
+
+
 def cost_table(result: dict[str, object]) -> str:
     """Parameters and operations per forward (one sample) of every learned model."""
     names = [k.removeprefix("params_") for k in result if k.startswith("params_")]
@@ -103,6 +126,8 @@ def print_tables(result: dict[str, object]) -> None:
     print(one_step_table(result))
     print(gap_table(result))
     print(interval_table(result))
+    if "pose_error_median" in result:
+        print(pose_noise_table(result))
     rows = []
     for name in ("cdit", "hybrid", "hybrid_no_memory"):
         rows.append(["rollout revisit", name, _get(result, f"rollout_revisit_psnr_{name}")])

@@ -24,8 +24,11 @@ HEADLINE_DIFFERENCES = (
     ("middle", "cdit", "copy_last"),
     ("all", "hybrid", "cdit"),
     ("all", "cdit", "copy_last"),
+    ("revisit", "hybrid_noisy_poses", "cdit"),
+    ("novel", "hybrid_noisy_poses", "cdit"),
 )
-"""``(band, a, b)``: PSNR of ``a`` minus PSNR of ``b`` on ``band`` targets."""
+"""``(band, a, b)``: PSNR of ``a`` minus PSNR of ``b`` on ``band`` targets (``hybrid_noisy_poses``:
+the hybrid with corrupted memory poses, in runs with ``--pose-jitter`` / ``--pose-drift``)."""
 
 
 def bootstrap_interval(

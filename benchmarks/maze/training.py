@@ -20,7 +20,16 @@ import torch
 from torch import Tensor
 
 from benchmarks.maze.baselines import Learner, load_wider_context
-from benchmarks.maze.protocol import Batch, Data, MemorySettings, batch_for, model_inputs
+from benchmarks.maze.noise import PoseNoise, corrupt
+from benchmarks.maze.protocol import (
+    Batch,
+    Data,
+    MemorySchedule,
+    MemorySettings,
+    batch_for,
+    model_inputs,
+    replay_memory,
+)
 from benchmarks.side_by_side import (
     Diffusion,
     build_pair,
@@ -32,7 +41,16 @@ from benchmarks.side_by_side import (
 )
 from hybrid_cdit import CDiT, HybridCDiT
 
-__all__ = ["HeldOutBatch", "architecture", "build_models", "duration", "pretrain", "train"]
+__all__ = [
+    "HeldOutBatch",
+    "NoisyMemory",
+    "architecture",
+    "build_models",
+    "duration",
+    "pretrain",
+    "train",
+    "train_pose_noise",
+]
 
 
 def architecture(args: argparse.Namespace) -> dict[str, object]:
@@ -93,7 +111,10 @@ class HeldOutBatch:
         n, t_len = data.frames.shape[:2]
         episode = torch.randint(0, n, (size,), generator=gen)
         target = torch.randint(settings.context, t_len, (size,), generator=gen)
-        batch = batch_for(data.frames, data.poses, data.schedule, episode, target, settings.context)
+        batch = batch_for(
+            data.frames, data.poses, data.schedule, episode, target, settings.context,
+            memory_poses=data.memory_poses,
+        )  # fmt: skip
         x_t, t, loss_target = diff.training_sample(batch.x0, gen)
         return cls(batch=batch, x_t=x_t, t=t, target=loss_target)
 
@@ -110,6 +131,46 @@ class HeldOutBatch:
         return out
 
 
+def train_pose_noise(args: argparse.Namespace) -> PoseNoise | None:
+    """The noise of ``--train-pose-jitter`` / ``--train-pose-drift`` (None without either)."""
+    noise: PoseNoise | None = getattr(args, "train_pose_jitter", None) or getattr(
+        args, "train_pose_drift", None
+    )
+    return noise
+
+
+class NoisyMemory:
+    """The memory poses and schedule of training batches under ``noise``: the training poses
+    corrupted afresh every ``every`` batches (an epoch), from a generator of its own seeded by
+    ``seed``; without noise, the exact ones of ``data``."""
+
+    def __init__(
+        self,
+        data: Data,
+        settings: MemorySettings,
+        noise: PoseNoise | None,
+        seed: int,
+        every: int,
+    ) -> None:
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.data, self.settings, self.noise, self.every = data, settings, noise, every
+        self.gen = torch.Generator().manual_seed(seed)
+        self.poses: Tensor = data.memory_poses
+        self.schedule: MemorySchedule = data.schedule
+        self._epoch = -1
+
+    def at(self, step: int) -> tuple[Tensor, MemorySchedule]:
+        """The memory poses ``(N, T, 3)`` and schedule for the batch of ``step`` (from 1; a
+        new draw whenever ``step`` enters an epoch not drawn yet)."""
+        epoch = (step - 1) // self.every
+        if self.noise is not None and epoch != self._epoch:
+            self.poses = corrupt(self.data.poses, self.noise, self.gen)
+            self.schedule = replay_memory(self.poses, self.settings)
+            self._epoch = epoch
+        return self.poses, self.schedule
+
+
 def train(
     args: argparse.Namespace,
     data: Data,
@@ -123,6 +184,11 @@ def train(
     """Side-by-side training of the CDiT, the hybrid and the learned ``baselines`` on the same
     batches, timesteps and noise (after ``--pretrain-steps`` of the CDiT alone, whose weights
     every model then starts from); prints progress with the revisit losses and an ETA.
+
+    With ``--train-pose-jitter`` / ``--train-pose-drift``, the memory of the training batches
+    (retrieval, memory and query poses, the retrieved-context poses) sees the training poses
+    corrupted afresh every epoch (every ``ceil(N (T - context) / batch)`` batches, from a
+    generator seeded by ``--seed``); actions and context keep the true poses.
 
     Returns:
         ``train_seconds``, and with ``held_out`` the learning curves ``curve``: rows of the
@@ -142,6 +208,8 @@ def train(
         *(optimizer(b.model, args.lr, args.lr) for b in baselines),
     ]
     n, t_len = data.frames.shape[:2]
+    epoch = math.ceil(n * (t_len - settings.context) / args.batch)
+    memory = NoisyMemory(data, settings, train_pose_noise(args), args.seed + 400, epoch)
     names = ("cdit", "hybrid", "cdit_rev", "hybrid_rev", "hybrid_rev_withheld")
     window: dict[str, list[float]] = {k: [] for k in names}
     curve: list[dict[str, float]] = []
@@ -155,9 +223,11 @@ def train(
         episode = torch.randint(0, n, (args.batch,), generator=gen)
         target = torch.randint(settings.context, t_len, (args.batch,), generator=gen)
         withheld = torch.rand(args.batch, generator=gen) < args.withhold
+        memory_poses, schedule = memory.at(step)
         batch = batch_for(
-            data.frames, data.poses, data.schedule, episode, target, settings.context, withheld
-        )
+            data.frames, data.poses, schedule, episode, target, settings.context, withheld,
+            memory_poses=memory_poses,
+        )  # fmt: skip
         x_t, t, loss_target = diff.training_sample(batch.x0, gen)
         losses = train_step_each(
             [

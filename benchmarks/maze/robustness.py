@@ -1,0 +1,312 @@
+"""``python -m benchmarks.maze.robustness``: what the hybrid's memory gain is worth when the poses
+the memory sees are corrupted, on models a run saved.
+
+    python -m benchmarks.maze --seeds 0,1,2 --out runs/mm3              # trains, saves models
+    python -m benchmarks.maze.robustness --models-from runs/mm3 --seeds 0,1,2
+
+The saved models (``DIR/models/seed{N}/{name}.safetensors``, written by ``--out``) were trained
+with exact poses unless their run said otherwise (``--train-pose-jitter`` /
+``--train-pose-drift``). At evaluation only what the memory sees is corrupted (the buffer's writes
+and queries, the memory's and the query's poses; ``benchmarks/maze/noise.py``); actions and
+context keep the true poses, so the CDiT's figures do not change and are computed once per seed.
+Rows: exact poses, then each of ``--settings`` (default: jitter 0.1 cell / 3 deg, 0.25 / 7.5,
+0.5 / 15; drift 2% / 0.5 deg, 5% / 1, 10% / 2), every row on the same held-out targets and the
+same DDIM noise as the run's one-step evaluation (so the exact row repeats its
+``revisit_psnr_hybrid``), the pose noise drawn from ``--pose-noise-seed``, the same for every
+training seed and model. Per row: the median position error (cells) and heading error (degrees)
+of the memory's poses over every held-out frame; the hybrid's revisit gain over the CDiT (dB,
+seed-averaged per-target PSNR, 95% bootstrap interval over held-out episodes); its share of the
+exact-pose gain; the retrieval hit rate (held-out revisit frames whose retrieval holds a frame
+truly within 1 cell and 45 degrees); revisit and novel PSNR of the hybrid and of ``copy_top``
+(and of the retrieved-context baselines with ``--baselines``). The last line printed is one JSON
+object.
+
+``--pose-uncertainty`` gives the hybrid, in the noisy rows, each slot's nominal relative-pose
+standard deviation (:func:`~benchmarks.maze.noise.nominal_std`) as ``MemoryContext.pose_std``
+``(B, k, 2)``; it needs a ``hybrid_cdit`` whose ``MemoryContext`` has that field.
+
+Every other flag is ``python -m benchmarks.maze``'s: the architecture, data and memory flags must
+be those of the run that saved the models (the defaults for the documented run); ``--split``
+(test by default), ``--seeds``, ``--max-revisit-targets``, ``--ddim-steps`` and
+``--bootstrap-draws`` apply as there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from benchmarks.maze.baselines import Learner, build_baselines
+from benchmarks.maze.evaluation import (
+    MEMORY_KINDS,
+    NOISY_POSES,
+    MemoryTransform,
+    eval_targets,
+    noisy_pose_scores,
+    one_step_noise,
+    one_step_samples,
+    pose_noise_figures,
+)
+from benchmarks.maze.noise import PoseNoise, has_pose_std, nominal_std, with_pose_std
+from benchmarks.maze.pipeline import held_out_episodes, load_models, noisy_data
+from benchmarks.maze.pipeline import parse_args as pipeline_args
+from benchmarks.maze.protocol import Data, settings_from
+from benchmarks.maze.stats import bootstrap_interval
+from benchmarks.maze.training import architecture, build_models
+from benchmarks.maze.worlds import Episode
+from benchmarks.side_by_side import Diffusion, format_table
+from hybrid_cdit import MemoryContext
+
+__all__ = ["DEFAULT_SETTINGS", "main", "parse_args", "parse_setting", "run", "uncertainty"]
+
+DEFAULT_SETTINGS = (
+    PoseNoise("jitter", 0.1, 3.0),
+    PoseNoise("jitter", 0.25, 7.5),
+    PoseNoise("jitter", 0.5, 15.0),
+    PoseNoise("drift", 0.02, 0.5),
+    PoseNoise("drift", 0.05, 1.0),
+    PoseNoise("drift", 0.1, 2.0),
+)
+"""The rows of the robustness table after the exact one."""
+
+
+def parse_setting(text: str) -> PoseNoise:
+    """``jitter:XY,DEG`` or ``drift:F,DEG`` (an ``argparse`` type of ``--settings``)."""
+    kind, sep, value = text.partition(":")
+    if not sep or kind not in ("jitter", "drift"):
+        raise argparse.ArgumentTypeError(
+            f"--settings expects jitter:XY,DEG or drift:F,DEG, got {text!r}"
+        )
+    try:
+        return PoseNoise.parse(value, kind, f"--settings {kind}:")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """This command's flags, on top of ``python -m benchmarks.maze``'s (``--baselines`` off
+    unless given)."""
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.maze.robustness",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # abbreviations of the benchmark's flags stay the benchmark's
+    )
+    p.add_argument("--models-from", required=True, help="the --out folder of a benchmark run")
+    p.add_argument(
+        "--settings",
+        nargs="+",
+        type=parse_setting,
+        default=None,
+        metavar="KIND:A,DEG",
+        help="noise rows, e.g. jitter:0.25,7.5 drift:0.05,1 (default: the six of the table)",
+    )
+    p.add_argument(
+        "--pose-uncertainty",
+        action="store_true",
+        help="give the hybrid each slot's nominal pose std (MemoryContext.pose_std)",
+    )
+    own, rest = p.parse_known_args(argv)
+    args = pipeline_args(["--no-baselines", *rest, "--models-from", own.models_from])
+    if args.pose_jitter is not None or args.pose_drift is not None:
+        p.error("use --settings for the noise rows, not --pose-jitter / --pose-drift")
+    args.settings = list(DEFAULT_SETTINGS) if own.settings is None else own.settings
+    args.pose_uncertainty = own.pose_uncertainty
+    return args
+
+
+def uncertainty(noise: PoseNoise, memory_poses: Tensor) -> MemoryTransform:
+    """A memory transform that sets each slot's nominal pose std under ``noise``
+    (:func:`~benchmarks.maze.noise.nominal_std` from the poses the memory sees,
+    ``(N, T, 3)``)."""
+
+    def transform(memory: MemoryContext, episode: Tensor, target: Tensor) -> MemoryContext:
+        if memory.steps is None:
+            raise ValueError("memory.steps must be given to compute the slots' pose std, got None")
+        position, heading = nominal_std(noise, memory_poses, episode, memory.steps, target)
+        return with_pose_std(memory, position, heading)
+
+    return transform
+
+
+def _learners(args: argparse.Namespace) -> list[Learner]:
+    """The CDiT, the hybrid and (with ``--baselines``) the baselines that read the memory's
+    retrieval, with the saved weights of ``args.seed``, in eval mode."""
+    cdit, hybrid = build_models(args)
+    learners = [Learner("cdit", cdit, "recent"), Learner("hybrid", hybrid, "memory")]
+    if args.baselines:
+        chosen = build_baselines(args, architecture(args))
+        learners += [b for b in chosen if b.kind in MEMORY_KINDS]
+    load_models(Path(args.models_from), args.seed, learners)
+    for learner in learners:
+        learner.model.eval()
+    return learners
+
+
+def run(
+    args: argparse.Namespace, eval_episodes: Sequence[Episode] | None = None
+) -> dict[str, object]:
+    """Evaluate the saved models of every seed under every row; print the table; return the
+    summary (the JSON :func:`main` prints). ``eval_episodes``: held-out episodes of any world
+    (None: Memory Maze's of ``--split``)."""
+    start = time.perf_counter()
+    if args.pose_uncertainty and not has_pose_std():
+        raise RuntimeError(
+            "--pose-uncertainty: this hybrid_cdit has no per-slot pose uncertainty "
+            "(MemoryContext has no 'pose_std' field)"
+        )
+    torch.set_num_threads(args.threads)
+    settings = settings_from(args)
+    if eval_episodes is None:
+        eval_episodes = held_out_episodes(args)
+    data = Data(eval_episodes, args.stride, args.size, settings)
+    all_episode, all_target = eval_targets(
+        data, args.max_revisit_targets, torch.Generator().manual_seed(20_000)
+    )  # the run's one-step targets; the middle band is left out here
+    keep = data.revisit[all_episode, all_target] | data.novel[all_episode, all_target]
+    episode, target = all_episode[keep], all_target[keep]
+    rows: list[tuple[str, PoseNoise | None, Data]] = [("exact", None, data)]
+    for noise in args.settings:
+        noisy = noisy_data(data, noise, args.pose_noise_seed, settings)
+        assert noisy is not None
+        rows.append((noise.label(), noise, noisy))
+    diff = Diffusion(prediction=args.prediction)
+    seeds = args.seeds or [args.seed]
+    per_seed: list[dict[str, Tensor]] = []
+    for seed in seeds:
+        seed_args = argparse.Namespace(**{**vars(args), "seed": seed, "seeds": None})
+        learners = _learners(seed_args)
+        noise = one_step_noise(all_episode.shape[0], data.frames.shape[2:], seed + 40_000)[keep]
+        common = {"ddim_steps": args.ddim_steps, "seed": seed + 40_000, "noise": noise}
+        print(f"[robustness] seed {seed}: exact poses, {len(episode)} targets", flush=True)
+        psnr = one_step_samples(
+            learners, data.frames, data.poses, data.schedule, episode, target, diff, settings,
+            copy_names=("copy_top",), **common,
+        )["psnr"]  # fmt: skip
+        for i, (label, noise_model, noisy) in enumerate(rows[1:], start=1):
+            print(f"[robustness] seed {seed}: {label}", flush=True)
+            transform = None
+            if args.pose_uncertainty:
+                assert noise_model is not None
+                transform = uncertainty(noise_model, noisy.memory_poses)
+            scores = noisy_pose_scores(
+                learners, noisy, episode, target, diff, settings,
+                memory_transform=transform, **common,
+            )["psnr"]  # fmt: skip
+            psnr.update({f"{name}@{i}": value for name, value in scores.items()})
+        per_seed.append(psnr)
+    mean = {name: torch.stack([p[name] for p in per_seed]).mean(0) for name in per_seed[0]}
+    summary = _summary(args, data, rows, mean, episode, target)
+    summary.update(
+        revisit_targets=int(data.revisit[episode, target].sum()),
+        novel_targets=int(data.novel[episode, target].sum()),
+        seeds=seeds,
+        split=args.split,
+        models_from=str(args.models_from),
+        pose_noise_seed=args.pose_noise_seed,
+        pose_uncertainty=args.pose_uncertainty,
+        seconds=round(time.perf_counter() - start, 1),
+    )
+    print(robustness_table(summary))
+    return summary
+
+
+def _summary(
+    args: argparse.Namespace,
+    data: Data,
+    rows: Sequence[tuple[str, PoseNoise | None, Data]],
+    psnr: dict[str, Tensor],
+    episode: Tensor,
+    target: Tensor,
+) -> dict[str, object]:
+    """The rows' figures from the seed-averaged per-target PSNR (``{name}@{row}`` for the
+    noisy rows)."""
+    rev = data.revisit[episode, target]
+    nov = data.novel[episode, target]
+    n_episodes = data.frames.shape[0]
+    names = [n for n in psnr if "@" not in n and n != "cdit"]
+    out: dict[str, object] = {
+        "revisit_psnr_cdit": float(psnr["cdit"][rev].mean()),
+        "novel_psnr_cdit": float(psnr["cdit"][nov].mean()),
+    }
+    table: list[dict[str, object]] = []
+    exact_gain = 0.0
+    for i, (label, noise, noisy) in enumerate(rows):
+        row: dict[str, object] = {"setting": label}
+        if noise is not None:
+            row.update(kind=noise.kind, position=noise.position, degrees=noise.degrees)
+            row.update(pose_noise_figures(data, noisy))
+            row["hit_rate"] = row.pop("hit_rate_noisy_poses")
+        else:
+            figures = pose_noise_figures(data, data)
+            row.update(pose_error_median=0.0, heading_error_median_deg=0.0)
+            row["hit_rate"] = figures["hit_rate"]
+        scores = {n: psnr[n if i == 0 else f"{n}{NOISY_POSES}@{i}"] for n in names}
+        gain = scores["hybrid"] - psnr["cdit"]
+        row["revisit_gain"] = float(gain[rev].mean())
+        low, high = bootstrap_interval(
+            gain[rev], episode[rev], n_episodes, draws=args.bootstrap_draws, seed=0
+        )
+        row["revisit_gain_ci_low"], row["revisit_gain_ci_high"] = low, high
+        if i == 0:
+            exact_gain = float(row["revisit_gain"])  # type: ignore[arg-type]
+        row["gain_share"] = float(row["revisit_gain"]) / exact_gain if exact_gain else None  # type: ignore[arg-type]
+        row["novel_gain"] = float(gain[nov].mean())
+        for name, values in scores.items():
+            row[f"revisit_psnr_{name}"] = float(values[rev].mean())
+            row[f"novel_psnr_{name}"] = float(values[nov].mean())
+        table.append(row)
+    out["rows"] = table
+    return out
+
+
+def robustness_table(summary: dict[str, object]) -> str:
+    """The printed table of a :func:`run` summary."""
+    rows = summary["rows"]
+    assert isinstance(rows, list)
+    header = [
+        "memory poses",
+        "pos. err. (cells)",
+        "heading err. (deg)",
+        "revisit gain (dB)",
+        "95% interval",
+        "share of exact gain",
+        "hit rate",
+        "novel gain (dB)",
+        "copy_top revisit",
+    ]
+    lines = []
+    for row in rows:
+        share = row["gain_share"]
+        lines.append(
+            [
+                row["setting"],
+                row["pose_error_median"],
+                row["heading_error_median_deg"],
+                row["revisit_gain"],
+                f"[{row['revisit_gain_ci_low']:.2f}, {row['revisit_gain_ci_high']:.2f}]",
+                "-" if share is None else f"{100 * share:.0f}%",
+                row["hit_rate"],
+                row["novel_gain"],
+                row["revisit_psnr_copy_top"],
+            ]
+        )
+    return format_table(header, lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: the last line printed is the JSON summary."""
+    summary = run(parse_args(argv))
+    print(json.dumps(summary, default=float))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,306 @@
+"""Corrupted memory poses in the Memory Maze benchmark: the protocol's split between true and
+memory poses, the noisy evaluation pass, noisy training batches, and the robustness command, on
+synthetic episodes with tiny models (no MuJoCo)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from benchmarks import side_by_side as sbs
+from benchmarks.maze import noise as mn
+from benchmarks.maze import pipeline as bench
+from benchmarks.maze import protocol as mmem
+from benchmarks.maze import robustness as rb
+from benchmarks.maze import training
+from benchmarks.maze import worlds as mt
+from safetensors.torch import load_file, save_file
+
+from hybrid_cdit import MemoryContext
+from hybrid_cdit.memory import relative_pose
+from tests.test_maze_baselines import TINY
+
+pytest_plugins = ("tests.maze_fixtures",)  # the episodes and one_thread fixtures
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SETTINGS = mmem.MemorySettings(context=2, capacity=40, top_k=3, threshold=0.5, scale=4.0)
+JITTER = mn.PoseNoise("jitter", 0.5, 15.0)
+
+
+def _noisy(data: mmem.Data, seed: int = 0) -> mmem.Data:
+    poses = mn.corrupt(data.poses, JITTER, torch.Generator().manual_seed(seed))
+    return data.with_memory_poses(poses, SETTINGS)
+
+
+def test_memory_poses_feed_the_memory_and_true_poses_the_actions(
+    episodes: list[mt.Episode],
+) -> None:
+    data = mmem.Data(episodes, stride=4, size=8, settings=SETTINGS)
+    assert data.memory_poses is data.poses
+    noisy = _noisy(data)
+    assert noisy.poses is data.poses and noisy.frames is data.frames
+    assert noisy.revisit is data.revisit and noisy.gap is data.gap  # labels stay true
+    expected = mmem.replay_memory(noisy.memory_poses, SETTINGS)
+    assert torch.equal(noisy.schedule.indices, expected.indices)
+    assert torch.equal(noisy.schedule.mask, expected.mask)
+    assert not torch.equal(noisy.schedule.indices, data.schedule.indices)
+    assert data.schedule is not noisy.schedule and data.memory_poses is data.poses
+    with pytest.raises(ValueError, match=r"memory_poses must have shape \(3, 60, 3\), got"):
+        data.with_memory_poses(noisy.memory_poses[:, :5], SETTINGS)
+
+    episode, target = torch.tensor([0, 1, 2, 2]), torch.tensor([40, 50, 55, 59])
+    b = mmem.batch_for(
+        data.frames, data.poses, noisy.schedule, episode, target, SETTINGS.context,
+        memory_poses=noisy.memory_poses,
+    )  # fmt: skip
+    exact = mmem.batch_for(data.frames, data.poses, data.schedule, episode, target, 2)
+    torch.testing.assert_close(b.y, exact.y)  # the action: true poses
+    torch.testing.assert_close(b.x_cond, exact.x_cond)
+    for i, (e, t) in enumerate(zip(episode.tolist(), target.tolist(), strict=True)):
+        idx = noisy.schedule.indices[e, t]
+        mask = noisy.schedule.mask[e, t]
+        torch.testing.assert_close(b.memory.query_pose[i], noisy.memory_poses[e, t])
+        for j in range(idx.shape[0]):
+            if mask[j]:
+                torch.testing.assert_close(b.memory.poses[i, j], noisy.memory_poses[e, idx[j]])
+                torch.testing.assert_close(b.memory.frames[i, j], data.frames[e, idx[j]])
+        # the retrieved-context poses: slot k-1 first, each relative to the noisy query
+        k = idx.shape[0]
+        for j in range(k):
+            slot = k - 1 - j
+            src = idx[slot] if mask[slot] else t - SETTINGS.context
+            rel = relative_pose(noisy.memory_poses[e, src], noisy.memory_poses[e, t])
+            want = torch.stack([rel[0], rel[1], rel[2].cos(), rel[2].sin()])
+            torch.testing.assert_close(b.retrieved_pose[i, j], want)
+
+
+def test_noisy_training_memory_is_fresh_each_epoch_and_seeded(
+    episodes: list[mt.Episode],
+) -> None:
+    data = mmem.Data(episodes, stride=4, size=8, settings=SETTINGS)
+    plain = training.NoisyMemory(data, SETTINGS, None, seed=0, every=3)
+    assert plain.at(1)[0] is data.poses and plain.at(4)[1] is data.schedule
+    a = training.NoisyMemory(data, SETTINGS, JITTER, seed=5, every=3)
+    b = training.NoisyMemory(data, SETTINGS, JITTER, seed=5, every=3)
+    draws = [a.at(step)[0] for step in range(1, 8)]
+    again = [b.at(step)[0] for step in range(1, 8)]
+    assert all(torch.equal(x, y) for x, y in zip(draws, again, strict=True))
+    assert draws[0] is draws[1] is draws[2] and draws[3] is draws[5]
+    assert not torch.equal(draws[0], draws[3]) and not torch.equal(draws[3], draws[6])
+    assert not torch.equal(draws[0], data.poses)
+    expected = mn.corrupt(data.poses, JITTER, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(draws[0], expected)
+    schedule = a.at(7)[1]
+    assert torch.equal(schedule.indices, mmem.replay_memory(draws[6], SETTINGS).indices)
+    with pytest.raises(ValueError, match="every must be >= 1, got 0"):
+        training.NoisyMemory(data, SETTINGS, JITTER, seed=5, every=0)
+
+
+def test_training_pose_noise_reaches_only_what_reads_memory(episodes: list[mt.Episode]) -> None:
+    argv = [
+        "--steps", "3", "--pretrain-steps", "1", "--batch", "6", "--hidden", "32", "--depth",
+        "2", "--heads", "2", "--patch-size", "2", "--size", "8", "--stride", "4",
+        "--log-every", "3", "--top-k", "3",
+    ]  # fmt: skip
+    states = []
+    for extra in ([], ["--train-pose-jitter", "0.5,15"]):
+        args = bench.parse_args([*argv, *extra])
+        settings = mmem.settings_from(args)
+        data = mmem.Data(episodes[:2], args.stride, args.size, settings)
+        cdit, hybrid = training.build_models(args)
+        training.train(args, data, cdit, hybrid, sbs.Diffusion(), settings)
+        states.append((cdit.state_dict(), hybrid.state_dict()))
+    (cdit_a, hybrid_a), (cdit_b, hybrid_b) = states
+    assert all(torch.equal(cdit_a[k], cdit_b[k]) for k in cdit_a)  # same batches and noise
+    changed = [k for k in hybrid_a if not torch.equal(hybrid_a[k], hybrid_b[k])]
+    assert any("memory" in k for k in changed)  # the hybrid trained on other memory poses
+
+
+def _open_memory(folder: Path) -> None:
+    """Perturb the saved models so that their outputs depend on their inputs and the hybrid's
+    on its memory (a few training steps leave DiT's zero-initialised gates near zero): every
+    CDiT weight by the same draw in the CDiT and the hybrid, the memory-only weights too."""
+    models = folder / "models" / "seed0"
+    cdit = load_file(str(models / "cdit.safetensors"))
+    hybrid = load_file(str(models / "hybrid.safetensors"))
+    gen = torch.Generator().manual_seed(3)
+    for key, value in cdit.items():
+        if value.is_floating_point():
+            cdit[key] = value + 0.1 * torch.randn(value.shape, generator=gen)
+            hybrid[key] = cdit[key].clone()
+    for key, value in hybrid.items():
+        if key not in cdit and value.is_floating_point():
+            hybrid[key] = value + 0.1 * torch.randn(value.shape, generator=gen)
+    save_file(cdit, str(models / "cdit.safetensors"))
+    save_file(hybrid, str(models / "hybrid.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def saved(episodes: list[mt.Episode], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny run's saved models, the hybrid's memory branch opened."""
+    saved_one = torch.get_num_threads()
+    torch.set_num_threads(1)
+    folder = tmp_path_factory.mktemp("pose_models")
+    bench.run(bench.parse_args([*TINY, "--out", str(folder)]), episodes[:1], episodes[1:])
+    _open_memory(folder)
+    torch.set_num_threads(saved_one)
+    return folder
+
+
+def test_noisy_pass_adds_keys_and_leaves_the_exact_figures(
+    episodes: list[mt.Episode], saved: Path
+) -> None:
+    base = [*TINY, "--models-from", str(saved), "--no-outback"]
+    exact = bench.run(bench.parse_args(base), episodes[:1], episodes[1:])
+    noisy = bench.run(
+        bench.parse_args([*base, "--pose-jitter", "0.5,15"]), episodes[:1], episodes[1:]
+    )
+    unchanged = [
+        "revisit_psnr_hybrid", "novel_psnr_hybrid", "revisit_psnr_cdit", "revisit_psnr_copy_top",
+        "rollout_revisit_psnr_hybrid", "revisit_gain_ci_low",
+    ]  # fmt: skip
+    for key in unchanged:
+        assert noisy[key] == exact[key], key
+    for key in ("revisit_psnr_hybrid_noisy_poses", "novel_psnr_hybrid_noisy_poses",
+                "middle_psnr_hybrid_noisy_poses", "all_psnr_hybrid_noisy_poses",
+                "revisit_psnr_copy_top_noisy_poses", "revisit_psnr_ctx_memory_pose_noisy_poses",
+                "revisit_gain_noisy_poses", "revisit_gain_noisy_poses_ci_low",
+                "gain_share_noisy_poses", "hit_rate", "hit_rate_noisy_poses",
+                "pose_error_median", "heading_error_median_deg"):  # fmt: skip
+        assert key in noisy, key
+        assert key not in exact, key
+    assert noisy["revisit_psnr_hybrid_noisy_poses"] != exact["revisit_psnr_hybrid"]
+    gain = float(noisy["revisit_psnr_hybrid_noisy_poses"]) - float(exact["revisit_psnr_cdit"])  # type: ignore[arg-type]
+    assert noisy["revisit_gain_noisy_poses"] == pytest.approx(gain, abs=1e-5)
+    low, high = noisy["revisit_gain_noisy_poses_ci_low"], noisy["revisit_gain_noisy_poses_ci_high"]
+    assert low <= noisy["revisit_gain_noisy_poses"] <= high  # type: ignore[operator]
+    exact_gain = float(exact["revisit_psnr_hybrid"]) - float(exact["revisit_psnr_cdit"])  # type: ignore[arg-type]
+    assert noisy["gain_share_noisy_poses"] == pytest.approx(gain / exact_gain, rel=1e-4)
+    assert noisy["pose_noise"] == "jitter 0.5 cell / 15 deg" and exact["pose_noise"] is None
+    # the pose error of 0.5-cell jitter: the median of a Rayleigh(0.5) is 0.5 sqrt(2 ln 2)
+    assert noisy["pose_error_median"] == pytest.approx(0.5 * (2 * 0.6931) ** 0.5, rel=0.1)
+    assert noisy["hit_rate"] == exact["informativeness"]["revisit_hit_rate"]  # type: ignore[index]
+    with pytest.raises(SystemExit):
+        bench.parse_args([*base, "--pose-jitter", "0.5"])
+    with pytest.raises(SystemExit):
+        bench.parse_args([*base, "--pose-jitter", "0.5,1", "--pose-drift", "0.1,1"])
+
+
+def test_robustness_rows_repeat_the_runs_figures(
+    episodes: list[mt.Episode],
+    saved: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    base = [*TINY, "--models-from", str(saved), "--no-outback"]
+    run_noisy = bench.run(
+        bench.parse_args([*base, "--pose-jitter", "0.5,15"]), episodes[:1], episodes[1:]
+    )
+    args = rb.parse_args([*TINY, "--models-from", str(saved), "--settings", "jitter:0.5,15",
+                          "drift:0.1,2"])  # fmt: skip
+    assert args.baselines is False and args.settings[1] == mn.PoseNoise("drift", 0.1, 2.0)
+    summary = rb.run(args, episodes[1:])
+    rows = summary["rows"]
+    assert isinstance(rows, list) and [r["setting"] for r in rows] == [
+        "exact", "jitter 0.5 cell / 15 deg", "drift 10% / 2 deg",
+    ]  # fmt: skip
+    exact, jitter, drift = rows
+    for key in ("revisit_psnr_cdit", "novel_psnr_cdit"):
+        assert summary[key] == pytest.approx(run_noisy[key], abs=1e-4), key
+    for key in ("revisit_psnr_hybrid", "novel_psnr_hybrid", "revisit_psnr_copy_top"):
+        assert exact[key] == pytest.approx(run_noisy[key], abs=1e-4), key
+        assert jitter[key] == pytest.approx(run_noisy[f"{key}_noisy_poses"], abs=1e-4), key
+    assert exact["revisit_gain"] == pytest.approx(run_noisy["revisit_psnr_gain_hybrid_vs_cdit"])
+    assert exact["gain_share"] == pytest.approx(1.0)
+    assert jitter["hit_rate"] == pytest.approx(run_noisy["hit_rate_noisy_poses"])
+    assert exact["hit_rate"] == pytest.approx(run_noisy["hit_rate"])
+    assert jitter["pose_error_median"] == pytest.approx(run_noisy["pose_error_median"])
+    assert exact["pose_error_median"] == 0.0
+    for row in (jitter, drift):
+        assert row["revisit_psnr_hybrid"] != exact["revisit_psnr_hybrid"]
+        assert row["pose_error_median"] > 0 and row["heading_error_median_deg"] > 0
+        assert row["revisit_gain_ci_low"] <= row["revisit_gain"] <= row["revisit_gain_ci_high"]
+        share = (row["revisit_gain"]) / exact["revisit_gain"]
+        assert row["gain_share"] == pytest.approx(share)
+    assert summary["revisit_targets"] == run_noisy["revisit_targets"]
+    assert summary["novel_targets"] == run_noisy["novel_targets"]
+    # the command line (on the same episodes): the table, then one JSON line
+    monkeypatch.setattr(rb, "held_out_episodes", lambda args: episodes[1:])
+    capsys.readouterr()
+    rb.main([*TINY, "--models-from", str(saved), "--settings", "drift:0.05,1", "--baselines"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert "share of exact gain" in "\n".join(out)
+    last = json.loads(out[-1])
+    assert [r["setting"] for r in last["rows"]] == ["exact", "drift 5% / 1 deg"]
+    assert last["rows"][0]["revisit_psnr_hybrid"] == pytest.approx(exact["revisit_psnr_hybrid"])
+    # --baselines: the retrieved-context baselines too, the exact row as in the run
+    for name in ("ctx_memory", "ctx_memory_pose"):
+        key = f"revisit_psnr_{name}"
+        assert last["rows"][0][key] == pytest.approx(run_noisy[key], abs=1e-4), key
+        assert f"novel_psnr_{name}" in last["rows"][1]
+    assert "revisit_psnr_long_context" not in last["rows"][0]
+
+
+def test_robustness_flags_and_the_uncertainty_hook(
+    saved: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(SystemExit):
+        rb.parse_args(["--models-from", str(saved), "--settings", "jitter=0.1,3"])
+    with pytest.raises(argparse.ArgumentTypeError, match="--settings expects jitter:XY,DEG"):
+        rb.parse_setting("gauss:0.1,3")
+    with pytest.raises(argparse.ArgumentTypeError, match="expects F,DEG"):
+        rb.parse_setting("drift:0.1")
+    with pytest.raises(SystemExit):
+        rb.parse_args(["--models-from", str(saved), "--pose-jitter", "0.1,3"])
+    assert rb.parse_args(["--models-from", str(saved)]).settings == list(rb.DEFAULT_SETTINGS)
+    monkeypatch.setattr(rb, "has_pose_std", lambda: False)
+    args = rb.parse_args([*TINY, "--models-from", str(saved), "--pose-uncertainty"])
+    with pytest.raises(RuntimeError, match="no per-slot pose uncertainty"):
+        rb.run(args, [])
+
+    @dataclasses.dataclass(eq=False)
+    class WithStd(MemoryContext):
+        pose_std: torch.Tensor | None = None
+
+    monkeypatch.setattr(mn, "MemoryContext", WithStd)
+    gen = torch.Generator().manual_seed(0)
+    poses = torch.cat([torch.rand(2, 30, 2, generator=gen) * 5, torch.zeros(2, 30, 1)], -1)
+    steps = torch.tensor([[3, 10], [0, 20]])
+    memory = WithStd(
+        frames=torch.zeros(2, 2, 3, 4, 4), poses=torch.zeros(2, 2, 3), scores=torch.ones(2, 2),
+        mask=torch.ones(2, 2, dtype=torch.bool), query_pose=torch.zeros(2, 3), steps=steps,
+    )  # fmt: skip
+    noise = mn.PoseNoise("drift", 0.1, 2.0)
+    episode, target = torch.tensor([1, 0]), torch.tensor([25, 29])
+    out = rb.uncertainty(noise, poses)(memory, episode, target)
+    position, heading = mn.nominal_std(noise, poses, episode, steps, target)
+    torch.testing.assert_close(out.pose_std, torch.stack([position, heading], -1))  # type: ignore[attr-defined]
+
+
+def test_memory_subsets_keep_every_per_sample_field() -> None:
+    @dataclasses.dataclass(eq=False)
+    class WithStd(MemoryContext):
+        pose_std: torch.Tensor | None = None
+
+    gen = torch.Generator().manual_seed(0)
+    memory = WithStd(
+        frames=torch.randn(4, 2, 3, 4, 4, generator=gen), poses=torch.randn(4, 2, 3, generator=gen),
+        scores=torch.rand(4, 2, generator=gen), mask=torch.rand(4, 2, generator=gen) > 0.5,
+        query_pose=torch.randn(4, 3, generator=gen), steps=torch.arange(8).view(4, 2),
+        query_step=torch.arange(4), pose_std=torch.rand(4, 2, 2, generator=gen),
+    )  # fmt: skip
+    rows = torch.tensor([3, 1])
+    sub = mmem.subset_memory(memory, rows)
+    assert isinstance(sub, WithStd)
+    for name in ("frames", "poses", "scores", "mask", "query_pose", "steps", "query_step",
+                 "pose_std"):  # fmt: skip
+        assert torch.equal(getattr(sub, name), getattr(memory, name)[rows]), name
+    plain = MemoryContext(frames=memory.frames, poses=memory.poses, scores=memory.scores,
+                          mask=memory.mask, query_pose=memory.query_pose)  # fmt: skip
+    sub = mmem.subset_memory(plain, rows)
+    assert sub.steps is None and sub.query_step is None
+    assert torch.equal(sub.frames, plain.frames[rows])
