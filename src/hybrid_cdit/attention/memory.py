@@ -116,7 +116,7 @@ class SelectiveMemoryAttention(nn.Module):
     def attention_mask(
         self, key_mask: Tensor, ray_distance: Tensor | None, dtype: torch.dtype
     ) -> Tensor:
-        """What :meth:`attend` adds to the logits: with ``ray_alignment`` and ``ray_distance``
+        """What :meth:`forward` adds to the logits: with ``ray_alignment`` and ``ray_distance``
         the float bias ``-ray_strength[h] * ray_distance`` ``(N, H, S'*S', M)`` in ``dtype``,
         ``-inf`` outside ``key_mask``; else the bool mask ``(N, 1, 1, M)``. Rows of
         ``key_mask`` with no True entry attend to everything. ``dtype`` is the queries' (that

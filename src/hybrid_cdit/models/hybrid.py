@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,16 +26,7 @@ from ..memory import (
 from ..memory._checks import check_real
 from .cdit import CDiT
 from .memory_reader import MemoryReader, geometry_dtype
-
-
-class _Retrieval(NamedTuple):
-    """The model's last retrieval from its own buffer, and everything it was made from."""
-
-    buffer: MemoryBuffer
-    key: tuple[Any, ...]
-    pose: Tensor
-    context: MemoryContext
-
+from .own_memory import OwnMemory
 
 POSE_ENCODINGS: tuple[str, ...] = ("frame", "rays")
 """Values of ``memory_pose_encoding``."""
@@ -204,9 +195,7 @@ class HybridCDiT(CDiT):
             mlp_ratio,
             learn_sigma,
         )
-        self.memory_buffer: MemoryBuffer | None = None
-        self._pending_pose: Tensor | None = None
-        self._retrieved: _Retrieval | None = None
+        self.own_memory = OwnMemory()
         if self.memory_enabled:
             if self.memory_ratio > 1:
                 self.memory_embedder = PatchEmbed(
@@ -383,58 +372,31 @@ class HybridCDiT(CDiT):
             frame_latent,
             [("B", None), ("C", self.in_channels), ("H", size), ("W", size)],
         )
-        batch = frame_latent.shape[0]
-        check_shape("pose", pose, [("B", batch), ("P", None)])
-        buffer = self.memory_buffer
-        if buffer is None:
-            buffer = MemoryBuffer(
-                batch,
-                self.memory_buffer_size,
-                frame_shape=(self.in_channels, size, size),
-                pose_dim=int(pose.shape[-1]),
-                write_policy=check_write_policy(self.memory_write_policy),
-                index_device=frame_latent.device,
-            )
-        elif buffer.batch_size != batch:
-            raise ValueError(
-                f"frame_latent must have batch size {buffer.batch_size} (the memory buffer's; "
-                f"call reset_memory() to start a new rollout), got {batch}"
-            )
-        buffer.add(
-            frame_latent.detach().to(buffer.device),
-            pose.detach().to(buffer.index_device),
+        check_shape("pose", pose, [("B", frame_latent.shape[0]), ("P", None)])
+        self.own_memory.write(
+            frame_latent,
+            pose,
+            capacity=self.memory_buffer_size,
+            write_policy=check_write_policy(self.memory_write_policy),
             step=step,
             where=where,
             upcoming=upcoming,
             upcoming_mask=upcoming_mask,
         )
-        self.memory_buffer = buffer
+
+    @property
+    def memory_buffer(self) -> MemoryBuffer | None:
+        """The model's own :class:`MemoryBuffer` (``own_memory.buffer``), None before the first
+        :meth:`update_memory` and after :meth:`reset_memory`."""
+        return self.own_memory.buffer
+
+    @memory_buffer.setter
+    def memory_buffer(self, buffer: MemoryBuffer | None) -> None:
+        self.own_memory.buffer = buffer
 
     def reset_memory(self) -> None:
         """Forget the model's own memory buffer and any pending ``update_memory=True`` write."""
-        self.memory_buffer = None
-        self._pending_pose = None
-        self._retrieved = None
-
-    def _check_own_memory_pose(self, pose: Tensor, *, writes: bool, reads: bool) -> None:
-        """Raise ``ValueError``, before any state changes, when ``pose`` cannot be used with
-        the pending ``update_memory=True`` write (``writes``) or the model's own buffer."""
-        shape = tuple(pose.shape)
-        pending = self._pending_pose
-        if writes and pending is not None and tuple(pending.shape) != shape:
-            raise ValueError(
-                f"current_pose must have shape {tuple(pending.shape)} (the previous call's, whose "
-                "frame update_memory=True writes next; call reset_memory() to start a new "
-                f"rollout), got {shape}"
-            )
-        buffer = self.memory_buffer
-        if (writes or reads) and buffer is not None:
-            expected = (buffer.batch_size, buffer.pose_dim)
-            if shape != expected:
-                raise ValueError(
-                    f"current_pose must have shape {expected} (the memory buffer's batch size and "
-                    f"pose dimension; call reset_memory() to start a new rollout), got {shape}"
-                )
+        self.own_memory.reset()
 
     def _commit_previous_frame(self, x_cond: Tensor, current_pose: Tensor | None) -> None:
         """``update_memory=True``: store the newest context frame at the previous target's pose."""
@@ -449,52 +411,22 @@ class HybridCDiT(CDiT):
         if current_pose is None:
             raise ValueError("update_memory=True needs current_pose of shape (N, P), got None")
         pose = current_pose.detach().to(geometry_dtype(current_pose.dtype))
-        pending = self._pending_pose
-        if pending is not None:  # same shape: checked by _check_own_memory_pose
-            changed = (pending != pose.to(pending)).any(dim=-1)
-            if bool(changed.any()):
-                self.update_memory(x_cond[:, -1], pending, where=changed.to(pending.device))
-        self._pending_pose = pose.clone()
+        due = self.own_memory.due_write(pose)
+        if due is not None:
+            pending, changed = due
+            self.update_memory(x_cond[:, -1], pending, where=changed)
+        self.own_memory.pending_pose = pose.clone()
 
     def _retrieve_own(self, current_pose: Tensor, device: torch.device) -> MemoryContext | None:
-        buffer = self.memory_buffer
-        if buffer is None:
-            return None
-        if current_pose.shape[-1] != buffer.pose_dim:
-            raise ValueError(
-                f"current_pose must have pose dimension {buffer.pose_dim} (the memory buffer's), "
-                f"got {current_pose.shape[-1]}"
-            )
-        pose = current_pose.detach().to(buffer.index_device, geometry_dtype(buffer.dtype))
-        # Everything the retrieval depends on; a denoising loop repeats all of it, and reusing
-        # the context reuses its cached memory tokens and keys/values.
-        key = (
-            buffer.version,
-            self.memory_top_k,
-            self.retrieval,
-            self.spatial_similarity_threshold,
-            self.memory_retrieval_scale,
-            torch.device(device),
-        )
-        hit = self._retrieved
-        if (
-            hit is not None
-            and hit.buffer is buffer
-            and hit.key == key
-            and hit.pose.dtype == pose.dtype
-            and torch.equal(hit.pose, pose)
-        ):
-            return hit.context
-        context = buffer.retrieve(
-            pose,
-            self.memory_top_k,
+        """Retrieval from the model's own buffer with its retrieval options."""
+        return self.own_memory.retrieve(
+            current_pose,
+            device,
+            top_k=self.memory_top_k,
             strategy=self.retrieval,
             threshold=self.spatial_similarity_threshold,
-            device=device,
             scale=self.memory_retrieval_scale,
         )
-        self._retrieved = _Retrieval(buffer, key, pose.clone(), context)
-        return context
 
     # ---------------------------------------------------------------------- memory tokens
 
@@ -617,7 +549,7 @@ class HybridCDiT(CDiT):
             return super().forward(x, t, y, x_cond, rel_t)
         writes = update_memory and not self.training
         if current_pose is not None:
-            self._check_own_memory_pose(current_pose, writes=writes, reads=memory is None)
+            self.own_memory.check_pose(current_pose, writes=writes, reads=memory is None)
         if update_memory:
             self._commit_previous_frame(x_cond, current_pose)
         if memory is None and current_pose is not None:
