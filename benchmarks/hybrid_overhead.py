@@ -10,11 +10,11 @@ Prints, for the default memory settings and for full-resolution memory tokens
 memory context; 10 forwards sharing one context (a denoising loop); a batch with no active
 sample, at the library's memory defaults (rays, ray alignment). ``--memory-time-embedding``
 turns the age embedding on (contexts then carry steps); ``--memory-pose-encoding frame`` and
-``--no-memory-ray-alignment`` turn the defaults off;
-``--only-default`` skips the full-resolution rows. Absolute times on shared machines mean
-little: compare ratios measured side by side. ``--flops`` prints, instead of times, the
-floating-point operations of one forward (``torch.utils.flop_counter``): the hybrid with a
-fresh and with a cached context, the CDiT, and a memory layer's parts.
+``--no-memory-ray-alignment`` turn the defaults off; ``--only-default`` skips the
+full-resolution rows, ``--only-full-resolution`` the default ones. Absolute times on shared
+machines mean little: compare ratios measured side by side. ``--flops`` prints, instead of
+times, the floating-point operations of one forward (``torch.utils.flop_counter``): the hybrid
+with a fresh and with a cached context, the CDiT, and a memory layer's parts.
 """
 
 from __future__ import annotations
@@ -147,6 +147,9 @@ def main(argv: list[str] | None = None) -> None:
         help="ray-aligned memory attention (the library's default)",
     )
     parser.add_argument("--only-default", action="store_true", help="skip full resolution")
+    parser.add_argument(
+        "--only-full-resolution", action="store_true", help="skip the default memory tokens"
+    )
     parser.add_argument("--flops", action="store_true", help="count operations, do not time")
     args = parser.parse_args(argv)
     if args.threads:
@@ -176,7 +179,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"options: {options}")
     print(f"{'memory tokens':<22}{'workload':<34}{'hybrid ms':>10}{'cdit ms':>10}{'ratio':>8}")
     rows = [("default", None), ("full resolution", cdit.patch_size)]
-    for label, patch in rows[:1] if args.only_default else rows:
+    if args.only_default:
+        rows = rows[:1]
+    if args.only_full_resolution:
+        rows = rows[1:]
+    for label, patch in rows:
         hybrid = trained_like_hybrid(cdit, memory_patch_size=patch, **options)
         name = f"{label} (p={hybrid.memory_patch_size})"
         if args.flops:

@@ -15,7 +15,7 @@ from .hybrid_helpers import TINY, make_inputs, trained_like_hybrid
 
 def _snapshot(model: Any) -> dict[str, Any]:
     buffer = model.memory_buffer
-    pending = model._pending_pose
+    pending = model.own_memory.pending_pose
     return {
         "model": {k: v.clone() for k, v in model.state_dict().items()},
         "buffer": None

@@ -124,7 +124,7 @@ def test_float64_poses_keep_float64_geometry():
     wide = replace(memory, poses=memory.poses.double(), query_pose=memory.query_pose.double())
     wide = _shifted(wide, 1e9)  # beyond float32's 24 bits: only float64 keeps the offsets
     model = _model(torch.float32)
-    poses, query = model._slot_poses(wide)
+    poses, query = model.memory_reader.slot_poses(wide)
     assert poses.dtype == query.dtype == torch.float64
     torch.testing.assert_close(_run(model, wide, torch.float32), _run(model, memory, torch.float32))
 

@@ -155,7 +155,7 @@ def test_seed_integration_snippet_runs_unchanged():
     # first call of a rollout: nothing in memory yet, so the hybrid is the CDiT
     assert out.shape == (2, 8, 8, 8) and expected.abs().max() > 0
     assert torch.equal(out, expected)
-    assert model.memory_buffer is None and model._pending_pose is not None
+    assert model.memory_buffer is None and model.own_memory.pending_pose is not None
 
 
 # ------------------------------------------------------------------ memory semantics
@@ -583,7 +583,9 @@ def test_update_memory_flag_refuses_a_new_pose_shape_before_any_change(shape):
         with pytest.raises(ValueError, match=rf"current_pose.*\(2, 3\).*reset_memory.*{shape}"):
             model(**inputs, current_pose=torch.ones(shape), update_memory=True)
         assert model.memory_buffer is None
-        assert model._pending_pose is not None and torch.equal(model._pending_pose, first)
+        assert model.own_memory.pending_pose is not None and torch.equal(
+            model.own_memory.pending_pose, first
+        )
         model(**{**make_inputs(n=2), "x_cond": x_cond}, current_pose=second, update_memory=True)
     buffer = model.memory_buffer
     assert buffer is not None and buffer.counts.tolist() == [1, 1]
@@ -597,7 +599,7 @@ def test_update_memory_flag_checks_the_buffer_shape_before_any_change():
     model.update_memory(torch.randn(2, 4, 8, 8), torch.zeros(2, 3))
     with torch.no_grad(), pytest.raises(ValueError, match=r"current_pose.*\(2, 3\).*\(2, 5\)"):
         model(**make_inputs(n=2), current_pose=torch.zeros(2, 5), update_memory=True)
-    assert model._pending_pose is None
+    assert model.own_memory.pending_pose is None
 
 
 def _mean_of_fine_cells(fine: torch.Tensor, side: int, r: int) -> torch.Tensor:

@@ -13,6 +13,7 @@ import torch
 from hybrid_cdit import HybridCDiT
 from hybrid_cdit.attention import SelectiveMemoryAttention
 from hybrid_cdit.attention.functional import multihead_attention
+from hybrid_cdit.models.memory_reader import MemoryReader
 
 from .hybrid_helpers import TINY, make_inputs, make_memory, trained_like_hybrid
 
@@ -179,17 +180,17 @@ def test_loading_a_branch_trained_without_alignment_zeroes_only_the_strengths():
         )
 
 
-def test_ray_distance_is_cached_across_denoising_steps():
+def test_ray_distance_is_cached_across_denoising_steps(monkeypatch):
     model = trained_like_hybrid(memory_ray_alignment=True)
     inputs, memory = make_inputs(), make_memory()
     calls = []
-    original = model.ray_distance
+    original = MemoryReader.ray_distance
 
-    def counting(m):
+    def counting(reader, m):
         calls.append(1)
-        return original(m)
+        return original(reader, m)
 
-    model.ray_distance = counting  # type: ignore[method-assign]
+    monkeypatch.setattr(MemoryReader, "ray_distance", counting)
     with torch.no_grad():
         first = model(**inputs, memory=memory)
         second = model(**inputs, memory=memory)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from .functional import multihead_attention, split_heads
+from .functional import merge_heads, split_heads
 
 
 class SelectiveMemoryAttention(nn.Module):
@@ -82,6 +83,8 @@ class SelectiveMemoryAttention(nn.Module):
         values: Tensor,
         key_mask: Tensor,
         ray_distance: Tensor | None = None,
+        *,
+        attn_mask: Tensor | None = None,
     ) -> Tensor:
         """Attend from hidden tokens to memory.
 
@@ -92,23 +95,38 @@ class SelectiveMemoryAttention(nn.Module):
                 True entry attend to everything; the caller gates those rows to zero.
             ray_distance: ``(N, S'*S', M)`` with ``ray_alignment`` (``S' = S / ratio``), else
                 ignored.
+            attn_mask: ``attention_mask(key_mask, ray_distance, keys.dtype)`` computed before
+                (kept across denoising steps); used instead of ``key_mask`` and
+                ``ray_distance`` when given.
 
         Returns:
             ``(N, S*S, D)``.
         """
         r, side = self.ratio, self.grid_size // self.ratio
         groups = rearrange(x, "n (h a w b) d -> n (h w) (a b d)", h=side, a=r, w=side, b=r)
-        empty = ~key_mask.any(dim=-1, keepdim=True)
-        bias = None
-        if self.ray_strength is not None and ray_distance is not None:
-            bias = -self.ray_strength[None, :, None, None] * ray_distance[:, None]
-        attended = multihead_attention(
-            self.q_proj(groups), keys, values, self.num_heads, key_mask | empty, bias
-        )
+        q = split_heads(self.q_proj(groups), self.num_heads)
+        if attn_mask is None:
+            attn_mask = self.attention_mask(key_mask, ray_distance, q.dtype)
+        attended = merge_heads(F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask))
         out: Tensor = rearrange(
             self.out_proj(attended), "n (h w) (a b d) -> n (h a w b) d", h=side, w=side, a=r, b=r
         )
         return out
+
+    def attention_mask(
+        self, key_mask: Tensor, ray_distance: Tensor | None, dtype: torch.dtype
+    ) -> Tensor:
+        """What :meth:`forward` adds to the logits: with ``ray_alignment`` and ``ray_distance``
+        the float bias ``-ray_strength[h] * ray_distance`` ``(N, H, S'*S', M)`` in ``dtype``,
+        ``-inf`` outside ``key_mask``; else the bool mask ``(N, 1, 1, M)``. Rows of
+        ``key_mask`` with no True entry attend to everything. ``dtype`` is the queries' (that
+        of the keys). It depends on the memory and the ray strengths only, so it can be kept
+        across denoising steps while neither changes."""
+        allowed = (key_mask | ~key_mask.any(dim=-1, keepdim=True))[:, None, None, :]
+        if self.ray_strength is None or ray_distance is None:
+            return allowed
+        bias = -self.ray_strength[None, :, None, None] * ray_distance[:, None]
+        return bias.to(dtype).masked_fill(~allowed, float("-inf"))
 
     def reset_parameters(self) -> None:
         """Xavier-uniform weights, zero biases and a ray strength of 1."""

@@ -96,12 +96,30 @@ class HybridCDiTBlock(CDiTBlock):
             memory.cache.store(attn, key, kv)
         return kv
 
+    def memory_attention_mask(self, memory: MemoryInputs, dtype: torch.dtype) -> Tensor:
+        """The memory attention's logit mask or bias in ``dtype`` (the keys'; SDPA needs the
+        queries' and keys' dtypes equal) (:meth:`SelectiveMemoryAttention.attention_mask`), from
+        ``memory.cache`` when it holds one made from the same memory, ray strengths and dtype."""
+        attn = self.memory_attn
+        if memory.cache is None:
+            return attn.attention_mask(memory.key_mask, memory.ray_distance, dtype)
+        strength = attn.ray_strength
+        key = (memory.cache_key, dtype, None if strength is None else strength._version)
+        mask: Tensor | None = memory.cache.cached(self, key)
+        if mask is None:
+            mask = attn.attention_mask(memory.key_mask, memory.ray_distance, dtype)
+            memory.cache.store(self, key, mask)
+        return mask
+
     def memory_residual(self, x: Tensor, c: Tensor, memory: MemoryInputs) -> Tensor:
         """``x (N, L, D)`` plus the gated memory attention branch."""
         shift, scale, gate = self.memory_adaLN_modulation(c).chunk(3, dim=1)
         keys, values = self.memory_keys_values(memory)
         query = modulate(self.memory_norm(x), shift, scale)
-        branch = self.memory_attn(query, keys, values, memory.key_mask, memory.ray_distance)
+        mask = self.memory_attention_mask(memory, keys.dtype)
+        branch = self.memory_attn(
+            query, keys, values, memory.key_mask, memory.ray_distance, attn_mask=mask
+        )
         return gated_residual(x, gate * memory.gate[:, None], branch)
 
     def forward(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +14,6 @@ from timm.layers.patch_embed import PatchEmbed
 from torch import Tensor, nn
 
 from .._validation import check_finite, check_positive_int, check_shape
-from ..attention import memory_key_mask
 from ..blocks import HybridCDiTBlock, MemoryInputs
 from ..embeddings import MemoryAgeEmbedder, RayEmbedder, RelativePoseEmbedder
 from ..memory import (
@@ -23,32 +22,17 @@ from ..memory import (
     MemoryBuffer,
     MemoryContext,
     check_write_policy,
-    patch_directions,
-    plucker_rays,
-    relative_pose,
-    to_pose5,
 )
 from ..memory._checks import check_real
 from .cdit import CDiT
-
-
-class _Retrieval(NamedTuple):
-    """The model's last retrieval from its own buffer, and everything it was made from."""
-
-    buffer: MemoryBuffer
-    key: tuple[Any, ...]
-    pose: Tensor
-    context: MemoryContext
-
+from .memory_reader import MemoryReader, geometry_dtype
+from .own_memory import OwnMemory
 
 POSE_ENCODINGS: tuple[str, ...] = ("frame", "rays")
 """Values of ``memory_pose_encoding``."""
 
 DEFAULT_CAMERA_FOV: float = math.pi / 2
 """Default ``camera_fov``: a 90-degree horizontal field of view."""
-
-
-_TOKEN_EMBEDDERS = ("memory_time_embedder.", "memory_ray_embedder.")
 
 
 def is_memory_key(key: str) -> bool:
@@ -211,9 +195,7 @@ class HybridCDiT(CDiT):
             mlp_ratio,
             learn_sigma,
         )
-        self.memory_buffer: MemoryBuffer | None = None
-        self._pending_pose: Tensor | None = None
-        self._retrieved: _Retrieval | None = None
+        self.own_memory = OwnMemory()
         if self.memory_enabled:
             if self.memory_ratio > 1:
                 self.memory_embedder = PatchEmbed(
@@ -390,58 +372,31 @@ class HybridCDiT(CDiT):
             frame_latent,
             [("B", None), ("C", self.in_channels), ("H", size), ("W", size)],
         )
-        batch = frame_latent.shape[0]
-        check_shape("pose", pose, [("B", batch), ("P", None)])
-        buffer = self.memory_buffer
-        if buffer is None:
-            buffer = MemoryBuffer(
-                batch,
-                self.memory_buffer_size,
-                frame_shape=(self.in_channels, size, size),
-                pose_dim=int(pose.shape[-1]),
-                write_policy=check_write_policy(self.memory_write_policy),
-                index_device=frame_latent.device,
-            )
-        elif buffer.batch_size != batch:
-            raise ValueError(
-                f"frame_latent must have batch size {buffer.batch_size} (the memory buffer's; "
-                f"call reset_memory() to start a new rollout), got {batch}"
-            )
-        buffer.add(
-            frame_latent.detach().to(buffer.device),
-            pose.detach().to(buffer.index_device),
+        check_shape("pose", pose, [("B", frame_latent.shape[0]), ("P", None)])
+        self.own_memory.write(
+            frame_latent,
+            pose,
+            capacity=self.memory_buffer_size,
+            write_policy=check_write_policy(self.memory_write_policy),
             step=step,
             where=where,
             upcoming=upcoming,
             upcoming_mask=upcoming_mask,
         )
-        self.memory_buffer = buffer
+
+    @property
+    def memory_buffer(self) -> MemoryBuffer | None:
+        """The model's own :class:`MemoryBuffer` (``own_memory.buffer``), None before the first
+        :meth:`update_memory` and after :meth:`reset_memory`."""
+        return self.own_memory.buffer
+
+    @memory_buffer.setter
+    def memory_buffer(self, buffer: MemoryBuffer | None) -> None:
+        self.own_memory.buffer = buffer
 
     def reset_memory(self) -> None:
         """Forget the model's own memory buffer and any pending ``update_memory=True`` write."""
-        self.memory_buffer = None
-        self._pending_pose = None
-        self._retrieved = None
-
-    def _check_own_memory_pose(self, pose: Tensor, *, writes: bool, reads: bool) -> None:
-        """Raise ``ValueError``, before any state changes, when ``pose`` cannot be used with
-        the pending ``update_memory=True`` write (``writes``) or the model's own buffer."""
-        shape = tuple(pose.shape)
-        pending = self._pending_pose
-        if writes and pending is not None and tuple(pending.shape) != shape:
-            raise ValueError(
-                f"current_pose must have shape {tuple(pending.shape)} (the previous call's, whose "
-                "frame update_memory=True writes next; call reset_memory() to start a new "
-                f"rollout), got {shape}"
-            )
-        buffer = self.memory_buffer
-        if (writes or reads) and buffer is not None:
-            expected = (buffer.batch_size, buffer.pose_dim)
-            if shape != expected:
-                raise ValueError(
-                    f"current_pose must have shape {expected} (the memory buffer's batch size and "
-                    f"pose dimension; call reset_memory() to start a new rollout), got {shape}"
-                )
+        self.own_memory.reset()
 
     def _commit_previous_frame(self, x_cond: Tensor, current_pose: Tensor | None) -> None:
         """``update_memory=True``: store the newest context frame at the previous target's pose."""
@@ -456,52 +411,22 @@ class HybridCDiT(CDiT):
         if current_pose is None:
             raise ValueError("update_memory=True needs current_pose of shape (N, P), got None")
         pose = current_pose.detach().to(geometry_dtype(current_pose.dtype))
-        pending = self._pending_pose
-        if pending is not None:  # same shape: checked by _check_own_memory_pose
-            changed = (pending != pose.to(pending)).any(dim=-1)
-            if bool(changed.any()):
-                self.update_memory(x_cond[:, -1], pending, where=changed.to(pending.device))
-        self._pending_pose = pose.clone()
+        due = self.own_memory.due_write(pose)
+        if due is not None:
+            pending, changed = due
+            self.update_memory(x_cond[:, -1], pending, where=changed)
+        self.own_memory.pending_pose = pose.clone()
 
     def _retrieve_own(self, current_pose: Tensor, device: torch.device) -> MemoryContext | None:
-        buffer = self.memory_buffer
-        if buffer is None:
-            return None
-        if current_pose.shape[-1] != buffer.pose_dim:
-            raise ValueError(
-                f"current_pose must have pose dimension {buffer.pose_dim} (the memory buffer's), "
-                f"got {current_pose.shape[-1]}"
-            )
-        pose = current_pose.detach().to(buffer.index_device, geometry_dtype(buffer.dtype))
-        # Everything the retrieval depends on; a denoising loop repeats all of it, and reusing
-        # the context reuses its cached memory tokens and keys/values.
-        key = (
-            buffer.version,
-            self.memory_top_k,
-            self.retrieval,
-            self.spatial_similarity_threshold,
-            self.memory_retrieval_scale,
-            torch.device(device),
-        )
-        hit = self._retrieved
-        if (
-            hit is not None
-            and hit.buffer is buffer
-            and hit.key == key
-            and hit.pose.dtype == pose.dtype
-            and torch.equal(hit.pose, pose)
-        ):
-            return hit.context
-        context = buffer.retrieve(
-            pose,
-            self.memory_top_k,
+        """Retrieval from the model's own buffer with its retrieval options."""
+        return self.own_memory.retrieve(
+            current_pose,
+            device,
+            top_k=self.memory_top_k,
             strategy=self.retrieval,
             threshold=self.spatial_similarity_threshold,
-            device=device,
             scale=self.memory_retrieval_scale,
         )
-        self._retrieved = _Retrieval(buffer, key, pose.clone(), context)
-        return context
 
     # ---------------------------------------------------------------------- memory tokens
 
@@ -516,16 +441,20 @@ class HybridCDiT(CDiT):
             [("N", batch), ("k", None), ("C", self.in_channels), ("H", size), ("W", size)],
         )
 
+    @property
+    def memory_reader(self) -> MemoryReader:
+        """What turns a :class:`MemoryContext` into the memory layers' inputs
+        (:class:`~hybrid_cdit.models.memory_reader.MemoryReader`)."""
+        return MemoryReader(self)
+
     def activation(self, memory: MemoryContext) -> Tensor:
         """Per-sample activation score ``(N,)``: the best valid retrieval score, 0 with none;
         in ``[0, 1]`` because :class:`MemoryContext` refuses scores outside it."""
-        best = torch.where(memory.mask, memory.scores, torch.zeros_like(memory.scores))
-        return best.amax(dim=1)
+        return self.memory_reader.activation(memory)
 
     def active_samples(self, memory: MemoryContext) -> Tensor:
         """``(N,)`` bool: samples whose memory is used."""
-        valid = memory.mask.any(dim=1)
-        return valid & (self.activation(memory) >= self.memory_activation_threshold)
+        return self.memory_reader.active_samples(memory)
 
     def memory_tokens(self, memory: MemoryContext) -> tuple[Tensor, Tensor]:
         """Layer-normed memory tokens ``(N, k*M, D)`` and their key mask ``(N, k*M)``.
@@ -536,109 +465,19 @@ class HybridCDiT(CDiT):
         ``memory_time_embedding`` and a context with ``steps`` and ``query_step``; + its ray
         embedding with ``memory_pose_encoding="rays"``), layer-normed.
         """
-        n, k = memory.mask.shape
-        keep = memory.mask[:, :, None, None, None]
-        frames = torch.where(keep, memory.frames, torch.zeros_like(memory.frames))
-        flat = frames.flatten(0, 1)
-        embedder = self.memory_embedder if self.memory_ratio > 1 else self.x_embedder
-        tokens = embedder(flat) + self.memory_pos_embed
-        poses, query = self._slot_poses(memory)
-        with _no_autocast(poses):
-            rel = relative_pose(poses, query).float()
-        tokens = tokens.unflatten(0, (n, k)) + self.memory_pose_embedder(rel)[:, :, None]
-        tokens = self._add_time_and_rays(tokens, memory, poses, query)
-        normed = F.layer_norm(tokens.flatten(1, 2), (self.hidden_size,), eps=1e-6)
-        key_mask = memory_key_mask(memory.mask, self.memory_tokens_per_frame)
-        return normed, key_mask
-
-    @staticmethod
-    def _slot_poses(memory: MemoryContext) -> tuple[Tensor, Tensor]:
-        """5-D slot poses ``(N, k, 5)`` with masked slots put at the query pose, and the query
-        pose ``(N, 1, 5)``, in :func:`geometry_dtype` (float32, or float64 for float64 poses)."""
-        dtype = geometry_dtype(memory.poses.dtype)
-        query = to_pose5(memory.query_pose.to(dtype))[:, None]
-        poses = to_pose5(memory.poses.to(dtype))
-        return torch.where(memory.mask[..., None], poses, query), query
-
-    def _add_time_and_rays(
-        self, tokens: Tensor, memory: MemoryContext, poses: Tensor, query: Tensor
-    ) -> Tensor:
-        """``tokens (N, k, M, D)`` plus the age and ray embeddings the options ask for; ``poses
-        (N, k, 5)`` with masked slots at the query pose, ``query (N, 1, 5)``."""
-        n, k = memory.mask.shape
-        if self.memory_time_embedding:
-            ages = memory.ages
-            if ages is not None:
-                ages = torch.where(memory.mask, ages.to(tokens.device), torch.zeros_like(ages))
-                age = self.memory_time_embedder(ages.flatten()).unflatten(0, (n, k))
-                tokens = tokens + age[:, :, None].to(tokens.dtype)
-            elif self.training and torch.is_grad_enabled():
-                # Unused this step: keep the parameters in the graph for DDP (adds exactly 0).
-                params = self.memory_time_embedder.parameters()
-                tokens = tokens + sum((p.sum() for p in params), torch.zeros(())) * 0.0
-        if self.memory_pose_encoding == "rays":
-            side = self.input_size // self.memory_patch_size
-            with _no_autocast(poses):
-                rays = plucker_rays(poses, query, side, self.camera_fov).float()
-            tokens = tokens + self.memory_ray_embedder(rays).to(tokens.dtype)
-        return tokens
+        return self.memory_reader.memory_tokens(memory)
 
     def ray_distance(self, memory: MemoryContext) -> Tensor:
         """``(N, G*G, k*G*G)`` float32 ray distances ``(1 - cos a) / (1 - cos(camera_fov / G))``
         between the view ray of each query cell (``G x G`` memory-grid cells of the query
         camera, row-major) and that of each memory token, ``a`` their angle (see
         ``memory_ray_alignment``)."""
-        side = self.input_size // self.memory_patch_size
-        poses, query = self._slot_poses(memory)
-        with _no_autocast(poses):
-            memory_rays = plucker_rays(poses, query, side, self.camera_fov)[..., :3].float()
-            query_rays = patch_directions(side, self.camera_fov, device=poses.device)
-            cos = torch.einsum("qc,nkmc->nqkm", query_rays, memory_rays).flatten(2)
-        spacing = 1.0 - math.cos(self.camera_fov / side)
-        return (1.0 - cos) / spacing
-
-    def _token_version(self) -> tuple[int, ...]:
-        embedder = self.memory_embedder if self.memory_ratio > 1 else self.x_embedder
-        params = [
-            *embedder.parameters(),
-            self.memory_pos_embed,
-            *self.memory_pose_embedder.parameters(),
-            *(p for name, p in self.named_parameters() if name.startswith(_TOKEN_EMBEDDERS)),
-        ]
-        return tuple(p._version for p in params)
+        return self.memory_reader.ray_distance(memory)
 
     def memory_inputs(self, memory: MemoryContext, x: Tensor) -> MemoryInputs | None:
-        """Build what the memory layers need, or None when nothing is to be attended."""
-        caching = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-        geometry = geometry_dtype(memory.poses.dtype)
-        if not memory.is_placed(x.device, x.dtype, geometry):
-            key = ("moved", x.device, x.dtype, geometry)
-            moved = memory.cached(self, key) if caching else None
-            if moved is None:
-                moved = memory.to(x.device, x.dtype, geometry_dtype=geometry)
-                if caching:
-                    memory.store(self, key, moved)
-            memory = moved
-        active = self.active_samples(memory)
-        if not self.training and not torch.compiler.is_compiling() and not bool(active.any()):
-            return None
-        if not caching:
-            tokens, key_mask, rays = self._memory_token_inputs(memory)
-            return MemoryInputs(tokens, key_mask, active.to(x.dtype), ray_distance=rays)
-        # Tokens and keys/values computed under autocast differ from those computed without:
-        # the autocast state is part of what the cached entries were made from.
-        version = (*self._token_version(), *_autocast_state(x))
-        entry = memory.cached(self, "tokens")
-        if entry is None or entry[0] != version:
-            entry = (version, *self._memory_token_inputs(memory))
-            memory.store(self, "tokens", entry)
-        return MemoryInputs(entry[1], entry[2], active.to(x.dtype), memory, version, entry[3])
-
-    def _memory_token_inputs(self, memory: MemoryContext) -> tuple[Tensor, Tensor, Tensor | None]:
-        """:meth:`memory_tokens` and, with ``memory_ray_alignment``, :meth:`ray_distance`."""
-        tokens, key_mask = self.memory_tokens(memory)
-        rays = self.ray_distance(memory) if self.memory_ray_alignment else None
-        return tokens, key_mask, rays
+        """Build what the memory layers need, or None when nothing is to be attended
+        (:meth:`MemoryReader.inputs`)."""
+        return self.memory_reader.inputs(memory, x)
 
     def _memory_parameter_anchor(self) -> Tensor:
         """``0 * sum(model-level memory parameters)``, added to the tokens entering the first
@@ -710,7 +549,7 @@ class HybridCDiT(CDiT):
             return super().forward(x, t, y, x_cond, rel_t)
         writes = update_memory and not self.training
         if current_pose is not None:
-            self._check_own_memory_pose(current_pose, writes=writes, reads=memory is None)
+            self.own_memory.check_pose(current_pose, writes=writes, reads=memory is None)
         if update_memory:
             self._commit_previous_frame(x_cond, current_pose)
         if memory is None and current_pose is not None:
@@ -729,24 +568,6 @@ class HybridCDiT(CDiT):
         if anchoring and anchor_at == self.depth:
             tokens = tokens + self._memory_parameter_anchor().to(tokens.dtype)
         return self.unpatchify(self.final_layer(tokens, c))
-
-
-def geometry_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype memory geometry (poses, relative poses, rays, ray distances, scores) is computed
-    in for poses of ``dtype``: float64 for float64, float32 for everything else, whatever the
-    model's dtype (half precision would quantise positions of hundreds of units to whole units)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _autocast_state(like: Tensor) -> tuple[bool, torch.dtype]:
-    """Whether autocast is on for ``like``'s device type, and its dtype."""
-    kind = like.device.type
-    return torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind)
-
-
-def _no_autocast(like: Tensor) -> torch.autocast:
-    """A context in which ``torch.autocast`` is off for ``like``'s device type."""
-    return torch.autocast(like.device.type, enabled=False)
 
 
 def _check_memory_layers(layers: Sequence[int] | None, depth: int) -> list[int]:
