@@ -4,7 +4,6 @@ against hand values, a plain loop and Monte Carlo; the flags."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 
 import pytest
@@ -194,15 +193,8 @@ def test_flag_values_parse() -> None:
         mn.corrupt(torch.zeros(4, 3), mn.PoseNoise("jitter", 0.1, 1.0), torch.Generator())
 
 
-@dataclasses.dataclass(eq=False)
-class _ContextWithStd(MemoryContext):
-    """A memory context with the per-slot uncertainty field the hook looks for."""
-
-    pose_std: torch.Tensor | None = None
-
-
-def _memory(cls: type[MemoryContext]) -> MemoryContext:
-    return cls(
+def _memory() -> MemoryContext:
+    return MemoryContext(
         frames=torch.zeros(2, 3, 3, 4, 4),
         poses=torch.zeros(2, 3, 3),
         scores=torch.ones(2, 3),
@@ -211,24 +203,10 @@ def _memory(cls: type[MemoryContext]) -> MemoryContext:
     )
 
 
-def test_pose_std_hook_sets_the_field_or_says_the_library_has_none(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_ray_std_from_position_and_heading_std() -> None:
     std = torch.full((2, 3), 0.5)
-    monkeypatch.setattr(mn, "MemoryContext", _ContextWithStd)
-    assert mn.has_pose_std()
-    out = mn.with_pose_std(_memory(_ContextWithStd), std, 2 * std)
-    torch.testing.assert_close(out.pose_std, torch.stack([std, 2 * std], -1))  # type: ignore[attr-defined]
+    out = mn.with_ray_std(_memory(), std, 2 * std, depth=2.0)
+    assert out.ray_std is not None
+    torch.testing.assert_close(out.ray_std, torch.full((2, 3), math.hypot(1.0, 0.25)))
     with pytest.raises(ValueError, match="must have shape"):
-        mn.with_pose_std(_memory(_ContextWithStd), std[:1], std)
-    monkeypatch.setattr(mn, "MemoryContext", _ContextWithoutStd)
-    assert not mn.has_pose_std()
-    with pytest.raises(RuntimeError, match="no per-slot pose uncertainty"):
-        mn.with_pose_std(_memory(MemoryContext), std, std)
-
-
-@dataclasses.dataclass
-class _ContextWithoutStd:
-    """A context type without the field."""
-
-    mask: torch.Tensor
+        mn.with_ray_std(_memory(), std[:1], std, depth=1.0)

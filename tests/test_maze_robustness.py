@@ -257,28 +257,21 @@ def test_robustness_flags_and_the_uncertainty_hook(
     with pytest.raises(SystemExit):
         rb.parse_args(["--models-from", str(saved), "--pose-jitter", "0.1,3"])
     assert rb.parse_args(["--models-from", str(saved)]).settings == list(rb.DEFAULT_SETTINGS)
-    monkeypatch.setattr(rb, "has_pose_std", lambda: False)
-    args = rb.parse_args([*TINY, "--models-from", str(saved), "--pose-uncertainty"])
-    with pytest.raises(RuntimeError, match="no per-slot pose uncertainty"):
-        rb.run(args, [])
-
-    @dataclasses.dataclass(eq=False)
-    class WithStd(MemoryContext):
-        pose_std: torch.Tensor | None = None
-
-    monkeypatch.setattr(mn, "MemoryContext", WithStd)
+    with pytest.raises(SystemExit):
+        rb.parse_args(["--models-from", str(saved), "--view-depth", "0"])
     gen = torch.Generator().manual_seed(0)
     poses = torch.cat([torch.rand(2, 30, 2, generator=gen) * 5, torch.zeros(2, 30, 1)], -1)
     steps = torch.tensor([[3, 10], [0, 20]])
-    memory = WithStd(
+    memory = MemoryContext(
         frames=torch.zeros(2, 2, 3, 4, 4), poses=torch.zeros(2, 2, 3), scores=torch.ones(2, 2),
         mask=torch.ones(2, 2, dtype=torch.bool), query_pose=torch.zeros(2, 3), steps=steps,
     )  # fmt: skip
     noise = mn.PoseNoise("drift", 0.1, 2.0)
     episode, target = torch.tensor([1, 0]), torch.tensor([25, 29])
-    out = rb.uncertainty(noise, poses)(memory, episode, target)
+    out = rb.uncertainty(noise, poses, 2.0)(memory, episode, target)
     position, heading = mn.nominal_std(noise, poses, episode, steps, target)
-    torch.testing.assert_close(out.pose_std, torch.stack([position, heading], -1))  # type: ignore[attr-defined]
+    assert out.ray_std is not None
+    torch.testing.assert_close(out.ray_std, torch.hypot(heading, position / 2.0))
 
 
 def test_memory_subsets_keep_every_per_sample_field() -> None:

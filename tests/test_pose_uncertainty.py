@@ -8,7 +8,11 @@ import math
 import pytest
 import torch
 
+from hybrid_cdit import HybridCDiT
 from hybrid_cdit.memory import MemoryContext, alignment_softening, ray_angle_std
+
+from .hybrid_helpers import TINY, make_inputs, make_memory, trained_like_hybrid
+from .hybrid_helpers import replace as helpers_replace
 
 
 def context(ray_std: torch.Tensor | None, mask: torch.Tensor | None = None) -> MemoryContext:
@@ -96,3 +100,64 @@ def test_ray_angle_std_refuses_bad_input(kwargs: dict[str, object], match: str) 
 def test_alignment_softening_by_hand() -> None:
     std = torch.tensor([[0.0, 0.1, 0.3, float("inf")]])
     torch.testing.assert_close(alignment_softening(std, 0.1), torch.tensor([[1.0, 0.5, 0.1, 0.0]]))
+
+
+# ----------------------------------------------------------------- in a HybridCDiT's forward
+
+
+def _model_and_inputs() -> tuple[HybridCDiT, dict[str, torch.Tensor], MemoryContext]:
+    model = trained_like_hybrid(memory_patch_size=TINY["patch_size"])
+    return model, make_inputs(n=3), make_memory(n=3, k=4)
+
+
+def test_exact_poses_keep_the_output_and_the_distance_is_softened_per_slot() -> None:
+    model, inputs, memory = _model_and_inputs()
+    with torch.no_grad():
+        plain = model(**inputs, memory=memory)
+        zero = model(**inputs, memory=helpers_replace(memory, ray_std=torch.zeros(3, 4)))
+        assert torch.equal(plain, zero)
+        std = torch.tensor([[0.0, 0.1, 0.3, 1.0]]).expand(3, 4).contiguous()
+        soft = helpers_replace(memory, ray_std=std)
+        distance = model.ray_distance(memory)
+        softened = model.ray_distance(soft)
+        side = TINY["input_size"] // TINY["patch_size"]
+        s = model.camera_fov / side
+        factor = torch.tensor([s**2 / (s**2 + v**2) for v in (0.0, 0.1, 0.3, 1.0)])
+        expected = distance.view(3, side * side, 4, -1) * factor[None, None, :, None]
+        torch.testing.assert_close(softened, expected.view_as(distance))
+        assert not torch.allclose(model(**inputs, memory=soft), plain)
+
+
+def test_a_very_uncertain_slot_has_no_alignment_prior() -> None:
+    """With ray_std far above the token spacing the bias vanishes: the output is that of the
+    same model with every ray strength 0."""
+    model, inputs, memory = _model_and_inputs()
+    with torch.no_grad():
+        vague = model(**inputs, memory=helpers_replace(memory, ray_std=torch.full((3, 4), 1e4)))
+        strengths = [p for n, p in model.named_parameters() if n.endswith("ray_strength")]
+        assert strengths
+        for strength in strengths:
+            strength.zero_()
+        no_prior = model(**inputs, memory=memory)
+    torch.testing.assert_close(vague, no_prior, atol=1e-5, rtol=1e-5)
+
+
+def test_unknown_poses_are_masked_and_a_sample_without_any_gets_the_cdit() -> None:
+    model, inputs, memory = _model_and_inputs()
+    std = torch.zeros(3, 4)
+    std[0] = float("inf")  # sample 0: no known pose
+    std[1, 2] = float("inf")  # sample 1: slot 2 unknown
+    with torch.no_grad():
+        out = model(**inputs, memory=helpers_replace(memory, ray_std=std))
+        cdit = model(**inputs)
+        mask = memory.mask.clone()
+        mask[0] = False
+        mask[1, 2] = False
+        masked = model(**inputs, memory=helpers_replace(memory, mask=mask))
+    assert torch.equal(out[0], cdit[0])
+    torch.testing.assert_close(out, masked, atol=1e-5, rtol=1e-5)
+    assert model.active_samples(helpers_replace(memory, ray_std=std)).tolist() == [
+        False,
+        True,
+        True,
+    ]

@@ -13,8 +13,8 @@ Two noise models of the poses ``(x, y, yaw)`` (cells, radians) that the memory s
 
 :func:`corrupt` draws the corrupted poses, :func:`nominal_std` the standard deviation of the
 relative-pose error between a memory slot and the query that a noise model implies, and
-:func:`with_pose_std` hands it to a :class:`~hybrid_cdit.MemoryContext` that has a per-slot
-``pose_std`` field.
+:func:`with_ray_std` hands it to a :class:`~hybrid_cdit.MemoryContext` as ``ray_std``
+(:func:`hybrid_cdit.memory.ray_angle_std`).
 """
 
 from __future__ import annotations
@@ -29,17 +29,16 @@ import torch
 from torch import Tensor
 
 from hybrid_cdit import MemoryContext
-from hybrid_cdit.memory import relative_pose, wrap_angle
+from hybrid_cdit.memory import ray_angle_std, relative_pose, wrap_angle
 
 __all__ = [
     "KINDS",
     "PoseNoise",
     "corrupt",
-    "has_pose_std",
     "noise_flag",
     "nominal_std",
     "pose_errors",
-    "with_pose_std",
+    "with_ray_std",
 ]
 
 KINDS = ("jitter", "drift")
@@ -235,25 +234,17 @@ def nominal_std(
     return position.float(), heading.float()
 
 
-def has_pose_std() -> bool:
-    """Whether :class:`~hybrid_cdit.MemoryContext` has a per-slot ``pose_std`` field."""
-    return any(f.name == "pose_std" for f in dataclasses.fields(MemoryContext))
-
-
-def with_pose_std(memory: MemoryContext, position: Tensor, heading: Tensor) -> MemoryContext:
-    """``memory`` with ``pose_std`` set to ``(B, k, 2)`` (position std in the poses' unit,
-    heading std in radians); raises ``RuntimeError`` when the library's
-    :class:`~hybrid_cdit.MemoryContext` has no such field."""
-    if not has_pose_std():
-        raise RuntimeError(
-            "--pose-uncertainty: this hybrid_cdit has no per-slot pose uncertainty "
-            "(MemoryContext has no 'pose_std' field)"
-        )
+def with_ray_std(
+    memory: MemoryContext, position: Tensor, heading: Tensor, depth: float
+) -> MemoryContext:
+    """``memory`` with ``ray_std`` ``(B, k)`` from each slot's relative-pose std: ``position``
+    (the poses' unit) and ``heading`` (radians), both ``(B, k)``, and the typical viewing
+    ``depth`` (:func:`hybrid_cdit.memory.ray_angle_std`)."""
     expected = tuple(memory.mask.shape)
     if position.shape != expected or heading.shape != expected:
         raise ValueError(
             f"position and heading must have shape {expected}, got {tuple(position.shape)} "
             f"and {tuple(heading.shape)}"
         )
-    std = torch.stack([position, heading], dim=-1).to(memory.poses.dtype)
-    return dataclasses.replace(memory, pose_std=std)  # type: ignore[call-arg]
+    std = ray_angle_std(position.double(), heading.double(), depth)
+    return dataclasses.replace(memory, ray_std=std.to(memory.poses.dtype))

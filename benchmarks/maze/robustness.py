@@ -22,8 +22,9 @@ truly within 1 cell and 45 degrees); revisit and novel PSNR of the hybrid and of
 object.
 
 ``--pose-uncertainty`` gives the hybrid, in the noisy rows, each slot's nominal relative-pose
-standard deviation (:func:`~benchmarks.maze.noise.nominal_std`) as ``MemoryContext.pose_std``
-``(B, k, 2)``; it needs a ``hybrid_cdit`` whose ``MemoryContext`` has that field.
+standard deviation (:func:`~benchmarks.maze.noise.nominal_std`) as ``MemoryContext.ray_std``
+(:func:`hybrid_cdit.memory.ray_angle_std` with ``--view-depth`` cells), which softens ray
+alignment per slot.
 
 Every other flag is ``python -m benchmarks.maze``'s: the architecture, data and memory flags must
 be those of the run that saved the models (the defaults for the documented run); ``--split``
@@ -54,7 +55,7 @@ from benchmarks.maze.evaluation import (
     one_step_samples,
     pose_noise_figures,
 )
-from benchmarks.maze.noise import PoseNoise, has_pose_std, nominal_std, with_pose_std
+from benchmarks.maze.noise import PoseNoise, nominal_std, with_ray_std
 from benchmarks.maze.pipeline import held_out_episodes, load_models, noisy_data
 from benchmarks.maze.pipeline import parse_args as pipeline_args
 from benchmarks.maze.protocol import Data, settings_from
@@ -111,7 +112,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--pose-uncertainty",
         action="store_true",
-        help="give the hybrid each slot's nominal pose std (MemoryContext.pose_std)",
+        help="give the hybrid each slot's nominal pose std (MemoryContext.ray_std)",
+    )
+    p.add_argument(
+        "--view-depth",
+        type=float,
+        default=1.0,
+        help="typical distance to what the camera sees, cells (ray_angle_std's depth)",
     )
     own, rest = p.parse_known_args(argv)
     args = pipeline_args(["--no-baselines", *rest, "--models-from", own.models_from])
@@ -119,10 +126,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("use --settings for the noise rows, not --pose-jitter / --pose-drift")
     args.settings = list(DEFAULT_SETTINGS) if own.settings is None else own.settings
     args.pose_uncertainty = own.pose_uncertainty
+    if not own.view_depth > 0 or own.view_depth == float("inf"):
+        p.error(f"--view-depth must be a finite number > 0, got {own.view_depth}")
+    args.view_depth = own.view_depth
     return args
 
 
-def uncertainty(noise: PoseNoise, memory_poses: Tensor) -> MemoryTransform:
+def uncertainty(noise: PoseNoise, memory_poses: Tensor, depth: float) -> MemoryTransform:
     """A memory transform that sets each slot's nominal pose std under ``noise``
     (:func:`~benchmarks.maze.noise.nominal_std` from the poses the memory sees,
     ``(N, T, 3)``)."""
@@ -131,7 +141,7 @@ def uncertainty(noise: PoseNoise, memory_poses: Tensor) -> MemoryTransform:
         if memory.steps is None:
             raise ValueError("memory.steps must be given to compute the slots' pose std, got None")
         position, heading = nominal_std(noise, memory_poses, episode, memory.steps, target)
-        return with_pose_std(memory, position, heading)
+        return with_ray_std(memory, position, heading, depth)
 
     return transform
 
@@ -157,11 +167,6 @@ def run(
     summary (the JSON :func:`main` prints). ``eval_episodes``: held-out episodes of any world
     (None: Memory Maze's of ``--split``)."""
     start = time.perf_counter()
-    if args.pose_uncertainty and not has_pose_std():
-        raise RuntimeError(
-            "--pose-uncertainty: this hybrid_cdit has no per-slot pose uncertainty "
-            "(MemoryContext has no 'pose_std' field)"
-        )
     torch.set_num_threads(args.threads)
     settings = settings_from(args)
     if eval_episodes is None:
@@ -195,7 +200,7 @@ def run(
             transform = None
             if args.pose_uncertainty:
                 assert noise_model is not None
-                transform = uncertainty(noise_model, noisy.memory_poses)
+                transform = uncertainty(noise_model, noisy.memory_poses, args.view_depth)
             scores = noisy_pose_scores(
                 learners, noisy, episode, target, diff, settings,
                 memory_transform=transform, **common,
@@ -212,6 +217,7 @@ def run(
         models_from=str(args.models_from),
         pose_noise_seed=args.pose_noise_seed,
         pose_uncertainty=args.pose_uncertainty,
+        view_depth=args.view_depth,
         seconds=round(time.perf_counter() - start, 1),
     )
     print(robustness_table(summary))

@@ -148,5 +148,5 @@ def alignment_softening(ray_std: Tensor, spacing: float) -> Tensor:
     Returns:
         ``(N, k)`` in ``[0, 1]``, ``ray_std``'s dtype.
     """
-    s2 = spacing * spacing
-    return s2 / (s2 + ray_std.square())
+    s2 = torch.full_like(ray_std, spacing * spacing)
+    return s2 / (s2 + ray_std.square())  # a tensor numerator: exactly 1 where ray_std is 0

@@ -17,7 +17,14 @@ from torch import Tensor, nn
 
 from ..attention import memory_key_mask
 from ..blocks import MemoryInputs
-from ..memory import MemoryContext, patch_directions, plucker_rays, relative_pose, to_pose5
+from ..memory import (
+    MemoryContext,
+    alignment_softening,
+    patch_directions,
+    plucker_rays,
+    relative_pose,
+    to_pose5,
+)
 
 if TYPE_CHECKING:
     from .hybrid import HybridCDiT
@@ -44,12 +51,15 @@ class MemoryReader:
     # ------------------------------------------------------------------------ activation
 
     def activation(self, memory: MemoryContext) -> Tensor:
-        """Per-sample activation score ``(N,)``: the best valid retrieval score, 0 with none."""
+        """Per-sample activation score ``(N,)``: the best valid retrieval score, 0 with none
+        (slots of unknown pose, ``ray_std`` inf, are not valid)."""
+        memory = memory.with_known_poses()
         best = torch.where(memory.mask, memory.scores, torch.zeros_like(memory.scores))
         return best.amax(dim=1)
 
     def active_samples(self, memory: MemoryContext) -> Tensor:
         """``(N,)`` bool: samples with a valid slot and ``activation >= threshold``."""
+        memory = memory.with_known_poses()
         valid = memory.mask.any(dim=1)
         return valid & (self.activation(memory) >= self.model.memory_activation_threshold)
 
@@ -119,16 +129,23 @@ class MemoryReader:
     def ray_distance(self, memory: MemoryContext) -> Tensor:
         """``(N, G*G, k*G*G)`` float32 ray distances ``(1 - cos a) / (1 - cos(camera_fov / G))``
         between the view ray of each query cell (``G x G`` memory-grid cells of the query
-        camera, row-major) and that of each memory token, ``a`` their angle. The one place the
-        distance is defined; the attention bias is ``-strength * ray_distance``."""
+        camera, row-major) and that of each memory token, ``a`` their angle, times
+        :func:`~hybrid_cdit.memory.alignment_softening` of the slot's ``ray_std`` when the
+        context has one. The one place the distance is defined; the attention bias is
+        ``-strength * ray_distance``."""
         side, fov = self.grid_side, self.model.camera_fov
         poses, query = self.slot_poses(memory)
         with _no_autocast(poses):
             memory_rays = plucker_rays(poses, query, side, fov)[..., :3].float()
             query_rays = patch_directions(side, fov, device=poses.device)
             cos = torch.einsum("qc,nkmc->nqkm", query_rays, memory_rays).flatten(2)
-        spacing = 1.0 - math.cos(fov / side)
-        return (1.0 - cos) / spacing
+        distance = (1.0 - cos) / (1.0 - math.cos(fov / side))
+        if memory.ray_std is None:
+            return distance
+        soften = alignment_softening(memory.ray_std.float(), fov / side)
+        n, q, _ = distance.shape
+        k = memory.num_slots
+        return (distance.view(n, q, k, -1) * soften[:, None, :, None]).view(n, q, -1)
 
     # ----------------------------------------------------------------- inputs and caching
 
@@ -167,15 +184,17 @@ class MemoryReader:
         return MemoryInputs(entry[1], entry[2], gate, memory, version, entry[3])
 
     def _placed(self, memory: MemoryContext, x: Tensor, caching: bool) -> MemoryContext:
-        """``memory`` with frames on ``x``'s device and dtype and geometry in
-        :func:`geometry_dtype` (the moved copy cached on ``memory`` when ``caching``)."""
+        """``memory`` with frames on ``x``'s device and dtype, geometry in
+        :func:`geometry_dtype` and slots of unknown pose masked (the moved copy cached on
+        ``memory`` when ``caching``)."""
         geometry = geometry_dtype(memory.poses.dtype)
-        if memory.is_placed(x.device, x.dtype, geometry):
+        unknown = memory.ray_std is not None and bool(torch.isinf(memory.ray_std).any())
+        if memory.is_placed(x.device, x.dtype, geometry) and not unknown:
             return memory
         key = ("moved", x.device, x.dtype, geometry)
         moved: MemoryContext | None = memory.cached(self.model, key) if caching else None
         if moved is None:
-            moved = memory.to(x.device, x.dtype, geometry_dtype=geometry)
+            moved = memory.to(x.device, x.dtype, geometry_dtype=geometry).with_known_poses()
             if caching:
                 memory.store(self.model, key, moved)
         return moved
