@@ -333,3 +333,22 @@ def test_saved_models_evaluate_to_the_same_figures(
     (tmp_path / "models" / "seed0" / "hybrid.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="hybrid"):
         bench.run(from_saved, train, held_out)
+
+
+def test_init_from_continues_training_from_saved_weights(
+    episodes: list[mt.Episode], tmp_path: Path
+) -> None:
+    """--init-from starts every learned model from a run's saved weights: its held-out losses
+    at step 0 are the saved run's at its last step, without pretraining; it then trains on."""
+    train, held_out = episodes[:1], episodes[1:]
+    first = bench.run(bench.parse_args([*TINY, "--out", str(tmp_path)]), train, held_out)
+    more = bench.run(bench.parse_args([*TINY, "--init-from", str(tmp_path)]), train, held_out)
+    start, last = more["curve"][0], first["curve"][-1]  # type: ignore[index]
+    assert start["step"] == 0 and last["step"] == 4
+    for name in ("cdit", "hybrid", *bl.BASELINES):
+        assert start[name] == pytest.approx(last[name], rel=1e-6), name
+        assert more["curve"][-1][name] != pytest.approx(start[name], rel=1e-6), name  # type: ignore[index]
+    assert more["pretrain_steps"] == 0 and more["init_from"] == str(tmp_path)
+    assert first["pretrain_steps"] == 2 and first["init_from"] is None
+    with pytest.raises(SystemExit):
+        bench.parse_args([*TINY, "--init-from", str(tmp_path), "--models-from", str(tmp_path)])

@@ -304,11 +304,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="train with the memory's poses drifting (as --pose-drift), afresh every epoch",
     )
     p.add_argument("--log-every", type=int, default=100)
-    p.add_argument(
+    saved = p.add_mutually_exclusive_group()
+    saved.add_argument(
         "--models-from",
         default=None,
         help="evaluate the models a run with --out saved (its models/seed{N}/ folders) "
         "instead of training them",
+    )
+    saved.add_argument(
+        "--init-from",
+        default=None,
+        help="start every learned model from the weights a run with --out saved (its "
+        "models/seed{N}/ folders) and train --steps more side by side, without pretraining "
+        "(a longer run, or a fine-tune with --train-pose-jitter / --train-pose-drift)",
     )
     p.add_argument(
         "--memory-report-only",
@@ -438,7 +446,8 @@ def run(
         split=args.split,
         quick=args.quick,
         steps=args.steps,
-        pretrain_steps=args.pretrain_steps,
+        pretrain_steps=0 if args.init_from is not None else args.pretrain_steps,
+        init_from=args.init_from,
         batch=args.batch,
         lr=args.lr,
         prediction=args.prediction,
@@ -501,7 +510,12 @@ def run_seed(
         load_models(Path(args.models_from), args.seed, learners)
         info: dict[str, object] = {"train_seconds": 0.0, "curve": []}
     else:
-        info = train(args, train_data, cdit, hybrid, diff, settings, baselines, held_out)
+        if args.init_from is not None:
+            load_models(Path(args.init_from), args.seed, learners)
+        info = train(
+            args, train_data, cdit, hybrid, diff, settings, baselines, held_out,
+            initialised=args.init_from is not None,
+        )  # fmt: skip
         if args.out is not None:
             save_models(Path(args.out), args.seed, learners)
     result = evaluate(args, eval_data, cdit, hybrid, diff, settings, baselines, noisy_eval)

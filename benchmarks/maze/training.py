@@ -180,10 +180,14 @@ def train(
     settings: MemorySettings,
     baselines: Sequence[Learner] = (),
     held_out: HeldOutBatch | None = None,
+    *,
+    initialised: bool = False,
 ) -> dict[str, object]:
     """Side-by-side training of the CDiT, the hybrid and the learned ``baselines`` on the same
     batches, timesteps and noise (after ``--pretrain-steps`` of the CDiT alone, whose weights
     every model then starts from); prints progress with the revisit losses and an ETA.
+    ``initialised`` models (``--init-from``: weights of an earlier run) skip pretraining and
+    keep their own weights; their optimisers start afresh, with the warm-up.
 
     With ``--train-pose-jitter`` / ``--train-pose-drift``, the memory of the training batches
     (retrieval, memory and query poses, the retrieved-context poses) sees the training poses
@@ -194,12 +198,13 @@ def train(
         ``train_seconds``, and with ``held_out`` the learning curves ``curve``: rows of the
         step and each learner's held-out loss, every ``--curve-every`` steps (and at 0).
     """
-    if args.pretrain_steps:
+    if args.pretrain_steps and not initialised:
         pretrain(args, data, cdit, diff, settings)
         torch.manual_seed(args.seed + 2)  # the memory branch's fresh initial state
         load_cdit_weights(hybrid, cdit)
-    for baseline in baselines:
-        load_wider_context(baseline.model, cdit)
+    if not initialised:
+        for baseline in baselines:
+            load_wider_context(baseline.model, cdit)
     learners = [Learner("cdit", cdit, "recent"), Learner("hybrid", hybrid, "memory"), *baselines]
     gen = torch.Generator().manual_seed(args.seed + 100)
     opts = [
