@@ -235,3 +235,15 @@ def test_benchmarks_evaluate_on_the_split_they_are_for(monkeypatch: pytest.Monke
         pipeline.parse_args(["--seed", "1000"])  # a training seed never names held-out mazes
     assert memory_recall.parse_args([]).seed == mt.VALIDATION_DATASET
     assert eviction_study.parse_args([]).seed == mt.VALIDATION_DATASET
+
+
+def test_default_training_length() -> None:
+    """The documented lengths: 2000 + 4000 steps by default (chosen on validation mazes),
+    300 + 400 with --quick; explicit flags win."""
+    from benchmarks.maze import pipeline
+
+    default, quick = pipeline.parse_args([]), pipeline.parse_args(["--quick"])
+    assert (default.pretrain_steps, default.steps) == (2000, 4000)
+    assert (quick.pretrain_steps, quick.steps) == (300, 400)
+    given = pipeline.parse_args(["--steps", "7", "--pretrain-steps", "0"])
+    assert (given.pretrain_steps, given.steps) == (0, 7)

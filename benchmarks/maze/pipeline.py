@@ -196,12 +196,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stride", type=int, default=4, help="environment steps between frames")
     p.add_argument("--size", type=int, default=32, help="frame side in pixels")
     p.add_argument("--context", type=int, default=2)
-    p.add_argument("--steps", type=int, default=None, help="default 2000 (quick 400)")
+    p.add_argument("--steps", type=int, default=None, help="default 4000 (quick 400)")
     p.add_argument(
         "--pretrain-steps",
         type=int,
         default=None,
-        help="CDiT-only steps before side-by-side training; default 1000 (quick 300)",
+        help="CDiT-only steps before side-by-side training; default 2000 (quick 300)",
     )
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-4)
@@ -337,8 +337,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     defaults = {
         "train_episodes": 8 if quick else 16,
         "eval_episodes": 3 if quick else 6,
-        "steps": 400 if quick else 2000,
-        "pretrain_steps": 300 if quick else 1000,
+        "steps": 400 if quick else 4000,
+        "pretrain_steps": 300 if quick else 2000,
         "max_revisit_targets": 96 if quick else 320,
         "eval_t": [100, 300, 500, 700],
     }
