@@ -198,11 +198,11 @@ def train(
         ``train_seconds``, and with ``held_out`` the learning curves ``curve``: rows of the
         step and each learner's held-out loss, every ``--curve-every`` steps (and at 0).
     """
-    if args.pretrain_steps and not initialised:
-        pretrain(args, data, cdit, diff, settings)
-        torch.manual_seed(args.seed + 2)  # the memory branch's fresh initial state
-        load_cdit_weights(hybrid, cdit)
     if not initialised:
+        if args.pretrain_steps:
+            pretrain(args, data, cdit, diff, settings)
+            torch.manual_seed(args.seed + 2)  # the memory branch's fresh initial state
+            load_cdit_weights(hybrid, cdit)
         for baseline in baselines:
             load_wider_context(baseline.model, cdit)
     learners = [Learner("cdit", cdit, "recent"), Learner("hybrid", hybrid, "memory"), *baselines]
