@@ -153,6 +153,22 @@ def test_cli_inspect_and_convert_by_hub_name(cache, tmp_path, capsys):
     assert all(torch.equal(converted.state_dict()[k], v) for k, v in expected.items())
 
 
+def test_cli_demo_by_hub_name_and_revision(cache, capsys):
+    hub = ["--cache-dir", str(cache), "--local-files-only"]
+    name = "hf-hub:facebook/nwm/cdit_tiny.pth.tar"
+    argv = ["demo", "--checkpoint", name, "--num-heads", "4", "--steps", "2"]
+    argv += ["--denoise-steps", "1", "--threads", "1", *hub]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"snapshots/{COMMIT}/cdit_tiny.pth.tar (ema)" in out
+    assert "largest |HybridCDiT - CDiT| over the rollout: 0.000e+00" in out
+    assert main([*argv, "--revision", "v2"]) == 0
+    assert f"snapshots/{OTHER_COMMIT}/cdit_tiny.pth.tar" in capsys.readouterr().out
+    # without the cache, offline: a one-line error, nothing downloaded
+    assert main([*argv[:-3], "--local-files-only", "--cache-dir", str(cache / "none")]) == 1
+    assert capsys.readouterr().err.count("\n") == 1
+
+
 def test_a_missing_file_offline_says_how_to_get_it(cache, capsys):
     name = "hf-hub:facebook/nwm/cdit_xl_100000.pth.tar"
     with pytest.raises(CheckpointNotFoundError) as info:

@@ -112,7 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
             "finished frame to memory and retrieving by pose; compares with the CDiT."
         ),
     )
-    demo.add_argument("--checkpoint", metavar="CKPT", help="CDiT checkpoint (default: random)")
+    demo.add_argument(
+        "--checkpoint",
+        metavar="CKPT",
+        help="CDiT checkpoint file or hf-hub:ORG/REPO/FILE (default: a random model)",
+    )
     demo.add_argument("--steps", type=_positive, default=24, help="frames to generate (24)")
     demo.add_argument("--denoise-steps", type=_positive, default=4, help="DDIM steps a frame (4)")
     demo.add_argument("--device", default="cpu", help="torch device (cpu)")
@@ -125,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--num-heads", metavar="N", type=int, help="attention heads of CKPT")
     _add_source(demo)
     _add_trust(demo)
+    _add_hub(demo)
     demo.set_defaults(run=run_demo)
     return parser
 
@@ -453,6 +458,7 @@ def run_demo(args: argparse.Namespace) -> int:
             num_heads=args.num_heads,
             source=args.source,
             trust_checkpoint=args.trust_checkpoint,
+            hub=_hub_options(args),
         )
     except DemoError as exc:
         raise CommandError(str(exc)) from exc

@@ -25,9 +25,14 @@ import torch
 from torch import Tensor, nn
 
 from ._validation import check_positive_int
-from .checkpoint import build_from_cdit_checkpoint, infer_cdit_config, save_nwm_checkpoint
+from .checkpoint import (
+    HubOptions,
+    build_from_cdit_checkpoint,
+    infer_cdit_config,
+    save_nwm_checkpoint,
+)
 from .checkpoint.files import PathArg
-from .checkpoint.loading import resolve_state_dict
+from .checkpoint.loading import resolve_checkpoint
 from .memory import MemoryContext, poses_from_actions, select_memory
 from .models import CDiT, HybridCDiT
 
@@ -112,11 +117,13 @@ def run_demo(
     num_heads: int | None = None,
     source: str = "ema",
     trust_checkpoint: bool = False,
+    hub: HubOptions | None = None,
 ) -> None:
     """Run the demo, printing the model, the trajectory, one table row a frame and a summary.
 
     Args:
-        checkpoint: CDiT checkpoint to convert; None builds a random :data:`DEMO_ARCH` CDiT.
+        checkpoint: CDiT checkpoint (a path or an ``hf-hub:ORG/REPO/FILE`` name) to convert;
+            None builds a random :data:`DEMO_ARCH` CDiT.
         steps: frames to generate, ``>= 1``.
         denoise_steps: DDIM steps a frame, ``>= 1``.
         device: torch device to run on.
@@ -126,6 +133,8 @@ def run_demo(
         num_heads: attention heads of ``checkpoint``, when its shapes do not determine them.
         source: state dict of ``checkpoint`` to read, ``"ema"``, ``"model"`` or ``"auto"``.
         trust_checkpoint: allow unrestricted unpickling of ``checkpoint`` (trusted files only).
+        hub: how an ``hf-hub:`` ``checkpoint`` is downloaded (revision, cache, offline); None
+            uses :class:`~hybrid_cdit.checkpoint.HubOptions`' defaults.
 
     Raises:
         DemoError: ``device`` is not usable, ``num_heads`` is needed, or the model has no memory.
@@ -148,6 +157,7 @@ def run_demo(
             num_heads=num_heads,
             source=source,
             trust_checkpoint=trust_checkpoint,
+            hub=hub,
         )
     finally:
         torch.set_num_threads(before)
@@ -163,6 +173,7 @@ def _demo(
     num_heads: int | None,
     source: str,
     trust_checkpoint: bool,
+    hub: HubOptions | None,
 ) -> None:
     try:
         target = torch.device(device)
@@ -179,6 +190,7 @@ def _demo(
             num_heads=num_heads,
             source=source,
             trust_checkpoint=trust_checkpoint,
+            hub=hub,
         )
     cdit = cdit.to(target).eval()
     hybrid = hybrid.to(target).eval()
@@ -214,12 +226,14 @@ def _demo_models(
     num_heads: int | None,
     source: str,
     trust_checkpoint: bool,
+    hub: HubOptions | None,
 ) -> tuple[CDiT, HybridCDiT, str]:
     """The CDiT and its converted HybridCDiT, and a line saying where they came from."""
     if checkpoint is not None:
-        state_dict, used, path = resolve_state_dict(
-            checkpoint, source=source, trust_checkpoint=trust_checkpoint
+        resolved = resolve_checkpoint(
+            checkpoint, source=source, trust_checkpoint=trust_checkpoint, hub=hub
         )
+        state_dict, used, path = resolved.state_dict, resolved.source, resolved.path
         inferred = infer_cdit_config(state_dict)
         heads = inferred.get("num_heads") if num_heads is None else num_heads
         if heads is None:
