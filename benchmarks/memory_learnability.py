@@ -103,7 +103,12 @@ def _loss(
 
 @torch.no_grad()
 def held_out_ratios(
-    cdit: CDiT, hybrid: HybridCDiT, batches: Batches, diff: Diffusion, samples: Tensor, level: int
+    cdit: CDiT,
+    hybrid: HybridCDiT,
+    batches: Batches,
+    diff: Diffusion,
+    samples: tuple[Tensor, Tensor],
+    level: int,
 ) -> dict[str, float]:
     """Held-out loss ratios to the CDiT at timestep ``level``: with memory and withheld."""
     episode, target = samples

@@ -108,6 +108,20 @@ def test_headline_intervals_name_the_gain_and_weight_all() -> None:
     assert "revisit_psnr_gain_hybrid_vs_copy_top" not in out  # no such predictor given
 
 
+def test_mean_tables_by_hand() -> None:
+    a = {"revisit_cdit": {"t=500": 1.0, "mean": 2.0}, "novel_cdit": {"mean": 4.0}}
+    b = {"revisit_cdit": {"t=500": 3.0, "mean": 6.0}, "novel_cdit": {"mean": 0.0}}
+    assert stats.mean_tables([a, b]) == {
+        "revisit_cdit": {"t=500": 2.0, "mean": 4.0},
+        "novel_cdit": {"mean": 2.0},
+    }
+    assert stats.mean_tables([a]) == a
+    with pytest.raises(ValueError, match=r"tables\[1\] has other rows or columns"):
+        stats.mean_tables([a, {"revisit_cdit": {"mean": 1.0}, "novel_cdit": {"mean": 1.0}}])
+    with pytest.raises(ValueError, match="at least one table"):
+        stats.mean_tables([])
+
+
 def test_last_seen_gap_and_its_bins() -> None:
     far = [(3.0 * i, 0.0, 0.0) for i in range(1, 8)]
     poses = np.array([(0.0, 0.0, 0.0), *far, (0.5, 0.0, 0.1), (3.2, 0.0, 0.0)], np.float32)

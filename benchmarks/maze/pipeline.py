@@ -84,7 +84,7 @@ from benchmarks.maze.evaluation import BANDS, band_scores, band_weights, evaluat
 from benchmarks.maze.noise import PoseNoise, corrupt, noise_flag
 from benchmarks.maze.protocol import Data, MemorySettings, settings_from
 from benchmarks.maze.report import print_tables, rollout_figure
-from benchmarks.maze.stats import headline_intervals
+from benchmarks.maze.stats import headline_intervals, mean_tables
 from benchmarks.maze.training import (
     HeldOutBatch,
     architecture,
@@ -603,7 +603,8 @@ def aggregate(
 ) -> dict[str, object]:
     """The summary of several training seeds on the same held-out targets: every number the
     mean over seeds (``{key}_seeds``: the per-seed values of the one-step band scores; the
-    nested tables ``eps_mse`` and ``informativeness`` are the first seed's), the
+    ``eps_mse`` table averaged cell by cell; ``informativeness``, which depends on the held-out
+    data and retrieval only, the first seed's), the
     one-step band scores recomputed from the seed-averaged per-target scores (so intervals
     are over episodes of the seed-averaged models), the rollout figure of the first seed."""
     first = runs[0]
@@ -617,6 +618,7 @@ def aggregate(
         elif key not in ("_targets",):
             out[key] = value
     out["curve"] = [r["curve"] for r in runs]
+    out["eps_mse"] = mean_tables([cast(dict[str, dict[str, float]], r["eps_mse"]) for r in runs])
     targets = [cast(dict[str, object], r["_targets"]) for r in runs]
     episode = cast(Tensor, targets[0]["episode"])
     target = cast(Tensor, targets[0]["target"])

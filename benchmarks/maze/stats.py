@@ -1,5 +1,5 @@
 """Statistics of the benchmark: bootstrap intervals over held-out episodes for the headline
-differences."""
+differences, and means of per-seed tables."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["HEADLINE_DIFFERENCES", "bootstrap_interval", "headline_intervals"]
+__all__ = ["HEADLINE_DIFFERENCES", "bootstrap_interval", "headline_intervals", "mean_tables"]
 
 HEADLINE_DIFFERENCES = (
     ("revisit", "hybrid", "cdit"),
@@ -143,3 +143,18 @@ def headline_intervals(
         out["revisit_gain_ci_low"] = out["revisit_psnr_gain_hybrid_vs_cdit_ci_low"]
         out["revisit_gain_ci_high"] = out["revisit_psnr_gain_hybrid_vs_cdit_ci_high"]
     return out
+
+
+def mean_tables(tables: Sequence[Mapping[str, Mapping[str, float]]]) -> dict[str, dict[str, float]]:
+    """The cell-wise mean of tables ``{row: {column: value}}`` with the same rows and columns
+    (one table a training seed)."""
+    if not tables:
+        raise ValueError("tables must hold at least one table, got none")
+    shape = {row: set(cols) for row, cols in tables[0].items()}
+    for i, table in enumerate(tables[1:], start=1):
+        if {row: set(cols) for row, cols in table.items()} != shape:
+            raise ValueError(f"tables[{i}] has other rows or columns than tables[0]")
+    return {
+        row: {col: sum(float(t[row][col]) for t in tables) / len(tables) for col in cols}
+        for row, cols in tables[0].items()
+    }
