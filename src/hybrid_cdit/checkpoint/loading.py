@@ -130,17 +130,6 @@ def resolve_checkpoint(
     return ResolvedStateDict(state_dict, used, contents.path, contents.memory_mapped)
 
 
-def resolve_state_dict(
-    checkpoint: CheckpointArg, *, source: str = "ema", trust_checkpoint: bool = False
-) -> tuple[dict[str, Tensor], str, str | None]:
-    """``(state_dict, source used, path or None)`` for a path or an in-memory state dict.
-
-    Tensors read from a zip or safetensors file stay memory-mapped (see
-    :func:`resolve_checkpoint`)."""
-    resolved = resolve_checkpoint(checkpoint, source=source, trust_checkpoint=trust_checkpoint)
-    return resolved.state_dict, resolved.source, resolved.path
-
-
 def _variant_sizes() -> str:
     return ", ".join(
         f"{name}: hidden_size {spec['hidden_size']}, depth {spec['depth']}"
