@@ -7,6 +7,7 @@ This package knows nothing of models, blocks or attention: it works on plain ten
 from .buffer import MemoryBuffer
 from .context import MemoryContext
 from .fov import FovParams, fov_scores, fov_select
+from .headings import heading_offsets, refine_headings
 from .policies import (
     WRITE_POLICIES,
     CoveragePolicy,
@@ -59,6 +60,7 @@ __all__ = [
     "fov_scores",
     "fov_select",
     "gather_slots",
+    "heading_offsets",
     "heading_vector",
     "minecraft_to_pose5",
     "patch_directions",
@@ -67,6 +69,7 @@ __all__ = [
     "pose_scores",
     "poses_from_actions",
     "ray_angle_std",
+    "refine_headings",
     "relative_pose",
     "retrieve",
     "select_memory",
