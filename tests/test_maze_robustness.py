@@ -220,6 +220,9 @@ def test_robustness_rows_repeat_the_runs_figures(
     assert exact["hit_rate"] == pytest.approx(run_noisy["hit_rate"])
     assert jitter["pose_error_median"] == pytest.approx(run_noisy["pose_error_median"])
     assert exact["pose_error_median"] == 0.0
+    assert exact["slot_heading_error_median_deg"] == pytest.approx(0.0, abs=1e-4)
+    assert exact["slots_refined"] == jitter["slots_refined"] == 0.0
+    assert jitter["slot_heading_error_median_deg"] > 1.0
     for row in (jitter, drift):
         assert row["revisit_psnr_hybrid"] != exact["revisit_psnr_hybrid"]
         assert row["pose_error_median"] > 0 and row["heading_error_median_deg"] > 0
@@ -297,3 +300,77 @@ def test_memory_subsets_keep_every_per_sample_field() -> None:
     sub = mmem.subset_memory(plain, rows)
     assert sub.steps is None and sub.query_step is None
     assert torch.equal(sub.frames, plain.frames[rows])
+
+
+def test_heading_refinement_hook_and_slot_heading_errors(
+    episodes: list[mt.Episode], saved: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(SystemExit):
+        rb.parse_args(["--models-from", str(saved), "--refine-headings", "0.5"])
+    assert rb.parse_args(["--models-from", str(saved)]).refine_headings is None
+    data = mmem.Data(episodes, stride=4, size=8, settings=SETTINGS)
+    noisy = _noisy(data)
+    episode, target = torch.tensor([0, 1, 2]), torch.tensor([40, 50, 59])
+    memory = mmem.memory_for(noisy.frames, noisy.memory_poses, noisy.schedule, episode, target)
+    seen: dict[str, torch.Tensor] = {}
+
+    def record(
+        memory: MemoryContext, reference: torch.Tensor, reference_pose: torch.Tensor, fov: float,
+        *, min_confidence: float,
+    ) -> tuple[MemoryContext, torch.Tensor]:  # fmt: skip
+        seen.update(reference=reference, reference_pose=reference_pose)
+        assert fov == pytest.approx(torch.pi / 2) and min_confidence == 3.0
+        return memory, memory.mask
+
+    monkeypatch.setattr(rb, "refine_headings", record)
+    out = rb.heading_refinement(data, 3.0, 90.0)(memory, episode, target)
+    assert out is memory
+    assert torch.equal(seen["reference"], data.frames[episode, target - 1])
+    # the reference sits where the true action says, seen from the memory's (noisy) query pose
+    action = relative_pose(data.poses[episode, target], data.poses[episode, target - 1])
+    from_reference = relative_pose(memory.query_pose, seen["reference_pose"])
+    torch.testing.assert_close(from_reference, action.to(from_reference.dtype))
+    # slot heading errors: none with exact poses, the noise's with noisy ones
+    rev = torch.nonzero(data.revisit, as_tuple=True)
+    assert rb.slot_heading_error(data, data, *rev, SETTINGS.context) == pytest.approx((0, 0))
+    jitter, changed = rb.slot_heading_error(data, noisy, *rev, SETTINGS.context)
+    assert 5.0 < jitter < 40.0 and changed == 0  # two 15-degree errors: median about 14
+
+    def turn_first(memory: MemoryContext, episode: torch.Tensor, t: torch.Tensor) -> MemoryContext:
+        poses = memory.poses.clone()
+        poses[:, 0, 2] += 0.5
+        return dataclasses.replace(memory, poses=poses)
+
+    # true headings: no heading error left, the positions as the memory sees them
+    fixed, changed = rb.slot_heading_error(
+        data, noisy, *rev, SETTINGS.context, rb.true_slot_poses(data, "heading")
+    )
+    assert fixed == pytest.approx(0.0, abs=1e-4) and changed > 0.9
+    noisy_memory = mmem.memory_for(noisy.frames, noisy.memory_poses, noisy.schedule, *rev)
+    moved = rb.true_slot_poses(data, "heading")(noisy_memory, *rev)
+    assert torch.equal(moved.poses[..., :2], noisy_memory.poses[..., :2])
+    # the whole pose: each valid slot relative to the query as the truth has it
+    whole = rb.true_slot_poses(data, "pose")(noisy_memory, *rev)
+    exact_memory = mmem.memory_for(data.frames, data.poses, noisy.schedule, *rev)
+    valid = whole.mask
+    torch.testing.assert_close(
+        relative_pose(whole.poses, whole.query_pose[:, None])[valid],
+        relative_pose(exact_memory.poses, exact_memory.query_pose[:, None])[valid],
+    )
+    with pytest.raises(ValueError, match="part must be 'heading' or 'pose', got 'yaw'"):
+        rb.true_slot_poses(data, "yaw")
+    with pytest.raises(SystemExit):
+        rb.parse_args(
+            ["--models-from", str(saved), "--refine-headings", "2", "--true-slot-poses", "pose"]
+        )
+    # shrunk offsets: positions towards the query's, headings and masked slots kept
+    half = rb.shrink_offsets(0.5)(noisy_memory, *rev)
+    expected = (noisy_memory.poses[..., :2] + noisy_memory.query_pose[:, None, :2]) / 2
+    torch.testing.assert_close(half.poses[..., :2][valid], expected[valid])
+    assert torch.equal(half.poses[..., 2], noisy_memory.poses[..., 2])
+    assert torch.equal(half.poses[~valid], noisy_memory.poses[~valid])
+    with pytest.raises(SystemExit):
+        rb.parse_args(["--models-from", str(saved), "--shrink-offsets", "1.5"])
+    _, changed = rb.slot_heading_error(data, data, *rev, SETTINGS.context, turn_first)
+    masks = mmem.memory_for(data.frames, data.poses, data.schedule, *rev).mask
+    assert changed == pytest.approx(float(masks[:, 0].sum() / masks.sum()))

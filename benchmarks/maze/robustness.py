@@ -14,7 +14,9 @@ Rows: exact poses, then each of ``--settings`` (default: jitter 0.1 cell / 3 deg
 same DDIM noise as the run's one-step evaluation (so the exact row repeats its
 ``revisit_psnr_hybrid``), the pose noise drawn from ``--pose-noise-seed``, the same for every
 training seed and model. Per row: the median position error (cells) and heading error (degrees)
-of the memory's poses over every held-out frame; the hybrid's revisit gain over the CDiT (dB,
+of the memory's poses over every held-out frame; on revisit targets, the median error of each
+retrieved slot's heading relative to the query (what ray alignment reads) and the share of slots
+whose heading ``--refine-headings`` replaced; the hybrid's revisit gain over the CDiT (dB,
 seed-averaged per-target PSNR, 95% bootstrap interval over held-out episodes); its share of the
 exact-pose gain; the retrieval hit rate (held-out revisit frames whose retrieval holds a frame
 truly within 1 cell and 45 degrees); revisit and novel PSNR of the hybrid and of ``copy_top``
@@ -26,6 +28,14 @@ standard deviation (:func:`~benchmarks.maze.noise.nominal_std`) as ``MemoryConte
 (:func:`hybrid_cdit.memory.ray_angle_std` with ``--view-depth`` cells), which softens ray
 alignment per slot.
 
+``--refine-headings CONFIDENCE`` fits each slot's yaw to its frame against the sample's last
+context frame (:func:`hybrid_cdit.memory.refine_headings`, the reference pose the memory's query
+pose composed with the inverse of the true action) where the fit's confidence is at least
+``CONFIDENCE``, in every row, the exact one included. ``--true-slot-poses heading`` instead
+gives every retrieved slot its true heading relative to the query (positions as the memory sees
+them), ``--true-slot-poses pose`` its whole true relative pose: with retrieval still on the noisy
+poses, what a perfect heading fit, or a perfect pose fit, would leave of the gain.
+
 Every other flag is ``python -m benchmarks.maze``'s: the architecture, data and memory flags must
 be those of the run that saved the models (the defaults for the documented run); ``--split``
 (test by default), ``--seeds``, ``--max-revisit-targets``, ``--ddim-steps`` and
@@ -35,7 +45,9 @@ be those of the run that saved the models (the defaults for the documented run);
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -58,14 +70,27 @@ from benchmarks.maze.evaluation import (
 from benchmarks.maze.noise import PoseNoise, nominal_std, with_ray_std
 from benchmarks.maze.pipeline import held_out_episodes, load_models, noisy_data
 from benchmarks.maze.pipeline import parse_args as pipeline_args
-from benchmarks.maze.protocol import Data, settings_from
+from benchmarks.maze.protocol import Data, batch_for, settings_from
 from benchmarks.maze.stats import bootstrap_interval
 from benchmarks.maze.training import architecture, build_models
 from benchmarks.maze.worlds import Episode
 from benchmarks.side_by_side import Diffusion, format_table
 from hybrid_cdit import MemoryContext
+from hybrid_cdit.memory import compose_pose, refine_headings, relative_pose, wrap_angle
 
-__all__ = ["DEFAULT_SETTINGS", "main", "parse_args", "parse_setting", "run", "uncertainty"]
+__all__ = [
+    "DEFAULT_SETTINGS",
+    "heading_refinement",
+    "heading_transform",
+    "main",
+    "parse_args",
+    "parse_setting",
+    "run",
+    "shrink_offsets",
+    "slot_heading_error",
+    "true_slot_poses",
+    "uncertainty",
+]
 
 DEFAULT_SETTINGS = (
     PoseNoise("jitter", 0.1, 3.0),
@@ -115,6 +140,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="give the hybrid each slot's nominal pose std (MemoryContext.ray_std)",
     )
     p.add_argument(
+        "--refine-headings",
+        type=float,
+        default=None,
+        metavar="CONFIDENCE",
+        help="fit each slot's yaw to its frame against the last context frame "
+        "(hybrid_cdit.memory.refine_headings) where the fit's confidence is at least CONFIDENCE",
+    )
+    p.add_argument(
+        "--shrink-offsets",
+        type=float,
+        default=None,
+        metavar="F",
+        help="move each slot's position towards the query's: offset times F, in [0, 1]",
+    )
+    p.add_argument(
+        "--true-slot-poses",
+        choices=("heading", "pose"),
+        default=None,
+        help="give every retrieved slot its true heading (or whole pose) relative to the query: "
+        "what a perfect fit would leave of the gain",
+    )
+    p.add_argument(
         "--view-depth",
         type=float,
         default=1.0,
@@ -126,6 +173,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("use --settings for the noise rows, not --pose-jitter / --pose-drift")
     args.settings = list(DEFAULT_SETTINGS) if own.settings is None else own.settings
     args.pose_uncertainty = own.pose_uncertainty
+    if own.refine_headings is not None and not 1 <= own.refine_headings < float("inf"):
+        p.error(f"--refine-headings must be a finite number >= 1, got {own.refine_headings}")
+    args.refine_headings = own.refine_headings
+    if own.true_slot_poses is not None and own.refine_headings is not None:
+        p.error("--true-slot-poses and --refine-headings exclude each other")
+    args.true_slot_poses = own.true_slot_poses
+    if own.shrink_offsets is not None and not 0 <= own.shrink_offsets <= 1:
+        p.error(f"--shrink-offsets must be in [0, 1], got {own.shrink_offsets}")
+    args.shrink_offsets = own.shrink_offsets
     if not own.view_depth > 0 or own.view_depth == float("inf"):
         p.error(f"--view-depth must be a finite number > 0, got {own.view_depth}")
     args.view_depth = own.view_depth
@@ -144,6 +200,116 @@ def uncertainty(noise: PoseNoise, memory_poses: Tensor, depth: float) -> MemoryT
         return with_ray_std(memory, position, heading, depth)
 
     return transform
+
+
+def heading_refinement(
+    data: Data, min_confidence: float, fov_degrees: float, then: MemoryTransform | None = None
+) -> MemoryTransform:
+    """A memory transform that fits each slot's yaw against the sample's last context frame
+    (:func:`hybrid_cdit.memory.refine_headings`); the reference pose is the memory's query pose
+    composed with the inverse of the true action, so the fit replaces the error of both
+    absolute poses. ``then``: applied to the refined context."""
+
+    def transform(memory: MemoryContext, episode: Tensor, target: Tensor) -> MemoryContext:
+        poses = data.poses
+        action = relative_pose(poses[episode, target], poses[episode, target - 1])
+        back = relative_pose(torch.zeros_like(action), action)  # the context frame from the target
+        reference_pose = compose_pose(memory.query_pose, back.to(memory.query_pose.dtype))
+        reference = data.frames[episode, target - 1].to(memory.frames.dtype)
+        refined, _ = refine_headings(
+            memory, reference, reference_pose, math.radians(fov_degrees),
+            min_confidence=min_confidence,
+        )  # fmt: skip
+        return refined if then is None else then(refined, episode, target)
+
+    return transform
+
+
+def true_slot_poses(data: Data, part: str) -> MemoryTransform:
+    """A memory transform that gives every valid slot its true pose relative to the query, as
+    seen from the query pose the memory sees: ``part`` ``"heading"`` replaces the yaw only
+    (positions stay as seen), ``"pose"`` the whole pose. Retrieval is left as it was."""
+    if part not in ("heading", "pose"):
+        raise ValueError(f"part must be 'heading' or 'pose', got {part!r}")
+
+    def transform(memory: MemoryContext, episode: Tensor, target: Tensor) -> MemoryContext:
+        if memory.steps is None:
+            raise ValueError("memory.steps must be given to look up the slots' poses, got None")
+        slots = data.poses[episode[:, None], memory.steps]
+        true = relative_pose(slots, data.poses[episode, target][:, None]).to(memory.poses.dtype)
+        placed = compose_pose(memory.query_pose[:, None], true)
+        if part == "heading":
+            placed = torch.cat([memory.poses[..., :2], placed[..., 2:]], dim=-1)
+        poses = torch.where(memory.mask[..., None], placed, memory.poses)
+        return dataclasses.replace(memory, poses=poses)
+
+    return transform
+
+
+def shrink_offsets(factor: float, then: MemoryTransform | None = None) -> MemoryTransform:
+    """A memory transform that moves each valid slot's position towards the query's, its offset
+    times ``factor`` (headings kept), then applies ``then``."""
+
+    def transform(memory: MemoryContext, episode: Tensor, target: Tensor) -> MemoryContext:
+        query = memory.query_pose[:, None, :2]
+        xy = query + factor * (memory.poses[..., :2] - query)
+        placed = torch.cat([xy, memory.poses[..., 2:]], dim=-1)
+        poses = torch.where(memory.mask[..., None], placed, memory.poses)
+        out = dataclasses.replace(memory, poses=poses)
+        return out if then is None else then(out, episode, target)
+
+    return transform
+
+
+def heading_transform(
+    args: argparse.Namespace, data: Data, then: MemoryTransform | None = None
+) -> MemoryTransform | None:
+    """The slot-pose transform of ``--refine-headings`` or ``--true-slot-poses``, then that of
+    ``--shrink-offsets``, followed by ``then`` (``then`` alone without any)."""
+    if args.shrink_offsets is not None:
+        then = shrink_offsets(args.shrink_offsets, then)
+    if args.true_slot_poses is not None:
+        first = true_slot_poses(data, args.true_slot_poses)
+    elif args.refine_headings is not None:
+        return heading_refinement(data, args.refine_headings, args.camera_fov, then=then)
+    else:
+        return then
+    if then is None:
+        return first
+    after = then
+
+    def both(memory: MemoryContext, episode: Tensor, target: Tensor) -> MemoryContext:
+        return after(first(memory, episode, target), episode, target)
+
+    return both
+
+
+def slot_heading_error(
+    data: Data,
+    noisy: Data,
+    episode: Tensor,
+    target: Tensor,
+    context: int,
+    transform: MemoryTransform | None = None,
+) -> tuple[float, float]:
+    """The heading of each valid memory slot relative to the query (what ray alignment reads)
+    that the memory of ``noisy`` gives samples ``(episode[i], target[i])``, after
+    ``transform``: its median absolute error in degrees against the true relative heading, and
+    the share of valid slots whose pose ``transform`` changed."""
+    batch = batch_for(
+        noisy.frames, data.poses, noisy.schedule, episode, target, context,
+        memory_poses=noisy.memory_poses,
+    )  # fmt: skip
+    memory = batch.memory if transform is None else transform(batch.memory, episode, target)
+    if memory.steps is None or not bool(memory.mask.any()):
+        return float("nan"), float("nan")
+    seen = memory.poses[..., 2] - memory.query_pose[:, None, 2]
+    true = (
+        data.poses[episode[:, None], memory.steps][..., 2] - data.poses[episode, target][:, None, 2]
+    )
+    error = wrap_angle(seen - true.to(seen.dtype)).abs()[memory.mask]
+    changed = (memory.poses != batch.memory.poses).any(-1)[memory.mask]
+    return math.degrees(float(error.double().median())), float(changed.double().mean())
 
 
 def _learners(args: argparse.Namespace) -> list[Learner]:
@@ -191,9 +357,10 @@ def run(
         noise = one_step_noise(all_episode.shape[0], data.frames.shape[2:], seed + 40_000)[keep]
         common = {"ddim_steps": args.ddim_steps, "seed": seed + 40_000, "noise": noise}
         print(f"[robustness] seed {seed}: exact poses, {len(episode)} targets", flush=True)
+        exact_transform = heading_transform(args, data)
         psnr = one_step_samples(
             learners, data.frames, data.poses, data.schedule, episode, target, diff, settings,
-            copy_names=("copy_top",), **common,
+            copy_names=("copy_top",), memory_transform=exact_transform, **common,
         )["psnr"]  # fmt: skip
         for i, (label, noise_model, noisy) in enumerate(rows[1:], start=1):
             print(f"[robustness] seed {seed}: {label}", flush=True)
@@ -201,6 +368,7 @@ def run(
             if args.pose_uncertainty:
                 assert noise_model is not None
                 transform = uncertainty(noise_model, noisy.memory_poses, args.view_depth)
+            transform = heading_transform(args, data, then=transform)
             scores = noisy_pose_scores(
                 learners, noisy, episode, target, diff, settings,
                 memory_transform=transform, **common,
@@ -217,6 +385,9 @@ def run(
         models_from=str(args.models_from),
         pose_noise_seed=args.pose_noise_seed,
         pose_uncertainty=args.pose_uncertainty,
+        refine_headings=args.refine_headings,
+        true_slot_poses=args.true_slot_poses,
+        shrink_offsets=args.shrink_offsets,
         view_depth=args.view_depth,
         seconds=round(time.perf_counter() - start, 1),
     )
@@ -254,6 +425,11 @@ def _summary(
             figures = pose_noise_figures(data, data)
             row.update(pose_error_median=0.0, heading_error_median_deg=0.0)
             row["hit_rate"] = figures["hit_rate"]
+        transform = heading_transform(args, data)
+        error, changed = slot_heading_error(
+            data, noisy, episode[rev], target[rev], args.context, transform
+        )
+        row["slot_heading_error_median_deg"], row["slots_refined"] = error, changed
         scores = {n: psnr[n if i == 0 else f"{n}{NOISY_POSES}@{i}"] for n in names}
         gain = scores["hybrid"] - psnr["cdit"]
         row["revisit_gain"] = float(gain[rev].mean())
@@ -281,6 +457,8 @@ def robustness_table(summary: dict[str, object]) -> str:
         "memory poses",
         "pos. err. (cells)",
         "heading err. (deg)",
+        "slot heading err. (deg)",
+        "slots refined",
         "revisit gain (dB)",
         "95% interval",
         "share of exact gain",
@@ -296,6 +474,8 @@ def robustness_table(summary: dict[str, object]) -> str:
                 row["setting"],
                 row["pose_error_median"],
                 row["heading_error_median_deg"],
+                row["slot_heading_error_median_deg"],
+                row["slots_refined"],
                 row["revisit_gain"],
                 f"[{row['revisit_gain_ci_low']:.2f}, {row['revisit_gain_ci_high']:.2f}]",
                 "-" if share is None else f"{100 * share:.0f}%",
