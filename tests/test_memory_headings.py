@@ -134,3 +134,15 @@ def test_refine_headings_rejects_bad_input() -> None:
         refine_headings(memory, ref, pose, FOV, step=1.0, search=0.5)
     with pytest.raises(ValueError, match="min_overlap must be in"):
         refine_headings(memory, ref, pose, FOV, min_overlap=1.5)
+
+
+def test_cost_benchmark_prints_its_ratios(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import refine_headings_cost
+
+    refine_headings_cost.main(
+        ["--variant", "S/2", "--input-size", "8", "--batch", "1", "--k", "2", "--repeats", "1",
+         "--loop", "2"]
+    )  # fmt: skip
+    lines = capsys.readouterr().out.strip().splitlines()
+    ratios = [float(line.rsplit(maxsplit=1)[-1]) for line in lines[1:]]
+    assert len(ratios) == 2 and all(r > 0 for r in ratios)

@@ -1,0 +1,78 @@
+"""What ``refine_headings`` adds to a denoising loop: time ratios of medians, interleaved runs.
+
+    python -m benchmarks.refine_headings_cost      # B/2, 28x28 latents, batch 2, k=8, CPU
+
+Prints, for a trained-like HybridCDiT with the library's memory defaults, the time of
+``refine_headings`` on one memory context (against the last context frame) over one hybrid
+forward, and that of a loop of ``--loop`` forwards sharing the context with the refinement
+before it over the same loop without it. Absolute times on shared machines mean little:
+compare ratios measured side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+
+from benchmarks.hybrid_overhead import (
+    median_ratio,
+    memory_context,
+    model_inputs,
+    trained_like_hybrid,
+)
+from hybrid_cdit import create_model
+from hybrid_cdit.memory import refine_headings
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--variant", default="B/2")
+    parser.add_argument("--input-size", type=int, default=28)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--k", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--loop", type=int, default=10, help="forwards sharing one context")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    cdit = create_model(f"CDiT-{args.variant}", input_size=args.input_size).to(device).eval()
+    hybrid = trained_like_hybrid(cdit)
+    x, t, y, x_cond, rel_t = model_inputs(cdit, args.batch, device, torch.float32)
+    fov = hybrid.camera_fov
+    reference_pose = torch.zeros(args.batch, 3, device=device)
+
+    def refine() -> object:
+        memory = memory_context(x, args.k, active=True)
+        return refine_headings(memory, x_cond[:, -1], reference_pose, fov)
+
+    def forward() -> object:
+        return hybrid(x, t, y, x_cond, rel_t, memory=memory_context(x, args.k, active=True))
+
+    def loop(refined: bool) -> object:
+        memory = memory_context(x, args.k, active=True)
+        if refined:
+            memory, _ = refine_headings(memory, x_cond[:, -1], reference_pose, fov)
+        for _ in range(args.loop):
+            hybrid(x, t, y, x_cond, rel_t, memory=memory)
+        return memory
+
+    with torch.no_grad():
+        refine()
+        forward()
+        *_, one = median_ratio(refine, forward, args.repeats, device)
+        *_, many = median_ratio(lambda: loop(True), lambda: loop(False), args.repeats, device)
+    print(
+        f"HybridCDiT-{args.variant}, {args.input_size}x{args.input_size} latents, batch "
+        f"{args.batch}, k={args.k}, fov {math.degrees(fov):.0f} deg, {device}"
+    )
+    print(f"refine_headings / one hybrid forward:             {one:.3f}")
+    print(f"{args.loop} forwards with refine_headings / without:  {many:.3f}")
+
+
+if __name__ == "__main__":
+    main()
