@@ -26,15 +26,9 @@ from torch import Tensor
 from ._checks import check_real
 from .context import MemoryContext
 from .poses import check_pose, wrap_angle
+from .rays import check_fov
 
 __all__ = ["heading_offsets", "refine_headings"]
-
-
-def _check_fov(fov: float) -> float:
-    fov = check_real("fov", fov, positive=True)
-    if fov >= math.pi:
-        raise ValueError(f"fov must be in (0, pi) radians, got {fov!r}")
-    return fov
 
 
 def _turn_grid(delta: Tensor, height: int, width: int, fov: float) -> tuple[Tensor, Tensor]:
@@ -85,7 +79,7 @@ def heading_offsets(
         ``confidence (N,)`` float32: the median cost of the scored candidates over the best
         (1 for a flat cost, 0 where no candidate is scored; ``inf`` for an exact match).
     """
-    fov = _check_fov(fov)
+    fov = check_fov(fov)
     search = check_real("search", search, positive=True)
     step = check_real("step", step, positive=True)
     if step > search:
@@ -109,13 +103,13 @@ def heading_offsets(
     d = delta.shape[1]
     grid, seen = _turn_grid(delta, h, w, fov)
     warped = F.grid_sample(
-        frames.float()[:, None].expand(-1, d, -1, -1, -1).flatten(0, 1),
-        grid.flatten(0, 1),
+        frames.float(),
+        grid.view(n, d * h, w, 2),  # every candidate's grid stacked along the rows
         mode="bilinear",
         padding_mode="border",
         align_corners=False,
-    ).view(n, d, *frames.shape[1:])  # (N, D, C, H, W)
-    error = (warped - reference.float()[:, None]).square().mean(2)  # (N, D, H, W)
+    ).view(n, -1, d, h, w)  # (N, C, D, H, W)
+    error = (warped - reference.float()[:, :, None]).square().mean(1)  # (N, D, H, W)
     weight = seen.float()
     count = weight.sum((2, 3))
     cost = (error * weight).sum((2, 3)) / count.clamp(min=1)

@@ -52,6 +52,15 @@ def camera_rotation(pose: Tensor) -> Tensor:
     return torch.stack([forward, left, up], dim=-1)
 
 
+def check_fov(fov: object) -> float:
+    """``fov`` as a float if it is a field of view in ``(0, pi)`` radians, else raise
+    ``ValueError`` naming it."""
+    value = check_real("fov", fov, positive=True)
+    if value >= math.pi:
+        raise ValueError(f"fov must be in (0, pi) radians, got {value!r}")
+    return value
+
+
 def patch_directions(
     grid_size: int,
     fov: float,
@@ -67,9 +76,7 @@ def patch_directions(
         fov: horizontal (and vertical) field of view in radians, in ``(0, pi)``.
     """
     check_positive_int("grid_size", grid_size)
-    fov = check_real("fov", fov, positive=True)
-    if fov >= math.pi:
-        raise ValueError(f"fov must be in (0, pi) radians, got {fov!r}")
+    fov = check_fov(fov)
     centres = (2 * torch.arange(grid_size, device=device, dtype=dtype) + 1) / grid_size - 1
     v, u = torch.meshgrid(centres, centres, indexing="ij")
     half = math.tan(fov / 2)
