@@ -371,6 +371,15 @@ def test_heading_refinement_hook_and_slot_heading_errors(
     assert torch.equal(half.poses[~valid], noisy_memory.poses[~valid])
     with pytest.raises(SystemExit):
         rb.parse_args(["--models-from", str(saved), "--shrink-offsets", "1.5"])
+    # the flags' chain: the true poses first, then the shrink, then the caller's transform
+    flags = rb.parse_args(
+        ["--models-from", str(saved), "--true-slot-poses", "pose", "--shrink-offsets", "0.5"]
+    )
+    chained = rb.heading_transform(flags, data, then=turn_first)
+    assert chained is not None
+    expected_poses = turn_first(rb.shrink_offsets(0.5)(whole, *rev), *rev).poses
+    assert torch.equal(chained(noisy_memory, *rev).poses, expected_poses)
+    assert rb.heading_transform(rb.parse_args(["--models-from", str(saved)]), data) is None
     _, changed = rb.slot_heading_error(data, data, *rev, SETTINGS.context, turn_first)
     masks = mmem.memory_for(data.frames, data.poses, data.schedule, *rev).mask
     assert changed == pytest.approx(float(masks[:, 0].sum() / masks.sum()))

@@ -202,13 +202,11 @@ def uncertainty(noise: PoseNoise, memory_poses: Tensor, depth: float) -> MemoryT
     return transform
 
 
-def heading_refinement(
-    data: Data, min_confidence: float, fov_degrees: float, then: MemoryTransform | None = None
-) -> MemoryTransform:
+def heading_refinement(data: Data, min_confidence: float, fov_degrees: float) -> MemoryTransform:
     """A memory transform that fits each slot's yaw against the sample's last context frame
     (:func:`hybrid_cdit.memory.refine_headings`); the reference pose is the memory's query pose
     composed with the inverse of the true action, so the fit replaces the error of both
-    absolute poses. ``then``: applied to the refined context."""
+    absolute poses."""
 
     def transform(memory: MemoryContext, episode: Tensor, target: Tensor) -> MemoryContext:
         poses = data.poses
@@ -220,7 +218,7 @@ def heading_refinement(
             memory, reference, reference_pose, math.radians(fov_degrees),
             min_confidence=min_confidence,
         )  # fmt: skip
-        return refined if then is None else then(refined, episode, target)
+        return refined
 
     return transform
 
@@ -246,17 +244,16 @@ def true_slot_poses(data: Data, part: str) -> MemoryTransform:
     return transform
 
 
-def shrink_offsets(factor: float, then: MemoryTransform | None = None) -> MemoryTransform:
+def shrink_offsets(factor: float) -> MemoryTransform:
     """A memory transform that moves each valid slot's position towards the query's, its offset
-    times ``factor`` (headings kept), then applies ``then``."""
+    times ``factor`` (headings kept)."""
 
     def transform(memory: MemoryContext, episode: Tensor, target: Tensor) -> MemoryContext:
         query = memory.query_pose[:, None, :2]
         xy = query + factor * (memory.poses[..., :2] - query)
         placed = torch.cat([xy, memory.poses[..., 2:]], dim=-1)
         poses = torch.where(memory.mask[..., None], placed, memory.poses)
-        out = dataclasses.replace(memory, poses=poses)
-        return out if then is None else then(out, episode, target)
+        return dataclasses.replace(memory, poses=poses)
 
     return transform
 
@@ -265,23 +262,25 @@ def heading_transform(
     args: argparse.Namespace, data: Data, then: MemoryTransform | None = None
 ) -> MemoryTransform | None:
     """The slot-pose transform of ``--refine-headings`` or ``--true-slot-poses``, then that of
-    ``--shrink-offsets``, followed by ``then`` (``then`` alone without any)."""
-    if args.shrink_offsets is not None:
-        then = shrink_offsets(args.shrink_offsets, then)
+    ``--shrink-offsets``, then ``then`` (None when there is none of them)."""
+    steps: list[MemoryTransform] = []
     if args.true_slot_poses is not None:
-        first = true_slot_poses(data, args.true_slot_poses)
+        steps.append(true_slot_poses(data, args.true_slot_poses))
     elif args.refine_headings is not None:
-        return heading_refinement(data, args.refine_headings, args.camera_fov, then=then)
-    else:
-        return then
-    if then is None:
-        return first
-    after = then
+        steps.append(heading_refinement(data, args.refine_headings, args.camera_fov))
+    if args.shrink_offsets is not None:
+        steps.append(shrink_offsets(args.shrink_offsets))
+    if then is not None:
+        steps.append(then)
+    if not steps:
+        return None
 
-    def both(memory: MemoryContext, episode: Tensor, target: Tensor) -> MemoryContext:
-        return after(first(memory, episode, target), episode, target)
+    def chained(memory: MemoryContext, episode: Tensor, target: Tensor) -> MemoryContext:
+        for step in steps:
+            memory = step(memory, episode, target)
+        return memory
 
-    return both
+    return chained
 
 
 def slot_heading_error(
