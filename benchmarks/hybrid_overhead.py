@@ -120,17 +120,23 @@ def measure_workloads(
     return rows
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
+def add_workload_args(parser: argparse.ArgumentParser, *, repeats: int) -> None:
+    """The model and workload flags: ``--variant``, ``--input-size``, ``--batch``, ``--k``,
+    ``--repeats`` (default ``repeats``), ``--loop`` and ``--device``."""
     parser.add_argument("--variant", default="B/2")
     parser.add_argument("--input-size", type=int, default=28)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--k", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=repeats)
     parser.add_argument("--loop", type=int, default=10, help="forwards sharing one context")
     parser.add_argument("--device", default="cpu")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    add_workload_args(parser, repeats=15)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     parser.add_argument("--memory-time-embedding", action="store_true")

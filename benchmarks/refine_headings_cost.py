@@ -17,6 +17,7 @@ import math
 import torch
 
 from benchmarks.hybrid_overhead import (
+    add_workload_args,
     median_ratio,
     memory_context,
     model_inputs,
@@ -30,13 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--variant", default="B/2")
-    parser.add_argument("--input-size", type=int, default=28)
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--k", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--loop", type=int, default=10, help="forwards sharing one context")
-    parser.add_argument("--device", default="cpu")
+    add_workload_args(parser, repeats=9)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     torch.manual_seed(0)
