@@ -10,8 +10,10 @@ type, Memory Maze's environment, the explorer, a synthetic world, the cache),
 :mod:`~benchmarks.maze.protocol` (labels, the memory protocol, model inputs),
 :mod:`~benchmarks.maze.training`, :mod:`~benchmarks.maze.evaluation`,
 :mod:`~benchmarks.maze.report`, :mod:`~benchmarks.maze.pipeline` (flags and :func:`run`),
-:mod:`~benchmarks.maze.noise` (pose jitter and drift) and :mod:`~benchmarks.maze.robustness`
-(``python -m benchmarks.maze.robustness``: saved models under corrupted memory poses).
+:mod:`~benchmarks.maze.noise` (pose jitter and drift), :mod:`~benchmarks.maze.robustness`
+(``python -m benchmarks.maze.robustness``: saved models under corrupted memory poses) and
+:mod:`~benchmarks.maze.content_retrieval` (``python -m benchmarks.maze.content_retrieval``:
+pose candidates re-ranked by content, retrieval only).
 
 Python entry point: ``run(args, train_episodes, eval_episodes)`` runs the whole protocol
 (train, evaluate, print the tables, return the summary) on episodes from any world: each
