@@ -145,9 +145,9 @@ def warp_confidence(fov_degrees: float, chunk: int = 1024) -> Similarity:
         out = [
             heading_offsets(f, r, p, fov)[1]
             for f, r, p in zip(
-                frames.split(chunk),
-                reference.flatten(0, 1).split(chunk),
-                prior.split(chunk),
+                torch.split(frames, chunk),
+                torch.split(reference.flatten(0, 1), chunk),
+                torch.split(prior, chunk),
                 strict=True,
             )
         ]
