@@ -209,6 +209,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--clip", type=float, default=1.0)
     p.add_argument("--withhold", type=float, default=0.3, help="share of samples without memory")
+    p.add_argument(
+        "--tie-backbone",
+        action="store_true",
+        help="the hybrid's CDiT weights follow the CDiT's (copied after every step, frozen in "
+        "the hybrid); only the memory branch learns from the hybrid's loss",
+    )
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
@@ -453,6 +459,7 @@ def run(
         prediction=args.prediction,
         memory_lr=args.lr * args.memory_lr,
         withhold=args.withhold,
+        tie_backbone=args.tie_backbone,
         hidden=args.hidden,
         depth=args.depth,
         patch_size=args.patch_size,

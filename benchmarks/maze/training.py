@@ -4,7 +4,9 @@ training of every learned model on the same batches, timesteps and noise
 
 The hybrid's memory for each sample is what its buffer holds at that point of the episode under
 the protocol of :mod:`benchmarks.maze.protocol`; for ``--withhold`` of the samples it is withheld
-(all slots masked), so the hybrid stays a good model without memory.
+(all slots masked), so the hybrid stays a good model without memory. With ``--tie-backbone`` the
+hybrid's CDiT weights are the CDiT's throughout (:func:`follow_cdit`), so without memory it is
+exactly the CDiT, and only its memory branch learns from its own loss.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ __all__ = [
     "architecture",
     "build_models",
     "duration",
+    "follow_cdit",
     "pretrain",
     "train",
     "train_pose_noise",
@@ -131,6 +134,19 @@ class HeldOutBatch:
         return out
 
 
+def follow_cdit(hybrid: HybridCDiT, cdit: CDiT) -> None:
+    """Copy ``cdit``'s weights into ``hybrid``'s CDiT parameters in place (memory parameters and
+    optimiser state untouched); a CDiT parameter the hybrid lacks raises ``RuntimeError``."""
+    source = dict(cdit.named_parameters())
+    target = dict(hybrid.named_parameters())
+    missing = [name for name in source if name not in target]
+    if missing:
+        raise RuntimeError(f"CDiT parameters the hybrid lacks: {missing}")
+    with torch.no_grad():
+        for name, value in source.items():
+            target[name].copy_(value)
+
+
 def train_pose_noise(args: argparse.Namespace) -> PoseNoise | None:
     """The noise of ``--train-pose-jitter`` / ``--train-pose-drift`` (None without either)."""
     noise: PoseNoise | None = getattr(args, "train_pose_jitter", None) or getattr(
@@ -205,6 +221,9 @@ def train(
             load_cdit_weights(hybrid, cdit)
         for baseline in baselines:
             load_wider_context(baseline.model, cdit)
+    if args.tie_backbone:
+        hybrid.freeze_cdit()
+        follow_cdit(hybrid, cdit)
     learners = [Learner("cdit", cdit, "recent"), Learner("hybrid", hybrid, "memory"), *baselines]
     gen = torch.Generator().manual_seed(args.seed + 100)
     opts = [
@@ -242,6 +261,8 @@ def train(
             loss_target,
             clip=args.clip,
         )
+        if args.tie_backbone:
+            follow_cdit(hybrid, cdit)
         rev = data.revisit[episode, target]
         for name, per_sample in zip(("cdit", "hybrid"), losses, strict=False):
             window[name].append(float(per_sample.mean()))
