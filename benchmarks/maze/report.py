@@ -175,7 +175,7 @@ def rollout_figure(
     """Rows ground truth / CDiT / HybridCDiT of one rollout ``(L, C, H, W)`` (model scale);
     revisit frames ``revisit (L,)`` get a green border in every row. Written with
     ``torchvision.utils.save_image``."""
-    from torchvision.utils import save_image
+    from torchvision.utils import save_image  # type: ignore[import-untyped]
 
     rows = torch.stack([truth, cdit, hybrid]).clone()  # (3, L, C, H, W)
     images = to_unit(rows)

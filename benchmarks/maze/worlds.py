@@ -341,8 +341,8 @@ def revisit_labels(
     src = np.arange(dist.shape[0])
     history = src[None, :] < (src[:, None] - gap)
     before_window = src[None, :] < (src[:, None] - context)
-    revisit = (close & history).any(1)
-    novel = ~((dist <= novel_distance) & before_window).any(1)
+    revisit = np.asarray((close & history).any(1), dtype=np.bool_)
+    novel = np.asarray(~((dist <= novel_distance) & before_window).any(1), dtype=np.bool_)
     return revisit, novel & ~revisit
 
 
