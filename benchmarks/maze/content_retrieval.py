@@ -38,8 +38,14 @@ from torch import Tensor
 
 from benchmarks.maze.pipeline import held_out_episodes, noisy_data
 from benchmarks.maze.pipeline import parse_args as pipeline_args
-from benchmarks.maze.protocol import Data, MemorySettings, replay_memory, settings_from, slots_near
-from benchmarks.maze.robustness import DEFAULT_SETTINGS, parse_setting
+from benchmarks.maze.protocol import (
+    Data,
+    MemorySchedule,
+    replay_memory,
+    settings_from,
+    slots_near,
+)
+from benchmarks.maze.robustness import add_settings_flag, settings_rows
 from benchmarks.maze.worlds import Episode
 from benchmarks.side_by_side import format_table
 from hybrid_cdit.memory import heading_offsets, wrap_angle
@@ -66,14 +72,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
-    p.add_argument(
-        "--settings",
-        nargs="+",
-        type=parse_setting,
-        default=None,
-        metavar="KIND:A,DEG",
-        help="noise rows, e.g. jitter:0.5,15 drift:0.05,1 (default: the robustness table's six)",
-    )
+    add_settings_flag(p)
     p.add_argument("--pool", type=int, default=16, help="candidate slots retrieved by pose")
     p.add_argument(
         "--pool-threshold", type=float, default=0.3, help="retrieval threshold of the pool"
@@ -86,15 +85,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     own, rest = p.parse_known_args(argv)
     args = pipeline_args(["--no-baselines", *rest])
-    if args.pose_jitter is not None or args.pose_drift is not None:
-        p.error("use --settings for the noise rows, not --pose-jitter / --pose-drift")
+    args.settings = settings_rows(p, own, args)
     if own.pool < args.top_k:
         p.error(f"--pool must be at least --top-k ({args.top_k}), got {own.pool}")
     if not 0 <= own.pool_threshold <= 1:
         p.error(f"--pool-threshold must be in [0, 1], got {own.pool_threshold}")
     if not 0 <= own.min_confidence < float("inf"):
         p.error(f"--min-confidence must be a finite number >= 0, got {own.min_confidence}")
-    args.settings = list(DEFAULT_SETTINGS) if own.settings is None else own.settings
     args.pool, args.pool_threshold = own.pool, own.pool_threshold
     args.min_confidence = own.min_confidence
     return args
@@ -159,14 +156,14 @@ def warp_confidence(fov_degrees: float, chunk: int = 1024) -> Similarity:
 def _band(
     data: Data,
     noisy: Data,
-    pool_settings: MemorySettings,
+    pool: MemorySchedule,
     episode: Tensor,
     target: Tensor,
     rankers: dict[str, tuple[Similarity, float]],
     k: int,
 ) -> dict[str, float]:
-    """Hit rate and active share of pose retrieval, the pool and each re-ranking, on the
-    targets ``(episode[i], target[i])``."""
+    """Hit rate and active share of pose retrieval, the ``pool`` (replayed on the memory poses
+    of ``noisy``) and each re-ranking, on the targets ``(episode[i], target[i])``."""
 
     def figures(name: str, indices: Tensor, mask: Tensor) -> dict[str, float]:
         slots = data.poses[episode[:, None], indices]
@@ -179,7 +176,6 @@ def _band(
     out = figures(
         "pose", noisy.schedule.indices[episode, target], noisy.schedule.mask[episode, target]
     )
-    pool = replay_memory(noisy.memory_poses, pool_settings)
     indices, mask = pool.indices[episode, target], pool.mask[episode, target]
     out.update(figures("pool", indices, mask))
     for name, (similarity, floor) in rankers.items():
@@ -214,9 +210,10 @@ def run(
         noisy = data if noise is None else noisy_data(data, noise, args.pose_noise_seed, settings)
         assert noisy is not None
         row: dict[str, object] = {"setting": label}
+        pool = replay_memory(noisy.memory_poses, pool_settings)
         for band, labels in bands.items():
             episode, target = labels.nonzero(as_tuple=True)
-            figures = _band(data, noisy, pool_settings, episode, target, rankers, settings.top_k)
+            figures = _band(data, noisy, pool, episode, target, rankers, settings.top_k)
             row.update({f"{band}_{key}": value for key, value in figures.items()})
         rows.append(row)
     summary: dict[str, object] = {

@@ -80,12 +80,14 @@ from hybrid_cdit.memory import compose_pose, refine_headings, relative_pose, wra
 
 __all__ = [
     "DEFAULT_SETTINGS",
+    "add_settings_flag",
     "heading_refinement",
     "heading_transform",
     "main",
     "parse_args",
     "parse_setting",
     "run",
+    "settings_rows",
     "shrink_offsets",
     "slot_heading_error",
     "true_slot_poses",
@@ -116,6 +118,28 @@ def parse_setting(text: str) -> PoseNoise:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def add_settings_flag(parser: argparse.ArgumentParser) -> None:
+    """``--settings``: the noise rows of a command that evaluates several pose corruptions."""
+    parser.add_argument(
+        "--settings",
+        nargs="+",
+        type=parse_setting,
+        default=None,
+        metavar="KIND:A,DEG",
+        help="noise rows, e.g. jitter:0.25,7.5 drift:0.05,1 (default: the six of the table)",
+    )
+
+
+def settings_rows(
+    parser: argparse.ArgumentParser, own: argparse.Namespace, args: argparse.Namespace
+) -> list[PoseNoise]:
+    """The rows of ``--settings`` (``own``; :data:`DEFAULT_SETTINGS` without it); exits through
+    ``parser`` when the benchmark's own flags (``args``) ask for a single noise instead."""
+    if args.pose_jitter is not None or args.pose_drift is not None:
+        parser.error("use --settings for the noise rows, not --pose-jitter / --pose-drift")
+    return list(DEFAULT_SETTINGS) if own.settings is None else list(own.settings)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """This command's flags, on top of ``python -m benchmarks.maze``'s (``--baselines`` off
     unless given)."""
@@ -126,14 +150,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         allow_abbrev=False,  # abbreviations of the benchmark's flags stay the benchmark's
     )
     p.add_argument("--models-from", required=True, help="the --out folder of a benchmark run")
-    p.add_argument(
-        "--settings",
-        nargs="+",
-        type=parse_setting,
-        default=None,
-        metavar="KIND:A,DEG",
-        help="noise rows, e.g. jitter:0.25,7.5 drift:0.05,1 (default: the six of the table)",
-    )
+    add_settings_flag(p)
     p.add_argument(
         "--pose-uncertainty",
         action="store_true",
@@ -169,9 +186,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     own, rest = p.parse_known_args(argv)
     args = pipeline_args(["--no-baselines", *rest, "--models-from", own.models_from])
-    if args.pose_jitter is not None or args.pose_drift is not None:
-        p.error("use --settings for the noise rows, not --pose-jitter / --pose-drift")
-    args.settings = list(DEFAULT_SETTINGS) if own.settings is None else own.settings
+    args.settings = settings_rows(p, own, args)
     args.pose_uncertainty = own.pose_uncertainty
     if own.refine_headings is not None and not 1 <= own.refine_headings < float("inf"):
         p.error(f"--refine-headings must be a finite number >= 1, got {own.refine_headings}")
