@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hybrid_cdit import CDiT, HybridCDiT, MemoryContext
+from hybrid_cdit import CDiT, HybridCDiT, MemoryContext, memory_guided_forward
 
 __all__ = [
     "Diffusion",
@@ -186,11 +186,15 @@ def predict(
     x_cond: Tensor,
     rel_t: Tensor,
     memory: MemoryContext | None,
+    guidance: float = 1.0,
 ) -> Tensor:
     """The network's prediction ``(B, C, H, W)`` (epsilon or v, see :class:`Diffusion`): the
-    first ``C`` output channels. A plain CDiT never sees ``memory``."""
+    first ``C`` output channels. A plain CDiT never sees ``memory``; a hybrid given ``memory``
+    and a ``guidance`` other than 1 goes through :func:`memory_guided_forward`."""
     out: Tensor
-    if isinstance(model, HybridCDiT):
+    if isinstance(model, HybridCDiT) and memory is not None and guidance != 1.0:
+        out = memory_guided_forward(model, x_t, t, y, x_cond, rel_t, memory, guidance)
+    elif isinstance(model, HybridCDiT):
         out = model(x_t, t, y, x_cond, rel_t, memory=memory)
     else:
         out = model(x_t, t, y, x_cond, rel_t)

@@ -125,11 +125,12 @@ class Learner:
     model: CDiT
     kind: str
 
-    def output(self, x_t: Tensor, t: Tensor, batch: Batch) -> Tensor:
-        """The network's prediction ``(B, C, H, W)`` for the noised targets ``x_t``."""
+    def output(self, x_t: Tensor, t: Tensor, batch: Batch, guidance: float = 1.0) -> Tensor:
+        """The network's prediction ``(B, C, H, W)`` for the noised targets ``x_t``; a
+        ``"memory"`` learner's with memory guidance ``guidance`` (1: none)."""
         if self.kind in ("recent", "memory"):
             memory = batch.memory if self.kind == "memory" else None
-            return predict(self.model, x_t, t, batch.y, batch.x_cond, batch.rel_t, memory)
+            return predict(self.model, x_t, t, batch.y, batch.x_cond, batch.rel_t, memory, guidance)
         if self.kind == "long":
             out: Tensor = self.model(x_t, t, batch.y, batch.long_cond, batch.rel_t)
         elif self.kind == "retrieved":

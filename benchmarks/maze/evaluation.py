@@ -76,12 +76,17 @@ def to_unit(x: Tensor) -> Tensor:
 
 
 def eps_function(
-    model: CDiT, inputs: ModelInputs, memory: MemoryContext | None, diff: Diffusion
+    model: CDiT,
+    inputs: ModelInputs,
+    memory: MemoryContext | None,
+    diff: Diffusion,
+    guidance: float = 1.0,
 ) -> Callable[[Tensor, Tensor], Tensor]:
-    """``(x_t, t) -> eps`` of ``model`` for fixed conditioning (what a sampler calls)."""
+    """``(x_t, t) -> eps`` of ``model`` for fixed conditioning (what a sampler calls), with
+    memory guidance ``guidance`` (1: none)."""
 
     def eps_fn(x_t: Tensor, t: Tensor) -> Tensor:
-        out = predict(model, x_t, t, inputs.y, inputs.x_cond, inputs.rel_t, memory)
+        out = predict(model, x_t, t, inputs.y, inputs.x_cond, inputs.rel_t, memory, guidance)
         return diff.eps_from(out, x_t, t)
 
     return eps_fn
@@ -238,7 +243,7 @@ def one_step_samples(
             b = dataclasses.replace(b, memory=memory_transform(b.memory, episode[sl], target[sl]))
         predictions = {k: v for k, v in copies(b).items() if k in copy_names}
         for learner in learners:
-            fn = partial(_eps_of, learner, b, diff)
+            fn = partial(_eps_of, learner, b, diff, settings.guidance)
             predictions[learner.name] = diff.ddim_sample(fn, noise[sl], ddim_steps)
         truth = to_unit(b.x0)
         for name, pred in predictions.items():
@@ -247,8 +252,10 @@ def one_step_samples(
     return out
 
 
-def _eps_of(learner: Learner, batch: Batch, diff: Diffusion, x_t: Tensor, t: Tensor) -> Tensor:
-    return diff.eps_from(learner.output(x_t, t, batch), x_t, t)
+def _eps_of(
+    learner: Learner, batch: Batch, diff: Diffusion, guidance: float, x_t: Tensor, t: Tensor
+) -> Tensor:
+    return diff.eps_from(learner.output(x_t, t, batch, guidance), x_t, t)
 
 
 MEMORY_KINDS = ("memory", "retrieved", "retrieved_pose")
@@ -409,7 +416,8 @@ def rollout(
         mem = None if memory is None else subset_memory(memory, sel)
         gen = torch.Generator().manual_seed(seed * 100_003 + t)
         noise = torch.randn((b, *frames.shape[2:]), generator=gen)[sel]
-        seq[sel, t] = diff.ddim_sample(eps_function(model, inputs, mem, diff), noise, ddim_steps)
+        fn = eps_function(model, inputs, mem, diff, settings.guidance)
+        seq[sel, t] = diff.ddim_sample(fn, noise, ddim_steps)
     index = start[:, None] + torch.arange(length)
     return seq[rows[:, None], index]
 

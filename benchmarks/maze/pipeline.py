@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -250,6 +251,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="what the networks predict (the DDPM loss's target); see side_by_side.Diffusion",
     )
     p.add_argument("--ddim-steps", type=int, default=25)
+    p.add_argument(
+        "--memory-guidance",
+        type=float,
+        default=1.0,
+        metavar="W",
+        help="sample the hybrid with memory guidance W: f(no memory) + W (f(memory) - "
+        "f(no memory)) where memory is active (hybrid_cdit.memory_guided_forward); 1: none",
+    )
     p.add_argument("--eval-t", type=lambda s: [int(v) for v in s.split(",")], default=None)
     p.add_argument("--max-revisit-targets", type=int, default=None, help="default 320 (quick 96)")
     p.add_argument("--rollout-length", type=int, default=16)
@@ -330,6 +339,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="only the retrieval and informativeness report on the held-out episodes (no training)",
     )
     args = p.parse_args(argv)
+    if not (math.isfinite(args.memory_guidance) and args.memory_guidance >= 0):
+        p.error(f"--memory-guidance must be a finite number >= 0, got {args.memory_guidance}")
     try:
         for seed in args.seeds or [args.seed]:
             check_training_dataset(seed)
@@ -474,6 +485,7 @@ def run(
         scale=settings.scale,
         capacity=settings.capacity,
         write_policy=settings.write_policy,
+        memory_guidance=settings.guidance,
         threads=args.threads,
         data_seconds=round(data_seconds, 1),
         cpu_seconds=round(_cpu_seconds() - cpu_start, 1),

@@ -67,6 +67,8 @@ class MemorySettings:
         write_policy: the buffer's write policy (``"lru"`` or ``"coverage"``).
         route: with ``"coverage"`` in rollouts, how many upcoming poses of the rollout the
             buffer is told at each write (``MemoryBuffer.add(upcoming=...)``); 0: none.
+        guidance: memory guidance scale of the hybrid's samples (one-step and rollouts;
+            :func:`hybrid_cdit.memory_guided_forward`); 1: the plain forward.
     """
 
     context: int = 2
@@ -77,6 +79,7 @@ class MemorySettings:
     scale: float = 10.0
     write_policy: str = "lru"
     route: int = 0
+    guidance: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -385,6 +388,7 @@ def settings_from(args: argparse.Namespace) -> MemorySettings:
         threshold=args.threshold,
         scale=args.scale,
         write_policy=args.write_policy,
+        guidance=args.memory_guidance,
     )
 
 

@@ -12,7 +12,7 @@ from .checkpoint import (
 )
 from .config import HybridCDiTConfig, build_model
 from .memory import MemoryContext
-from .models import CDiT, HybridCDiT
+from .models import CDiT, HybridCDiT, memory_guided_forward
 from .registry import CDiT_models, HybridCDiT_models, create_model, list_models, register_model
 
 __version__ = "0.2.0.dev0"
@@ -33,6 +33,7 @@ __all__ = [
     "infer_cdit_config",
     "list_models",
     "load_cdit_checkpoint",
+    "memory_guided_forward",
     "read_checkpoint",
     "register_model",
     "save_pretrained",
