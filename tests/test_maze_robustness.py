@@ -21,7 +21,7 @@ from benchmarks.maze import worlds as mt
 from safetensors.torch import load_file, save_file
 
 from hybrid_cdit import MemoryContext
-from hybrid_cdit.memory import relative_pose
+from hybrid_cdit.memory import fuse_odometry, relative_pose
 from tests.test_maze_baselines import TINY
 
 pytest_plugins = ("tests.maze_fixtures",)  # the episodes and one_thread fixtures
@@ -383,3 +383,51 @@ def test_heading_refinement_hook_and_slot_heading_errors(
     _, changed = rb.slot_heading_error(data, data, *rev, SETTINGS.context, turn_first)
     masks = mmem.memory_for(data.frames, data.poses, data.schedule, *rev).mask
     assert changed == pytest.approx(float(masks[:, 0].sum() / masks.sum()))
+
+
+def test_fused_rows_give_the_memory_fused_poses(
+    episodes: list[mt.Episode], saved: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flags = [*TINY, "--models-from", str(saved), "--settings", "jitter:0.5,15"]
+    plain = rb.run(rb.parse_args(flags), episodes[1:])
+    exact_odometry = rb.run(rb.parse_args([*flags, "--fuse-odometry", "0,0"]), episodes[1:])
+    assert exact_odometry["fuse_odometry"] == "drift 0% / 0 deg" and plain["fuse_odometry"] is None
+    rows_plain, rows_fused = plain["rows"], exact_odometry["rows"]
+    assert isinstance(rows_plain, list) and isinstance(rows_fused, list)
+    assert rows_fused[1]["setting"] == "jitter 0.5 cell / 15 deg + odometry 0% / 0 deg, fused"
+    assert rows_fused[0] == rows_plain[0]  # the exact row is untouched
+    # exact odometry recovers every relative heading: slots read as with exact poses
+    assert rows_plain[1]["slot_heading_error_median_deg"] > 5.0
+    assert rows_fused[1]["slot_heading_error_median_deg"] < 0.5
+    assert rows_fused[1]["hit_rate"] > rows_plain[1]["hit_rate"]
+    # the memory poses are the library's fusion of the same jitter draws
+    seen: list[torch.Tensor] = []
+    real = rb.fused
+
+    def spy(*a: object, **k: object) -> torch.Tensor:
+        out = real(*a, **k)  # type: ignore[arg-type]
+        seen.append(out)
+        return out
+
+    monkeypatch.setattr(rb, "fused", spy)
+    rb.run(rb.parse_args([*flags, "--fuse-odometry", "0.02,0.5"]), episodes[1:])
+    args = rb.parse_args(flags)
+    data = mmem.Data(episodes[1:], args.stride, args.size, mmem.settings_from(args))
+    gen = torch.Generator().manual_seed(0)
+    observed = mn.corrupt(data.poses, JITTER, gen).double()
+    steps = relative_pose(data.poses[:, 1:].double(), data.poses[:, :-1].double())
+    length = steps[..., :2].norm(dim=-1)
+    eps = torch.randn(steps.shape, generator=gen, dtype=torch.float64)
+    odometry = steps + eps * torch.stack(
+        [0.02 * length, 0.02 * length, torch.full_like(length, 0.5 * torch.pi / 180)], -1
+    )
+    want = fuse_odometry(
+        observed, odometry, position_std=0.5, heading_std=15 * torch.pi / 180,
+        action_position_std=0.02 * length, action_heading_std=0.5 * torch.pi / 180,
+    ).to(data.poses.dtype)  # fmt: skip
+    assert len(seen) == 1
+    torch.testing.assert_close(seen[0], want, rtol=0, atol=1e-6)
+    with pytest.raises(SystemExit):
+        rb.parse_args([*flags, "--settings", "drift:0.05,1", "--fuse-odometry", "0,0"])
+    with pytest.raises(SystemExit):
+        rb.parse_args([*flags, "--fuse-odometry", "0.02"])

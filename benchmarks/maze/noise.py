@@ -14,7 +14,8 @@ Two noise models of the poses ``(x, y, yaw)`` (cells, radians) that the memory s
 :func:`corrupt` draws the corrupted poses, :func:`nominal_std` the standard deviation of the
 relative-pose error between a memory slot and the query that a noise model implies, and
 :func:`with_ray_std` hands it to a :class:`~hybrid_cdit.MemoryContext` as ``ray_std``
-(:func:`hybrid_cdit.memory.ray_angle_std`).
+(:func:`hybrid_cdit.memory.ray_angle_std`). :func:`fused` gives jittered poses (a localiser's)
+fused with odometry whose steps carry drift-model noise (:func:`hybrid_cdit.memory.fuse_odometry`).
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ import torch
 from torch import Tensor
 
 from hybrid_cdit import MemoryContext
-from hybrid_cdit.memory import ray_angle_std, relative_pose, wrap_angle
+from hybrid_cdit.memory import fuse_odometry, ray_angle_std, relative_pose, wrap_angle
 
 __all__ = [
     "KINDS",
     "PoseNoise",
     "corrupt",
+    "fused",
     "noise_flag",
     "nominal_std",
     "pose_errors",
@@ -138,16 +140,9 @@ def corrupt(poses: Tensor, noise: PoseNoise, generator: torch.Generator) -> Tens
         scale = torch.tensor([noise.position, noise.position, noise.radians], dtype=torch.float64)
         noisy = exact + eps * scale
     else:
-        steps = relative_pose(exact[:, 1:], exact[:, :-1])  # (N, T-1, 3) forward, lateral, turn
-        eps = torch.randn((n, t_len - 1, 3), generator=generator, dtype=torch.float64)
-        length = steps[..., :2].norm(dim=-1, keepdim=True)
-        scale = torch.cat(
-            [noise.position * length.expand(-1, -1, 2), torch.full_like(length, noise.radians)],
-            dim=-1,
-        )
-        noisy_steps = steps + eps * scale
+        noisy_steps, _ = _noisy_steps(exact, noise, generator)
         heading = exact[:, :1, 2] + torch.cat(
-            [torch.zeros_like(length[:, :1, 0]), noisy_steps[..., 2].cumsum(1)], dim=1
+            [torch.zeros_like(noisy_steps[:, :1, 2]), noisy_steps[..., 2].cumsum(1)], dim=1
         )  # (N, T): heading of each frame
         start = heading[:, :-1]  # the heading each step starts from
         fwd, lat = noisy_steps[..., 0], noisy_steps[..., 1]
@@ -158,6 +153,44 @@ def corrupt(poses: Tensor, noise: PoseNoise, generator: torch.Generator) -> Tens
         noisy = torch.cat([xy, heading[..., None]], dim=-1)
     noisy[..., 2] = wrap_angle(noisy[..., 2])
     return noisy.to(poses.dtype)
+
+
+def _noisy_steps(
+    exact: Tensor, noise: PoseNoise, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """Drift-model steps of float64 poses ``(N, T, 3)``: the noisy steps ``(N, T-1, 3)`` and each
+    step's true length ``(N, T-1)``."""
+    steps = relative_pose(exact[:, 1:], exact[:, :-1])  # (N, T-1, 3) forward, lateral, turn
+    n, t_len, _ = exact.shape
+    eps = torch.randn((n, t_len - 1, 3), generator=generator, dtype=torch.float64)
+    length = steps[..., :2].norm(dim=-1, keepdim=True)
+    scale = torch.cat(
+        [noise.position * length.expand(-1, -1, 2), torch.full_like(length, noise.radians)],
+        dim=-1,
+    )
+    return steps + eps * scale, length[..., 0]
+
+
+def fused(
+    poses: Tensor, jitter: PoseNoise, odometry: PoseNoise, generator: torch.Generator
+) -> Tensor:
+    """Poses ``(N, T, 3)`` corrupted by ``jitter`` (as :func:`corrupt` draws them from
+    ``generator``, so the same draws as the unfused row) fused with odometry: the true steps
+    with ``odometry``'s drift-model noise, drawn next from ``generator``. The fusion weighs each
+    source by its nominal standard deviation (``jitter``'s per frame; ``odometry``'s ``F``
+    times each step's length, and ``DEG``)."""
+    if jitter.kind != "jitter" or odometry.kind != "drift":
+        raise ValueError(
+            f"fused needs a jitter and a drift noise model, got {jitter.kind!r} and "
+            f"{odometry.kind!r}"
+        )
+    observed = corrupt(poses, jitter, generator).double()
+    steps, length = _noisy_steps(poses.double(), odometry, generator)
+    out = fuse_odometry(
+        observed, steps, position_std=jitter.position, heading_std=jitter.radians,
+        action_position_std=odometry.position * length, action_heading_std=odometry.radians,
+    )  # fmt: skip
+    return out.to(poses.dtype)
 
 
 def pose_errors(noisy: Tensor, poses: Tensor) -> tuple[Tensor, Tensor]:

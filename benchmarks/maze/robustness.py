@@ -28,6 +28,12 @@ standard deviation (:func:`~benchmarks.maze.noise.nominal_std`) as ``MemoryConte
 (:func:`hybrid_cdit.memory.ray_angle_std` with ``--view-depth`` cells), which softens ray
 alignment per slot.
 
+``--fuse-odometry F,DEG`` gives the memory, in the jitter rows, the jittered poses fused with
+odometry (:func:`hybrid_cdit.memory.fuse_odometry`): the true steps between frames with
+drift-model noise ``F,DEG`` (``0,0``: exact odometry), each source weighed by its nominal
+standard deviation. A user with a localiser and wheel odometry has both; the model's actions
+stay exact either way.
+
 ``--refine-headings CONFIDENCE`` fits each slot's yaw to its frame against the sample's last
 context frame (:func:`hybrid_cdit.memory.refine_headings`, the reference pose the memory's query
 pose composed with the inverse of the true action) where the fit's confidence is at least
@@ -67,7 +73,7 @@ from benchmarks.maze.evaluation import (
     one_step_samples,
     pose_noise_figures,
 )
-from benchmarks.maze.noise import PoseNoise, nominal_std, with_ray_std
+from benchmarks.maze.noise import PoseNoise, fused, noise_flag, nominal_std, with_ray_std
 from benchmarks.maze.pipeline import held_out_episodes, load_models, noisy_data
 from benchmarks.maze.pipeline import parse_args as pipeline_args
 from benchmarks.maze.protocol import Data, batch_for, settings_from
@@ -157,6 +163,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="give the hybrid each slot's nominal pose std (MemoryContext.ray_std)",
     )
     p.add_argument(
+        "--fuse-odometry",
+        type=noise_flag("drift", "--fuse-odometry"),
+        default=None,
+        metavar="F,DEG",
+        help="in the jitter rows, fuse the memory's poses with odometry of drift-model noise "
+        "F,DEG (hybrid_cdit.memory.fuse_odometry)",
+    )
+    p.add_argument(
         "--refine-headings",
         type=float,
         default=None,
@@ -187,6 +201,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     own, rest = p.parse_known_args(argv)
     args = pipeline_args(["--no-baselines", *rest, "--models-from", own.models_from])
     args.settings = settings_rows(p, own, args)
+    if own.fuse_odometry is not None and any(s.kind != "jitter" for s in args.settings):
+        p.error("--fuse-odometry applies to jitter rows only (drift poses are odometry already)")
+    args.fuse_odometry = own.fuse_odometry
     args.pose_uncertainty = own.pose_uncertainty
     if own.refine_headings is not None and not 1 <= own.refine_headings < float("inf"):
         p.error(f"--refine-headings must be a finite number >= 1, got {own.refine_headings}")
@@ -359,9 +376,16 @@ def run(
     episode, target = all_episode[keep], all_target[keep]
     rows: list[tuple[str, PoseNoise | None, Data]] = [("exact", None, data)]
     for noise in args.settings:
-        noisy = noisy_data(data, noise, args.pose_noise_seed, settings)
-        assert noisy is not None
-        rows.append((noise.label(), noise, noisy))
+        if args.fuse_odometry is None:
+            noisy = noisy_data(data, noise, args.pose_noise_seed, settings)
+            assert noisy is not None
+            rows.append((noise.label(), noise, noisy))
+            continue
+        generator = torch.Generator().manual_seed(args.pose_noise_seed)
+        poses = fused(data.poses, noise, args.fuse_odometry, generator)
+        odometry = args.fuse_odometry.label().replace("drift", "odometry")
+        label = f"{noise.label()} + {odometry}, fused"
+        rows.append((label, noise, data.with_memory_poses(poses, settings)))
     diff = Diffusion(prediction=args.prediction)
     seeds = args.seeds or [args.seed]
     per_seed: list[dict[str, Tensor]] = []
@@ -399,6 +423,7 @@ def run(
         models_from=str(args.models_from),
         pose_noise_seed=args.pose_noise_seed,
         pose_uncertainty=args.pose_uncertainty,
+        fuse_odometry=None if args.fuse_odometry is None else args.fuse_odometry.label(),
         refine_headings=args.refine_headings,
         true_slot_poses=args.true_slot_poses,
         shrink_offsets=args.shrink_offsets,

@@ -7,6 +7,7 @@ This package knows nothing of models, blocks or attention: it works on plain ten
 from .buffer import MemoryBuffer
 from .context import MemoryContext
 from .fov import FovParams, fov_scores, fov_select
+from .fusion import fuse_odometry
 from .headings import heading_offsets, refine_headings
 from .policies import (
     WRITE_POLICIES,
@@ -59,6 +60,7 @@ __all__ = [
     "distance_scores",
     "fov_scores",
     "fov_select",
+    "fuse_odometry",
     "gather_slots",
     "heading_offsets",
     "heading_vector",
