@@ -385,7 +385,7 @@ def test_heading_refinement_hook_and_slot_heading_errors(
     assert changed == pytest.approx(float(masks[:, 0].sum() / masks.sum()))
 
 
-def test_fused_rows_give_the_memory_fused_poses(
+def test_fused_rows_give_the_memory_causally_fused_poses(
     episodes: list[mt.Episode], saved: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     flags = [*TINY, "--models-from", str(saved), "--settings", "jitter:0.5,15"]
@@ -396,37 +396,64 @@ def test_fused_rows_give_the_memory_fused_poses(
     assert isinstance(rows_plain, list) and isinstance(rows_fused, list)
     assert rows_fused[1]["setting"] == "jitter 0.5 cell / 15 deg + odometry 0% / 0 deg, fused"
     assert rows_fused[0] == rows_plain[0]  # the exact row is untouched
-    # exact odometry recovers every relative heading: slots read as with exact poses
+    # exact odometry recovers every relative heading; no slot counts as refined
     assert rows_plain[1]["slot_heading_error_median_deg"] > 5.0
     assert rows_fused[1]["slot_heading_error_median_deg"] < 0.5
+    assert rows_fused[1]["slots_refined"] == 0.0
     assert rows_fused[1]["hit_rate"] > rows_plain[1]["hit_rate"]
-    # the memory poses are the library's fusion of the same jitter draws
+    # row t of the poses is the library's fusion of the same jitter draws observed up to t - 1
     seen: list[torch.Tensor] = []
-    real = rb.fused
+    real = rb.causal_fused
 
     def spy(*a: object, **k: object) -> torch.Tensor:
         out = real(*a, **k)  # type: ignore[arg-type]
         seen.append(out)
         return out
 
-    monkeypatch.setattr(rb, "fused", spy)
+    monkeypatch.setattr(rb, "causal_fused", spy)
     rb.run(rb.parse_args([*flags, "--fuse-odometry", "0.02,0.5"]), episodes[1:])
+    assert len(seen) == 1
     args = rb.parse_args(flags)
-    data = mmem.Data(episodes[1:], args.stride, args.size, mmem.settings_from(args))
+    settings = mmem.settings_from(args)
+    data = mmem.Data(episodes[1:], args.stride, args.size, settings)
     gen = torch.Generator().manual_seed(0)
     observed = mn.corrupt(data.poses, JITTER, gen).double()
     steps = relative_pose(data.poses[:, 1:].double(), data.poses[:, :-1].double())
     length = steps[..., :2].norm(dim=-1)
     eps = torch.randn(steps.shape, generator=gen, dtype=torch.float64)
+    turn = 0.5 * torch.pi / 180
     odometry = steps + eps * torch.stack(
-        [0.02 * length, 0.02 * length, torch.full_like(length, 0.5 * torch.pi / 180)], -1
+        [0.02 * length, 0.02 * length, torch.full_like(length, turn)], -1
     )
-    want = fuse_odometry(
-        observed, odometry, position_std=0.5, heading_std=15 * torch.pi / 180,
-        action_position_std=0.02 * length, action_heading_std=0.5 * torch.pi / 180,
-    ).to(data.poses.dtype)  # fmt: skip
-    assert len(seen) == 1
-    torch.testing.assert_close(seen[0], want, rtol=0, atol=1e-6)
+    t_len = data.poses.shape[1]
+    for t in (1, 17, t_len - 1):
+        known = (torch.arange(t_len) <= t - 1).expand(data.poses.shape[0], -1)
+        want = fuse_odometry(
+            observed, odometry, position_std=0.5, heading_std=15 * torch.pi / 180,
+            action_position_std=0.02 * length, action_heading_std=turn, known=known,
+        ).to(data.poses.dtype)  # fmt: skip
+        torch.testing.assert_close(seen[0][:, t], want, rtol=0, atol=1e-5)
+    # each frame's retrieval, slots and query come from its own row
+    noisy, slot_poses = rb.per_frame_poses(data, seen[0], settings)
+    for t in (5, 23, t_len - 1):
+        replayed = mmem.replay_memory(seen[0][:, t, : t + 1], settings)
+        assert torch.equal(noisy.schedule.indices[:, t], replayed.indices[:, t])
+        assert torch.equal(noisy.schedule.mask[:, t], replayed.mask[:, t])
+        torch.testing.assert_close(noisy.memory_poses[:, t], seen[0][:, t, t])
+    episode, target = torch.tensor([0, 1]), torch.tensor([30, t_len - 1])
+    batch = mmem.batch_for(
+        noisy.frames, data.poses, noisy.schedule, episode, target, settings.context,
+        memory_poses=noisy.memory_poses,
+    )  # fmt: skip
+    memory = slot_poses(batch.memory, episode, target)
+    assert memory.steps is not None and bool(memory.mask.any())
+    for i in range(2):
+        e, t = int(episode[i]), int(target[i])
+        for j in range(memory.mask.shape[1]):
+            if bool(memory.mask[i, j]):
+                step = int(memory.steps[i, j])
+                torch.testing.assert_close(memory.poses[i, j], seen[0][e, t, step])
+        torch.testing.assert_close(memory.query_pose[i], seen[0][e, t, t])
     with pytest.raises(SystemExit):
         rb.parse_args([*flags, "--settings", "drift:0.05,1", "--fuse-odometry", "0,0"])
     with pytest.raises(SystemExit):

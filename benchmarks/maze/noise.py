@@ -14,8 +14,9 @@ Two noise models of the poses ``(x, y, yaw)`` (cells, radians) that the memory s
 :func:`corrupt` draws the corrupted poses, :func:`nominal_std` the standard deviation of the
 relative-pose error between a memory slot and the query that a noise model implies, and
 :func:`with_ray_std` hands it to a :class:`~hybrid_cdit.MemoryContext` as ``ray_std``
-(:func:`hybrid_cdit.memory.ray_angle_std`). :func:`fused` gives jittered poses (a localiser's)
-fused with odometry whose steps carry drift-model noise (:func:`hybrid_cdit.memory.fuse_odometry`).
+(:func:`hybrid_cdit.memory.ray_angle_std`). :func:`causal_fused` gives jittered poses (a
+localiser's) fused with odometry whose steps carry drift-model noise
+(:func:`hybrid_cdit.memory.fuse_odometry`), as a user could fuse them at each frame.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from hybrid_cdit.memory import fuse_odometry, ray_angle_std, relative_pose, wrap
 __all__ = [
     "KINDS",
     "PoseNoise",
+    "causal_fused",
     "corrupt",
-    "fused",
     "noise_flag",
     "nominal_std",
     "pose_errors",
@@ -171,25 +172,45 @@ def _noisy_steps(
     return steps + eps * scale, length[..., 0]
 
 
-def fused(
-    poses: Tensor, jitter: PoseNoise, odometry: PoseNoise, generator: torch.Generator
+def causal_fused(
+    poses: Tensor,
+    jitter: PoseNoise,
+    odometry: PoseNoise,
+    generator: torch.Generator,
+    chunk: int = 32,
 ) -> Tensor:
-    """Poses ``(N, T, 3)`` corrupted by ``jitter`` (as :func:`corrupt` draws them from
-    ``generator``, so the same draws as the unfused row) fused with odometry: the true steps
-    with ``odometry``'s drift-model noise, drawn next from ``generator``. The fusion weighs each
-    source by its nominal standard deviation (``jitter``'s per frame; ``odometry``'s ``F``
-    times each step's length, and ``DEG``)."""
+    """What a user who fuses a localiser with odometry knows at each frame: ``(N, T, T, 3)``,
+    row ``t`` the whole trajectory fused from the observed poses of frames ``0 .. t-1`` (frame
+    ``t`` and later follow the odometry; frame 0 is observed in row 0) and every odometry step.
+
+    The observed poses are ``poses`` corrupted by ``jitter``, drawn from ``generator`` as
+    :func:`corrupt` draws them (the same draws as the unfused row); the odometry is the true
+    steps with ``odometry``'s drift-model noise, drawn next. The fusion weighs each source by its
+    nominal standard deviation (``jitter``'s per frame; ``odometry``'s ``F`` times each step's
+    length, and ``DEG``). Rows are solved ``chunk`` at a time."""
     if jitter.kind != "jitter" or odometry.kind != "drift":
         raise ValueError(
-            f"fused needs a jitter and a drift noise model, got {jitter.kind!r} and "
+            f"causal_fused needs a jitter and a drift noise model, got {jitter.kind!r} and "
             f"{odometry.kind!r}"
         )
     observed = corrupt(poses, jitter, generator).double()
     steps, length = _noisy_steps(poses.double(), odometry, generator)
-    out = fuse_odometry(
-        observed, steps, position_std=jitter.position, heading_std=jitter.radians,
-        action_position_std=odometry.position * length, action_heading_std=odometry.radians,
-    )  # fmt: skip
+    n, t_len, _ = poses.shape
+    frame = torch.arange(t_len)
+    out = torch.empty((n, t_len, t_len, 3), dtype=torch.float64)
+    for lo in range(0, t_len, chunk):
+        times = torch.arange(lo, min(lo + chunk, t_len))
+        c = times.shape[0]
+        known = frame[None, :] <= (times[:, None] - 1).clamp(min=0)  # (c, T)
+        out[:, times] = fuse_odometry(
+            observed[:, None].expand(n, c, t_len, 3),
+            steps[:, None].expand(n, c, t_len - 1, 3),
+            position_std=jitter.position,
+            heading_std=jitter.radians,
+            action_position_std=(odometry.position * length)[:, None].expand(n, c, t_len - 1),
+            action_heading_std=odometry.radians,
+            known=known[None].expand(n, c, t_len),
+        )
     return out.to(poses.dtype)
 
 

@@ -353,9 +353,15 @@ class Data:
         self.schedule: MemorySchedule = replay_memory(self.poses, settings)
         self._pair_mse: Tensor | None = None
 
-    def with_memory_poses(self, memory_poses: Tensor, settings: MemorySettings) -> Data:
-        """A copy whose memory sees ``memory_poses (N, T, 3)`` (the schedule replayed on them);
-        frames, true poses and labels shared with this one."""
+    def with_memory_poses(
+        self,
+        memory_poses: Tensor,
+        settings: MemorySettings,
+        schedule: MemorySchedule | None = None,
+    ) -> Data:
+        """A copy whose memory sees ``memory_poses (N, T, 3)`` (the schedule replayed on them,
+        or ``schedule`` where the retrieval of each frame saw poses of its own); frames, true
+        poses and labels shared with this one."""
         if memory_poses.shape != self.poses.shape:
             raise ValueError(
                 f"memory_poses must have shape {tuple(self.poses.shape)}, got "
@@ -363,7 +369,7 @@ class Data:
             )
         out = copy.copy(self)
         out.memory_poses = memory_poses
-        out.schedule = replay_memory(memory_poses, settings)
+        out.schedule = replay_memory(memory_poses, settings) if schedule is None else schedule
         return out
 
     @property

@@ -31,8 +31,10 @@ alignment per slot.
 ``--fuse-odometry F,DEG`` gives the memory, in the jitter rows, the jittered poses fused with
 odometry (:func:`hybrid_cdit.memory.fuse_odometry`): the true steps between frames with
 drift-model noise ``F,DEG`` (``0,0``: exact odometry), each source weighed by its nominal
-standard deviation. A user with a localiser and wheel odometry has both; the model's actions
-stay exact either way.
+standard deviation. The fusion is causal: for the target frame ``t``, retrieval, the slots' and
+the query's poses come from the poses observed up to frame ``t - 1`` and the odometry
+(:func:`~benchmarks.maze.noise.causal_fused`, :func:`per_frame_poses`). A user with a localiser
+and wheel odometry has both; the model's actions stay exact either way.
 
 ``--refine-headings CONFIDENCE`` fits each slot's yaw to its frame against the sample's last
 context frame (:func:`hybrid_cdit.memory.refine_headings`, the reference pose the memory's query
@@ -73,10 +75,17 @@ from benchmarks.maze.evaluation import (
     one_step_samples,
     pose_noise_figures,
 )
-from benchmarks.maze.noise import PoseNoise, fused, noise_flag, nominal_std, with_ray_std
+from benchmarks.maze.noise import PoseNoise, causal_fused, noise_flag, nominal_std, with_ray_std
 from benchmarks.maze.pipeline import held_out_episodes, load_models, noisy_data
 from benchmarks.maze.pipeline import parse_args as pipeline_args
-from benchmarks.maze.protocol import Data, batch_for, settings_from
+from benchmarks.maze.protocol import (
+    Data,
+    MemorySchedule,
+    MemorySettings,
+    batch_for,
+    replay_memory,
+    settings_from,
+)
 from benchmarks.maze.stats import bootstrap_interval
 from benchmarks.maze.training import architecture, build_models
 from benchmarks.maze.worlds import Episode
@@ -92,6 +101,7 @@ __all__ = [
     "main",
     "parse_args",
     "parse_setting",
+    "per_frame_poses",
     "run",
     "settings_rows",
     "shrink_offsets",
@@ -99,6 +109,10 @@ __all__ = [
     "true_slot_poses",
     "uncertainty",
 ]
+
+Row = tuple[str, PoseNoise | None, Data, MemoryTransform | None]
+"""A table row: its label, its noise model (None: exact), the data whose memory it scores, and
+a memory transform that gives each sample's slots their poses (None: the data's)."""
 
 DEFAULT_SETTINGS = (
     PoseNoise("jitter", 0.1, 3.0),
@@ -234,6 +248,52 @@ def uncertainty(noise: PoseNoise, memory_poses: Tensor, depth: float) -> MemoryT
     return transform
 
 
+def per_frame_poses(
+    data: Data, per_time: Tensor, settings: MemorySettings
+) -> tuple[Data, MemoryTransform]:
+    """``data`` whose memory, at each frame ``t``, sees the poses ``per_time[:, t]`` (``(N, T,
+    T, 3)``, row ``t`` a whole trajectory as known at frame ``t``): the retrieval of frame ``t``
+    replayed on row ``t``, the query pose row ``t``'s frame ``t`` (also the copy's
+    ``memory_poses``), and a memory transform that gives each slot its pose in the target's
+    row."""
+    n, t_len = data.poses.shape[:2]
+    if per_time.shape != (n, t_len, t_len, 3):
+        raise ValueError(
+            f"per_time must have shape {(n, t_len, t_len, 3)}, got {tuple(per_time.shape)}"
+        )
+    frames = torch.arange(t_len)
+    rows = [replay_memory(per_time[:, t, : t + 1], settings) for t in range(t_len)]
+    schedule = MemorySchedule(
+        indices=torch.stack([r.indices[:, t] for t, r in enumerate(rows)], 1),
+        scores=torch.stack([r.scores[:, t] for t, r in enumerate(rows)], 1),
+        mask=torch.stack([r.mask[:, t] for t, r in enumerate(rows)], 1),
+    )
+    noisy = data.with_memory_poses(per_time[:, frames, frames], settings, schedule=schedule)
+
+    def transform(memory: MemoryContext, episode: Tensor, target: Tensor) -> MemoryContext:
+        if memory.steps is None:
+            raise ValueError("memory.steps must be given to look up the slots' poses, got None")
+        known = per_time[episode[:, None], target[:, None], memory.steps]  # (B, k, 3)
+        poses = torch.where(memory.mask[..., None], known.to(memory.poses.dtype), memory.poses)
+        return dataclasses.replace(memory, poses=poses)
+
+    return noisy, transform
+
+
+def chain(*steps: MemoryTransform | None) -> MemoryTransform | None:
+    """The memory transforms of ``steps`` (Nones skipped) applied in order; None for none."""
+    chosen = [s for s in steps if s is not None]
+    if not chosen:
+        return None
+
+    def chained(memory: MemoryContext, episode: Tensor, target: Tensor) -> MemoryContext:
+        for step in chosen:
+            memory = step(memory, episode, target)
+        return memory
+
+    return chained
+
+
 def heading_refinement(data: Data, min_confidence: float, fov_degrees: float) -> MemoryTransform:
     """A memory transform that fits each slot's yaw against the sample's last context frame
     (:func:`hybrid_cdit.memory.refine_headings`); the reference pose is the memory's query pose
@@ -302,17 +362,7 @@ def heading_transform(
         steps.append(heading_refinement(data, args.refine_headings, args.camera_fov))
     if args.shrink_offsets is not None:
         steps.append(shrink_offsets(args.shrink_offsets))
-    if then is not None:
-        steps.append(then)
-    if not steps:
-        return None
-
-    def chained(memory: MemoryContext, episode: Tensor, target: Tensor) -> MemoryContext:
-        for step in steps:
-            memory = step(memory, episode, target)
-        return memory
-
-    return chained
+    return chain(*steps, then)
 
 
 def slot_heading_error(
@@ -322,16 +372,19 @@ def slot_heading_error(
     target: Tensor,
     context: int,
     transform: MemoryTransform | None = None,
+    poses: MemoryTransform | None = None,
 ) -> tuple[float, float]:
     """The heading of each valid memory slot relative to the query (what ray alignment reads)
-    that the memory of ``noisy`` gives samples ``(episode[i], target[i])``, after
-    ``transform``: its median absolute error in degrees against the true relative heading, and
-    the share of valid slots whose pose ``transform`` changed."""
+    that the memory of ``noisy`` gives samples ``(episode[i], target[i])``, after ``poses``
+    (the row's own slot poses, see :data:`Row`) and then ``transform``: its median absolute
+    error in degrees against the true relative heading, and the share of valid slots whose pose
+    ``transform`` changed."""
     batch = batch_for(
         noisy.frames, data.poses, noisy.schedule, episode, target, context,
         memory_poses=noisy.memory_poses,
     )  # fmt: skip
-    memory = batch.memory if transform is None else transform(batch.memory, episode, target)
+    seen_memory = batch.memory if poses is None else poses(batch.memory, episode, target)
+    memory = seen_memory if transform is None else transform(seen_memory, episode, target)
     if memory.steps is None or not bool(memory.mask.any()):
         return float("nan"), float("nan")
     seen = memory.poses[..., 2] - memory.query_pose[:, None, 2]
@@ -339,7 +392,7 @@ def slot_heading_error(
         data.poses[episode[:, None], memory.steps][..., 2] - data.poses[episode, target][:, None, 2]
     )
     error = wrap_angle(seen - true.to(seen.dtype)).abs()[memory.mask]
-    changed = (memory.poses != batch.memory.poses).any(-1)[memory.mask]
+    changed = (memory.poses != seen_memory.poses).any(-1)[memory.mask]
     return math.degrees(float(error.double().median())), float(changed.double().mean())
 
 
@@ -374,18 +427,18 @@ def run(
     )  # the run's one-step targets; the middle band is left out here
     keep = data.revisit[all_episode, all_target] | data.novel[all_episode, all_target]
     episode, target = all_episode[keep], all_target[keep]
-    rows: list[tuple[str, PoseNoise | None, Data]] = [("exact", None, data)]
+    rows: list[Row] = [("exact", None, data, None)]
     for noise in args.settings:
         if args.fuse_odometry is None:
             noisy = noisy_data(data, noise, args.pose_noise_seed, settings)
             assert noisy is not None
-            rows.append((noise.label(), noise, noisy))
+            rows.append((noise.label(), noise, noisy, None))
             continue
         generator = torch.Generator().manual_seed(args.pose_noise_seed)
-        poses = fused(data.poses, noise, args.fuse_odometry, generator)
+        per_time = causal_fused(data.poses, noise, args.fuse_odometry, generator)
+        noisy, slot_poses = per_frame_poses(data, per_time, settings)
         odometry = args.fuse_odometry.label().replace("drift", "odometry")
-        label = f"{noise.label()} + {odometry}, fused"
-        rows.append((label, noise, data.with_memory_poses(poses, settings)))
+        rows.append((f"{noise.label()} + {odometry}, fused", noise, noisy, slot_poses))
     diff = Diffusion(prediction=args.prediction)
     seeds = args.seeds or [args.seed]
     per_seed: list[dict[str, Tensor]] = []
@@ -400,13 +453,13 @@ def run(
             learners, data.frames, data.poses, data.schedule, episode, target, diff, settings,
             copy_names=("copy_top",), memory_transform=exact_transform, **common,
         )["psnr"]  # fmt: skip
-        for i, (label, noise_model, noisy) in enumerate(rows[1:], start=1):
+        for i, (label, noise_model, noisy, known) in enumerate(rows[1:], start=1):
             print(f"[robustness] seed {seed}: {label}", flush=True)
-            transform = None
+            transform: MemoryTransform | None = None
             if args.pose_uncertainty:
                 assert noise_model is not None
                 transform = uncertainty(noise_model, noisy.memory_poses, args.view_depth)
-            transform = heading_transform(args, data, then=transform)
+            transform = chain(known, heading_transform(args, data, then=transform))
             scores = noisy_pose_scores(
                 learners, noisy, episode, target, diff, settings,
                 memory_transform=transform, **common,
@@ -437,7 +490,7 @@ def run(
 def _summary(
     args: argparse.Namespace,
     data: Data,
-    rows: Sequence[tuple[str, PoseNoise | None, Data]],
+    rows: Sequence[Row],
     psnr: dict[str, Tensor],
     episode: Tensor,
     target: Tensor,
@@ -454,7 +507,7 @@ def _summary(
     }
     table: list[dict[str, object]] = []
     exact_gain = 0.0
-    for i, (label, noise, noisy) in enumerate(rows):
+    for i, (label, noise, noisy, known) in enumerate(rows):
         row: dict[str, object] = {"setting": label}
         if noise is not None:
             row.update(kind=noise.kind, position=noise.position, degrees=noise.degrees)
@@ -464,10 +517,10 @@ def _summary(
             figures = pose_noise_figures(data, data)
             row.update(pose_error_median=0.0, heading_error_median_deg=0.0)
             row["hit_rate"] = figures["hit_rate"]
-        transform = heading_transform(args, data)
         error, changed = slot_heading_error(
-            data, noisy, episode[rev], target[rev], args.context, transform
-        )
+            data, noisy, episode[rev], target[rev], args.context, heading_transform(args, data),
+            poses=known,
+        )  # fmt: skip
         row["slot_heading_error_median_deg"], row["slots_refined"] = error, changed
         scores = {n: psnr[n if i == 0 else f"{n}{NOISY_POSES}@{i}"] for n in names}
         gain = scores["hybrid"] - psnr["cdit"]
