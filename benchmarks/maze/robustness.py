@@ -436,9 +436,9 @@ def run(
             continue
         generator = torch.Generator().manual_seed(args.pose_noise_seed)
         per_time = causal_fused(data.poses, noise, args.fuse_odometry, generator)
-        noisy, slot_poses = per_frame_poses(data, per_time, settings)
+        noisy, fused_slots = per_frame_poses(data, per_time, settings)
         odometry = args.fuse_odometry.label().replace("drift", "odometry")
-        rows.append((f"{noise.label()} + {odometry}, fused", noise, noisy, slot_poses))
+        rows.append((f"{noise.label()} + {odometry}, fused", noise, noisy, fused_slots))
     diff = Diffusion(prediction=args.prediction)
     seeds = args.seeds or [args.seed]
     per_seed: list[dict[str, Tensor]] = []
@@ -453,13 +453,13 @@ def run(
             learners, data.frames, data.poses, data.schedule, episode, target, diff, settings,
             copy_names=("copy_top",), memory_transform=exact_transform, **common,
         )["psnr"]  # fmt: skip
-        for i, (label, noise_model, noisy, known) in enumerate(rows[1:], start=1):
+        for i, (label, noise_model, noisy, slot_poses) in enumerate(rows[1:], start=1):
             print(f"[robustness] seed {seed}: {label}", flush=True)
             transform: MemoryTransform | None = None
             if args.pose_uncertainty:
                 assert noise_model is not None
                 transform = uncertainty(noise_model, noisy.memory_poses, args.view_depth)
-            transform = chain(known, heading_transform(args, data, then=transform))
+            transform = chain(slot_poses, heading_transform(args, data, then=transform))
             scores = noisy_pose_scores(
                 learners, noisy, episode, target, diff, settings,
                 memory_transform=transform, **common,
@@ -507,7 +507,7 @@ def _summary(
     }
     table: list[dict[str, object]] = []
     exact_gain = 0.0
-    for i, (label, noise, noisy, known) in enumerate(rows):
+    for i, (label, noise, noisy, slot_poses) in enumerate(rows):
         row: dict[str, object] = {"setting": label}
         if noise is not None:
             row.update(kind=noise.kind, position=noise.position, degrees=noise.degrees)
@@ -519,7 +519,7 @@ def _summary(
             row["hit_rate"] = figures["hit_rate"]
         error, changed = slot_heading_error(
             data, noisy, episode[rev], target[rev], args.context, heading_transform(args, data),
-            poses=known,
+            poses=slot_poses,
         )  # fmt: skip
         row["slot_heading_error_median_deg"], row["slots_refined"] = error, changed
         scores = {n: psnr[n if i == 0 else f"{n}{NOISY_POSES}@{i}"] for n in names}
