@@ -35,6 +35,7 @@ from .rays import (
     plucker_rays,
     ray_angle_std,
 )
+from .refiner import SlotPoseRefiner, refine_poses, relative_pose_loss
 from .retrieval import build_context, gather_slots, retrieve, select_memory
 from .scores import STRATEGIES, Strategy, check_strategy, distance_scores, pose_scores
 from .selection import Selection, select_top_k
@@ -48,6 +49,7 @@ __all__ = [
     "MemoryBuffer",
     "MemoryContext",
     "Selection",
+    "SlotPoseRefiner",
     "Strategy",
     "WritePolicy",
     "alignment_softening",
@@ -72,7 +74,9 @@ __all__ = [
     "poses_from_actions",
     "ray_angle_std",
     "refine_headings",
+    "refine_poses",
     "relative_pose",
+    "relative_pose_loss",
     "retrieve",
     "select_memory",
     "select_top_k",
