@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import torch
 from benchmarks import side_by_side as sbs
 from benchmarks.maze import noise as mn
 from benchmarks.maze import pipeline as bench
+from benchmarks.maze import pose_refiner as pr
 from benchmarks.maze import protocol as mmem
 from benchmarks.maze import robustness as rb
 from benchmarks.maze import training
@@ -21,7 +23,7 @@ from benchmarks.maze import worlds as mt
 from safetensors.torch import load_file, save_file
 
 from hybrid_cdit import MemoryContext
-from hybrid_cdit.memory import fuse_odometry, relative_pose
+from hybrid_cdit.memory import SlotPoseRefiner, fuse_odometry, refine_poses, relative_pose
 from tests.test_maze_baselines import TINY
 
 pytest_plugins = ("tests.maze_fixtures",)  # the episodes and one_thread fixtures
@@ -302,7 +304,7 @@ def test_memory_subsets_keep_every_per_sample_field() -> None:
     assert torch.equal(sub.frames, plain.frames[rows])
 
 
-def test_heading_refinement_hook_and_slot_heading_errors(
+def test_heading_refinement_hook_and_slot_pose_errors(
     episodes: list[mt.Episode], saved: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with pytest.raises(SystemExit):
@@ -332,9 +334,11 @@ def test_heading_refinement_hook_and_slot_heading_errors(
     torch.testing.assert_close(from_reference, action.to(from_reference.dtype))
     # slot heading errors: none with exact poses, the noise's with noisy ones
     rev = torch.nonzero(data.revisit, as_tuple=True)
-    assert rb.slot_heading_error(data, data, *rev, SETTINGS.context) == pytest.approx((0, 0))
-    jitter, changed = rb.slot_heading_error(data, noisy, *rev, SETTINGS.context)
+    exact = rb.slot_pose_errors(data, data, *rev, SETTINGS.context)
+    assert exact == pytest.approx((0, 0, 0), abs=1e-5)
+    jitter, position, changed = rb.slot_pose_errors(data, noisy, *rev, SETTINGS.context)
     assert 5.0 < jitter < 40.0 and changed == 0  # two 15-degree errors: median about 14
+    assert 0.2 < position < 3.0  # two 0.5-cell errors, and the query's heading error
 
     def turn_first(memory: MemoryContext, episode: torch.Tensor, t: torch.Tensor) -> MemoryContext:
         poses = memory.poses.clone()
@@ -342,7 +346,7 @@ def test_heading_refinement_hook_and_slot_heading_errors(
         return dataclasses.replace(memory, poses=poses)
 
     # true headings: no heading error left, the positions as the memory sees them
-    fixed, changed = rb.slot_heading_error(
+    fixed, _, changed = rb.slot_pose_errors(
         data, noisy, *rev, SETTINGS.context, rb.true_slot_poses(data, "heading")
     )
     assert fixed == pytest.approx(0.0, abs=1e-4) and changed > 0.9
@@ -351,6 +355,9 @@ def test_heading_refinement_hook_and_slot_heading_errors(
     assert torch.equal(moved.poses[..., :2], noisy_memory.poses[..., :2])
     # the whole pose: each valid slot relative to the query as the truth has it
     whole = rb.true_slot_poses(data, "pose")(noisy_memory, *rev)
+    true_pose = rb.true_slot_poses(data, "pose")
+    errors = rb.slot_pose_errors(data, noisy, *rev, SETTINGS.context, true_pose)
+    assert errors[:2] == pytest.approx((0, 0), abs=1e-4) and errors[2] > 0.9
     exact_memory = mmem.memory_for(data.frames, data.poses, noisy.schedule, *rev)
     valid = whole.mask
     torch.testing.assert_close(
@@ -380,7 +387,7 @@ def test_heading_refinement_hook_and_slot_heading_errors(
     expected_poses = turn_first(rb.shrink_offsets(0.5)(whole, *rev), *rev).poses
     assert torch.equal(chained(noisy_memory, *rev).poses, expected_poses)
     assert rb.heading_transform(rb.parse_args(["--models-from", str(saved)]), data) is None
-    _, changed = rb.slot_heading_error(data, data, *rev, SETTINGS.context, turn_first)
+    _, _, changed = rb.slot_pose_errors(data, data, *rev, SETTINGS.context, turn_first)
     masks = mmem.memory_for(data.frames, data.poses, data.schedule, *rev).mask
     assert changed == pytest.approx(float(masks[:, 0].sum() / masks.sum()))
 
@@ -458,3 +465,48 @@ def test_fused_rows_give_the_memory_causally_fused_poses(
         rb.parse_args([*flags, "--settings", "drift:0.05,1", "--fuse-odometry", "0,0"])
     with pytest.raises(SystemExit):
         rb.parse_args([*flags, "--fuse-odometry", "0.02"])
+
+
+def test_refine_poses_hook_and_flag(
+    episodes: list[mt.Episode], saved: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(SystemExit):
+        rb.parse_args(["--models-from", str(saved), "--refine-poses", "--true-slot-poses", "pose"])
+    data = mmem.Data(episodes, stride=4, size=8, settings=SETTINGS)
+    noisy = _noisy(data)
+    rev = torch.nonzero(data.revisit, as_tuple=True)
+    memory = mmem.memory_for(noisy.frames, noisy.memory_poses, noisy.schedule, *rev)
+    torch.manual_seed(0)
+    refiner = SlotPoseRefiner(width=4, hidden=8)
+    last = refiner.head[-1]
+    assert isinstance(last, torch.nn.Linear)
+    torch.nn.init.normal_(last.bias, std=0.3)
+    refiner.eval()
+    out = rb.pose_refinement(data, refiner)(memory, *rev)
+    reference, reference_pose = rb.last_context_frame(data, memory, *rev)
+    assert torch.equal(reference, data.frames[rev[0], rev[1] - 1])
+    action = relative_pose(data.poses[rev], data.poses[rev[0], rev[1] - 1])
+    torch.testing.assert_close(
+        relative_pose(memory.query_pose, reference_pose), action.to(reference_pose.dtype)
+    )
+    want = refine_poses(memory, reference, reference_pose, refiner)
+    assert torch.equal(out.poses, want.poses)
+    assert not torch.allclose(out.poses[out.mask], memory.poses[out.mask])
+    # the flag: the seed's saved refiner in every row; an untrained one changes no figure
+    args = [*TINY, "--models-from", str(tmp_path), "--settings", "drift:0.05,1"]
+    for name in ("cdit", "hybrid"):
+        (tmp_path / "models" / "seed0").mkdir(parents=True, exist_ok=True)
+        shutil.copy(saved / "models" / "seed0" / f"{name}.safetensors",
+                    tmp_path / "models" / "seed0" / f"{name}.safetensors")  # fmt: skip
+    plain = rb.run(rb.parse_args(args), episodes[1:])
+    with pytest.raises(FileNotFoundError, match="no refiner at"):
+        rb.run(rb.parse_args([*args, "--refine-poses"]), episodes[1:])
+    untrained = {k: v.contiguous() for k, v in SlotPoseRefiner().state_dict().items()}
+    shifted = {**untrained, "head.4.bias": torch.tensor([0.4, -0.3, 0.3])}
+    for moved, state in ((False, untrained), (True, shifted)):
+        save_file(state, str(tmp_path / "models" / "seed0" / pr.FILENAME))
+        refined = rb.run(rb.parse_args([*args, "--refine-poses"]), episodes[1:])
+        for row, base in zip(refined["rows"], plain["rows"], strict=True):  # type: ignore[call-overload]
+            base_psnr = base["revisit_psnr_hybrid"]
+            same = row["revisit_psnr_hybrid"] == pytest.approx(base_psnr, abs=1e-4)
+            assert same is not moved, (moved, row["setting"])

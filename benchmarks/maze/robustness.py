@@ -15,13 +15,13 @@ same DDIM noise as the run's one-step evaluation (so the exact row repeats its
 ``revisit_psnr_hybrid``), the pose noise drawn from ``--pose-noise-seed``, the same for every
 training seed and model. Per row: the median position error (cells) and heading error (degrees)
 of the memory's poses over every held-out frame; on revisit targets, the median error of each
-retrieved slot's heading relative to the query (what ray alignment reads) and the share of slots
-whose heading ``--refine-headings`` replaced; the hybrid's revisit gain over the CDiT (dB,
-seed-averaged per-target PSNR, 95% bootstrap interval over held-out episodes); its share of the
-exact-pose gain; the retrieval hit rate (held-out revisit frames whose retrieval holds a frame
-truly within 1 cell and 45 degrees); revisit and novel PSNR of the hybrid and of ``copy_top``
-(and of the retrieved-context baselines with ``--baselines``). The last line printed is one JSON
-object.
+retrieved slot's heading (what ray alignment reads) and position relative to the query, and the
+share of slots whose pose ``--refine-headings`` or ``--refine-poses`` changed; the hybrid's
+revisit gain over the CDiT (dB, seed-averaged per-target PSNR, 95% bootstrap interval over
+held-out episodes); its share of the exact-pose gain; the retrieval hit rate (held-out revisit
+frames whose retrieval holds a frame truly within 1 cell and 45 degrees); revisit and novel PSNR
+of the hybrid and of ``copy_top`` (and of the retrieved-context baselines with ``--baselines``).
+The last line printed is one JSON object.
 
 ``--pose-uncertainty`` gives the hybrid, in the noisy rows, each slot's nominal relative-pose
 standard deviation (:func:`~benchmarks.maze.noise.nominal_std`) as ``MemoryContext.ray_std``
@@ -43,6 +43,12 @@ pose composed with the inverse of the true action) where the fit's confidence is
 gives every retrieved slot its true heading relative to the query (positions as the memory sees
 them), ``--true-slot-poses pose`` its whole true relative pose: with retrieval still on the noisy
 poses, what a perfect heading fit, or a perfect pose fit, would leave of the gain.
+
+``--refine-poses`` corrects each slot's whole pose against the sample's last context frame (the
+same reference) with the seed's learned :class:`hybrid_cdit.memory.SlotPoseRefiner`
+(:func:`hybrid_cdit.memory.refine_poses`), in every row, the exact one included, before any
+``--refine-headings``; ``python -m benchmarks.maze.pose_refiner`` trains it on the seed's own
+training episodes and saves it beside the models.
 
 Every other flag is ``python -m benchmarks.maze``'s: the architecture, data and memory flags must
 be those of the run that saved the models (the defaults for the documented run); ``--split``
@@ -78,6 +84,7 @@ from benchmarks.maze.evaluation import (
 from benchmarks.maze.noise import PoseNoise, causal_fused, noise_flag, nominal_std, with_ray_std
 from benchmarks.maze.pipeline import held_out_episodes, load_models, noisy_data
 from benchmarks.maze.pipeline import parse_args as pipeline_args
+from benchmarks.maze.pose_refiner import load_refiner
 from benchmarks.maze.protocol import (
     Data,
     MemorySchedule,
@@ -91,21 +98,30 @@ from benchmarks.maze.training import architecture, build_models
 from benchmarks.maze.worlds import Episode
 from benchmarks.side_by_side import Diffusion, format_table
 from hybrid_cdit import MemoryContext
-from hybrid_cdit.memory import compose_pose, refine_headings, relative_pose, wrap_angle
+from hybrid_cdit.memory import (
+    SlotPoseRefiner,
+    compose_pose,
+    refine_headings,
+    refine_poses,
+    relative_pose,
+    wrap_angle,
+)
 
 __all__ = [
     "DEFAULT_SETTINGS",
     "add_settings_flag",
     "heading_refinement",
     "heading_transform",
+    "last_context_frame",
     "main",
     "parse_args",
     "parse_setting",
     "per_frame_poses",
+    "pose_refinement",
     "run",
     "settings_rows",
     "shrink_offsets",
-    "slot_heading_error",
+    "slot_pose_errors",
     "true_slot_poses",
     "uncertainty",
 ]
@@ -193,6 +209,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "(hybrid_cdit.memory.refine_headings) where the fit's confidence is at least CONFIDENCE",
     )
     p.add_argument(
+        "--refine-poses",
+        action="store_true",
+        help="correct each slot's pose against the last context frame with the seed's learned "
+        "refiner (hybrid_cdit.memory.refine_poses; trained by python -m "
+        "benchmarks.maze.pose_refiner)",
+    )
+    p.add_argument(
         "--shrink-offsets",
         type=float,
         default=None,
@@ -225,6 +248,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if own.true_slot_poses is not None and own.refine_headings is not None:
         p.error("--true-slot-poses and --refine-headings exclude each other")
     args.true_slot_poses = own.true_slot_poses
+    if own.true_slot_poses is not None and own.refine_poses:
+        p.error("--true-slot-poses and --refine-poses exclude each other")
+    args.refine_poses = own.refine_poses
     if own.shrink_offsets is not None and not 0 <= own.shrink_offsets <= 1:
         p.error(f"--shrink-offsets must be in [0, 1], got {own.shrink_offsets}")
     args.shrink_offsets = own.shrink_offsets
@@ -294,23 +320,42 @@ def chain(*steps: MemoryTransform | None) -> MemoryTransform | None:
     return chained
 
 
+def last_context_frame(
+    data: Data, memory: MemoryContext, episode: Tensor, target: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The samples' last context frames ``(B, C, H, W)`` and their poses ``(B, 3)`` as the
+    memory places them: the memory's query pose composed with the inverse of the true action."""
+    poses = data.poses
+    action = relative_pose(poses[episode, target], poses[episode, target - 1])
+    back = relative_pose(torch.zeros_like(action), action)  # the context frame from the target
+    reference_pose = compose_pose(memory.query_pose, back.to(memory.query_pose.dtype))
+    return data.frames[episode, target - 1].to(memory.frames.dtype), reference_pose
+
+
 def heading_refinement(data: Data, min_confidence: float, fov_degrees: float) -> MemoryTransform:
     """A memory transform that fits each slot's yaw against the sample's last context frame
-    (:func:`hybrid_cdit.memory.refine_headings`); the reference pose is the memory's query pose
-    composed with the inverse of the true action, so the fit replaces the error of both
-    absolute poses."""
+    (:func:`hybrid_cdit.memory.refine_headings`, reference from :func:`last_context_frame`), so
+    the fit replaces the error of both absolute poses."""
 
     def transform(memory: MemoryContext, episode: Tensor, target: Tensor) -> MemoryContext:
-        poses = data.poses
-        action = relative_pose(poses[episode, target], poses[episode, target - 1])
-        back = relative_pose(torch.zeros_like(action), action)  # the context frame from the target
-        reference_pose = compose_pose(memory.query_pose, back.to(memory.query_pose.dtype))
-        reference = data.frames[episode, target - 1].to(memory.frames.dtype)
+        reference, reference_pose = last_context_frame(data, memory, episode, target)
         refined, _ = refine_headings(
             memory, reference, reference_pose, math.radians(fov_degrees),
             min_confidence=min_confidence,
         )  # fmt: skip
         return refined
+
+    return transform
+
+
+def pose_refinement(data: Data, refiner: SlotPoseRefiner) -> MemoryTransform:
+    """A memory transform that corrects each slot's pose against the sample's last context frame
+    with a learned refiner (:func:`hybrid_cdit.memory.refine_poses`, reference from
+    :func:`last_context_frame`)."""
+
+    def transform(memory: MemoryContext, episode: Tensor, target: Tensor) -> MemoryContext:
+        reference, reference_pose = last_context_frame(data, memory, episode, target)
+        return refine_poses(memory, reference, reference_pose, refiner)
 
     return transform
 
@@ -351,11 +396,17 @@ def shrink_offsets(factor: float) -> MemoryTransform:
 
 
 def heading_transform(
-    args: argparse.Namespace, data: Data, then: MemoryTransform | None = None
+    args: argparse.Namespace,
+    data: Data,
+    then: MemoryTransform | None = None,
+    refiner: SlotPoseRefiner | None = None,
 ) -> MemoryTransform | None:
-    """The slot-pose transform of ``--refine-headings`` or ``--true-slot-poses``, then that of
-    ``--shrink-offsets``, then ``then`` (None when there is none of them)."""
+    """The slot-pose transform of ``refiner`` (``--refine-poses``), then that of
+    ``--refine-headings`` or ``--true-slot-poses``, then that of ``--shrink-offsets``, then
+    ``then`` (None when there is none of them)."""
     steps: list[MemoryTransform] = []
+    if refiner is not None:
+        steps.append(pose_refinement(data, refiner))
     if args.true_slot_poses is not None:
         steps.append(true_slot_poses(data, args.true_slot_poses))
     elif args.refine_headings is not None:
@@ -365,7 +416,7 @@ def heading_transform(
     return chain(*steps, then)
 
 
-def slot_heading_error(
+def slot_pose_errors(
     data: Data,
     noisy: Data,
     episode: Tensor,
@@ -373,12 +424,12 @@ def slot_heading_error(
     context: int,
     transform: MemoryTransform | None = None,
     poses: MemoryTransform | None = None,
-) -> tuple[float, float]:
-    """The heading of each valid memory slot relative to the query (what ray alignment reads)
+) -> tuple[float, float, float]:
+    """The pose of each valid memory slot relative to the query (what memory reading sees)
     that the memory of ``noisy`` gives samples ``(episode[i], target[i])``, after ``poses``
-    (the row's own slot poses, see :data:`Row`) and then ``transform``: its median absolute
-    error in degrees against the true relative heading, and the share of valid slots whose pose
-    ``transform`` changed."""
+    (the row's own slot poses, see :data:`Row`) and then ``transform``: the median absolute
+    error of its heading in degrees and of its position in cells against the true relative
+    pose, and the share of valid slots whose pose ``transform`` changed."""
     batch = batch_for(
         noisy.frames, data.poses, noisy.schedule, episode, target, context,
         memory_poses=noisy.memory_poses,
@@ -386,14 +437,18 @@ def slot_heading_error(
     seen_memory = batch.memory if poses is None else poses(batch.memory, episode, target)
     memory = seen_memory if transform is None else transform(seen_memory, episode, target)
     if memory.steps is None or not bool(memory.mask.any()):
-        return float("nan"), float("nan")
-    seen = memory.poses[..., 2] - memory.query_pose[:, None, 2]
-    true = (
-        data.poses[episode[:, None], memory.steps][..., 2] - data.poses[episode, target][:, None, 2]
-    )
-    error = wrap_angle(seen - true.to(seen.dtype)).abs()[memory.mask]
+        return float("nan"), float("nan"), float("nan")
+    seen = relative_pose(memory.poses.double(), memory.query_pose[:, None].double())
+    slots = data.poses[episode[:, None], memory.steps].double()
+    true = relative_pose(slots, data.poses[episode, target][:, None].double())
+    heading = wrap_angle(seen[..., 2] - true[..., 2]).abs()[memory.mask]
+    position = (seen[..., :2] - true[..., :2]).norm(dim=-1)[memory.mask]
     changed = (memory.poses != seen_memory.poses).any(-1)[memory.mask]
-    return math.degrees(float(error.double().median())), float(changed.double().mean())
+    return (
+        math.degrees(float(heading.median())),
+        float(position.median()),
+        float(changed.double().mean()),
+    )
 
 
 def _learners(args: argparse.Namespace) -> list[Learner]:
@@ -442,13 +497,18 @@ def run(
     diff = Diffusion(prediction=args.prediction)
     seeds = args.seeds or [args.seed]
     per_seed: list[dict[str, Tensor]] = []
+    first_refiner: SlotPoseRefiner | None = None
     for seed in seeds:
         seed_args = argparse.Namespace(**{**vars(args), "seed": seed, "seeds": None})
         learners = _learners(seed_args)
         noise = one_step_noise(all_episode.shape[0], data.frames.shape[2:], seed + 40_000)[keep]
         common = {"ddim_steps": args.ddim_steps, "seed": seed + 40_000, "noise": noise}
         print(f"[robustness] seed {seed}: exact poses, {len(episode)} targets", flush=True)
-        exact_transform = heading_transform(args, data)
+        refiner = None
+        if args.refine_poses:
+            refiner = load_refiner(Path(args.models_from), seed, data.frames.shape[2])
+            first_refiner = first_refiner or refiner
+        exact_transform = heading_transform(args, data, refiner=refiner)
         psnr = one_step_samples(
             learners, data.frames, data.poses, data.schedule, episode, target, diff, settings,
             copy_names=("copy_top",), memory_transform=exact_transform, **common,
@@ -459,7 +519,9 @@ def run(
             if args.pose_uncertainty:
                 assert noise_model is not None
                 transform = uncertainty(noise_model, noisy.memory_poses, args.view_depth)
-            transform = chain(slot_poses, heading_transform(args, data, then=transform))
+            transform = chain(
+                slot_poses, heading_transform(args, data, then=transform, refiner=refiner)
+            )
             scores = noisy_pose_scores(
                 learners, noisy, episode, target, diff, settings,
                 memory_transform=transform, **common,
@@ -467,7 +529,7 @@ def run(
             psnr.update({f"{name}@{i}": value for name, value in scores.items()})
         per_seed.append(psnr)
     mean = {name: torch.stack([p[name] for p in per_seed]).mean(0) for name in per_seed[0]}
-    summary = _summary(args, data, rows, mean, episode, target)
+    summary = _summary(args, data, rows, mean, episode, target, first_refiner)
     summary.update(
         revisit_targets=int(data.revisit[episode, target].sum()),
         novel_targets=int(data.novel[episode, target].sum()),
@@ -494,9 +556,11 @@ def _summary(
     psnr: dict[str, Tensor],
     episode: Tensor,
     target: Tensor,
+    refiner: SlotPoseRefiner | None = None,
 ) -> dict[str, object]:
     """The rows' figures from the seed-averaged per-target PSNR (``{name}@{row}`` for the
-    noisy rows)."""
+    noisy rows); the slot pose errors after ``refiner`` (the first seed's, with
+    ``--refine-poses``)."""
     rev = data.revisit[episode, target]
     nov = data.novel[episode, target]
     n_episodes = data.frames.shape[0]
@@ -517,11 +581,13 @@ def _summary(
             figures = pose_noise_figures(data, data)
             row.update(pose_error_median=0.0, heading_error_median_deg=0.0)
             row["hit_rate"] = figures["hit_rate"]
-        error, changed = slot_heading_error(
-            data, noisy, episode[rev], target[rev], args.context, heading_transform(args, data),
-            poses=slot_poses,
+        heading, position, changed = slot_pose_errors(
+            data, noisy, episode[rev], target[rev], args.context,
+            heading_transform(args, data, refiner=refiner), poses=slot_poses,
         )  # fmt: skip
-        row["slot_heading_error_median_deg"], row["slots_refined"] = error, changed
+        row["slot_heading_error_median_deg"] = heading
+        row["slot_position_error_median"] = position
+        row["slots_refined"] = changed
         scores = {n: psnr[n if i == 0 else f"{n}{NOISY_POSES}@{i}"] for n in names}
         gain = scores["hybrid"] - psnr["cdit"]
         row["revisit_gain"] = float(gain[rev].mean())
@@ -550,6 +616,7 @@ def robustness_table(summary: dict[str, object]) -> str:
         "pos. err. (cells)",
         "heading err. (deg)",
         "slot heading err. (deg)",
+        "slot pos. err. (cells)",
         "slots refined",
         "revisit gain (dB)",
         "95% interval",
@@ -567,6 +634,7 @@ def robustness_table(summary: dict[str, object]) -> str:
                 row["pose_error_median"],
                 row["heading_error_median_deg"],
                 row["slot_heading_error_median_deg"],
+                row["slot_position_error_median"],
                 row["slots_refined"],
                 row["revisit_gain"],
                 f"[{row['revisit_gain_ci_low']:.2f}, {row['revisit_gain_ci_high']:.2f}]",
