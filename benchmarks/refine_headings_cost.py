@@ -1,12 +1,14 @@
-"""What ``refine_headings`` adds to a denoising loop: time ratios of medians, interleaved runs.
+"""What ``refine_headings`` and ``refine_poses`` add to a denoising loop: time ratios of
+medians, interleaved runs.
 
     python -m benchmarks.refine_headings_cost      # B/2, 28x28 latents, batch 2, k=8, CPU
 
 Prints, for a trained-like HybridCDiT with the library's memory defaults, the time of
 ``refine_headings`` on one memory context (against the last context frame) over one hybrid
 forward, and that of a loop of ``--loop`` forwards sharing the context with the refinement
-before it over the same loop without it. Absolute times on shared machines mean little:
-compare ratios measured side by side.
+before it over the same loop without it; then the same for ``refine_poses`` with a
+``SlotPoseRefiner`` of the default width on the latents' channels. Absolute times on shared
+machines mean little: compare ratios measured side by side.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from benchmarks.hybrid_overhead import (
     trained_like_hybrid,
 )
 from hybrid_cdit import create_model
-from hybrid_cdit.memory import refine_headings
+from hybrid_cdit.memory import SlotPoseRefiner, refine_headings, refine_poses
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,16 +43,24 @@ def main(argv: list[str] | None = None) -> None:
     fov = hybrid.camera_fov
     reference_pose = torch.zeros(args.batch, 3, device=device)
 
+    refiner = SlotPoseRefiner(in_channels=x.shape[1]).to(device).eval()
+
     def refine() -> object:
         memory = memory_context(x, args.k, active=True)
         return refine_headings(memory, x_cond[:, -1], reference_pose, fov)
 
+    def refine_pose() -> object:
+        memory = memory_context(x, args.k, active=True)
+        return refine_poses(memory, x_cond[:, -1], reference_pose, refiner)
+
     def forward() -> object:
         return hybrid(x, t, y, x_cond, rel_t, memory=memory_context(x, args.k, active=True))
 
-    def loop(refined: bool) -> object:
+    def loop(refined: bool, poses: bool = False) -> object:
         memory = memory_context(x, args.k, active=True)
-        if refined:
+        if refined and poses:
+            memory = refine_poses(memory, x_cond[:, -1], reference_pose, refiner)
+        elif refined:
             memory, _ = refine_headings(memory, x_cond[:, -1], reference_pose, fov)
         for _ in range(args.loop):
             hybrid(x, t, y, x_cond, rel_t, memory=memory)
@@ -61,12 +71,19 @@ def main(argv: list[str] | None = None) -> None:
         forward()
         *_, one = median_ratio(refine, forward, args.repeats, device)
         *_, many = median_ratio(lambda: loop(True), lambda: loop(False), args.repeats, device)
+        refine_pose()
+        *_, one_pose = median_ratio(refine_pose, forward, args.repeats, device)
+        *_, many_pose = median_ratio(
+            lambda: loop(True, poses=True), lambda: loop(False), args.repeats, device
+        )
     print(
         f"HybridCDiT-{args.variant}, {args.input_size}x{args.input_size} latents, batch "
         f"{args.batch}, k={args.k}, fov {math.degrees(fov):.0f} deg, {device}"
     )
     print(f"refine_headings / one hybrid forward:             {one:.3f}")
     print(f"{args.loop} forwards with refine_headings / without:  {many:.3f}")
+    print(f"refine_poses / one hybrid forward:                {one_pose:.3f}")
+    print(f"{args.loop} forwards with refine_poses / without:     {many_pose:.3f}")
 
 
 if __name__ == "__main__":

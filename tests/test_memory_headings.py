@@ -145,4 +145,5 @@ def test_cost_benchmark_prints_its_ratios(capsys: pytest.CaptureFixture[str]) ->
     )  # fmt: skip
     lines = capsys.readouterr().out.strip().splitlines()
     ratios = [float(line.rsplit(maxsplit=1)[-1]) for line in lines[1:]]
-    assert len(ratios) == 2 and all(r > 0 for r in ratios)
+    assert len(ratios) == 4 and all(r > 0 for r in ratios)
+    assert "refine_poses / one hybrid forward" in lines[3]
