@@ -220,3 +220,36 @@ def test_bad_arguments_raise_naming_them() -> None:
                          ("hidden", {"hidden": True})):  # fmt: skip
         with pytest.raises(ValueError, match=f"{name} must be an int >= 1"):
             SlotPoseRefiner(**kwargs)  # type: ignore[arg-type]
+
+
+def test_corrections_below_the_gate_are_not_applied() -> None:
+    b, k = 3, 4
+    memory = _memory(b, k, seed=8)
+    gen = torch.Generator().manual_seed(9)
+    reference = torch.randn(b, 3, 8, 8, generator=gen)
+    reference_pose = torch.randn(b, 3, generator=gen)
+    refiner = _trained_like(2)
+    full = refine_poses(memory, reference, reference_pose, refiner)
+    min_shift, min_turn = 0.2, 0.15
+    gated = refine_poses(
+        memory, reference, reference_pose, refiner, min_shift=min_shift, min_turn=min_turn
+    )
+    kept = applied = 0
+    for i in range(b):
+        ref = reference_pose[i].tolist()
+        for j in range(k):
+            before = _relative(memory.poses[i, j].tolist(), ref)
+            after = _relative(full.poses[i, j].tolist(), ref)
+            shift = math.hypot(after[0] - before[0], after[1] - before[1])
+            turn = abs(_wrap(after[2] - before[2]))
+            if memory.mask[i, j] and (shift >= min_shift or turn >= min_turn):
+                assert torch.equal(gated.poses[i, j], full.poses[i, j])
+                applied += 1
+            else:
+                assert torch.equal(gated.poses[i, j], memory.poses[i, j])
+                kept += int(bool(memory.mask[i, j]))
+    assert applied > 0 and kept > 0  # both sides of the gate are exercised
+    with pytest.raises(ValueError, match=r"min_shift must be >= 0, got -0\.1"):
+        refine_poses(memory, reference, reference_pose, refiner, min_shift=-0.1)
+    with pytest.raises(ValueError, match="min_turn must be a finite real number"):
+        refine_poses(memory, reference, reference_pose, refiner, min_turn=math.inf)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._checks import check_real
 from .context import MemoryContext
 from .poses import check_pose, compose_pose, relative_pose, wrap_angle
 
@@ -119,20 +120,28 @@ def refine_poses(
     reference: Tensor,
     reference_pose: Tensor,
     refiner: SlotPoseRefiner,
+    *,
+    min_shift: float = 0.0,
+    min_turn: float = 0.0,
 ) -> MemoryContext:
     """``memory`` with every valid slot's pose corrected by ``refiner`` against a reference.
 
     The reference is a frame whose pose relative to the query is trusted, typically the last
     context frame (the query pose composed with the inverse of the action). Each valid slot's
     pose relative to the reference is refined and composed back onto ``reference_pose``; masked
-    slots and every other field are kept. Runs under ``torch.no_grad`` in the refiner's mode
-    (call ``refiner.eval()`` first for inference).
+    slots and every other field are kept. A correction that moves the slot by less than
+    ``min_shift`` and turns it by less than ``min_turn`` is not applied (below the refiner's own
+    error, it would only add noise to good poses). Runs under ``torch.no_grad`` in the refiner's
+    mode (call ``refiner.eval()`` first for inference).
 
     Args:
         memory: the context, poses ``(B, k, 3)``.
         reference: ``(B, C, H, W)`` frames of the same kind as ``memory.frames``.
         reference_pose: ``(B, 3)`` the reference's pose in the memory's coordinates.
         refiner: a trained :class:`SlotPoseRefiner` whose ``in_channels`` is ``C``.
+        min_shift: the smallest correction of a slot's position that is applied (pose units),
+            >= 0.
+        min_turn: the smallest correction of its yaw that is applied (radians), >= 0.
 
     Returns:
         The refined context.
@@ -145,6 +154,11 @@ def refine_poses(
         raise ValueError(
             f"memory.poses must be (x, y, yaw) poses (P = 3), got P = {memory.poses.shape[-1]}"
         )
+    min_shift = check_real("min_shift", min_shift)
+    min_turn = check_real("min_turn", min_turn)
+    for name, value in (("min_shift", min_shift), ("min_turn", min_turn)):
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value!r}")
     b, k = memory.mask.shape
     frame_shape = tuple(memory.frames.shape[2:])
     if frame_shape[0] != refiner.in_channels:
@@ -169,6 +183,10 @@ def refine_poses(
             memory.frames.flatten(0, 1).to(parameter),
             prior.flatten(0, 1).to(parameter),
         ).view(b, k, 3)
-    placed = compose_pose(anchor, estimate.to(memory.poses.dtype))
-    poses = torch.where(memory.mask[..., None], placed, memory.poses)
+    estimate = estimate.to(memory.poses.dtype)
+    shift = (estimate[..., :2] - prior[..., :2]).norm(dim=-1)
+    turn = wrap_angle(estimate[..., 2] - prior[..., 2]).abs()
+    applied = memory.mask & ((shift >= min_shift) | (turn >= min_turn))
+    placed = compose_pose(anchor, estimate)
+    poses = torch.where(applied[..., None], placed, memory.poses)
     return dataclasses.replace(memory, poses=poses)
