@@ -491,6 +491,17 @@ def test_refine_poses_hook_and_flag(
     )
     want = refine_poses(memory, reference, reference_pose, refiner)
     assert torch.equal(out.poses, want.poses)
+    gate = mn.PoseNoise("jitter", 0.3, 20.0)
+    gated = rb.pose_refinement(data, refiner, gate)(memory, *rev)
+    want = refine_poses(
+        memory, reference, reference_pose, refiner, min_shift=0.3, min_turn=gate.radians
+    )
+    assert torch.equal(gated.poses, want.poses)
+    with pytest.raises(SystemExit):
+        rb.parse_args(["--models-from", str(saved), "--min-correction", "0.1,2"])
+    flags = rb.parse_args(["--models-from", str(saved), "--refine-poses", "--min-correction",
+                           "0.1,2"])  # fmt: skip
+    assert flags.min_correction == mn.PoseNoise("jitter", 0.1, 2.0)
     assert not torch.allclose(out.poses[out.mask], memory.poses[out.mask])
     # the flag: the seed's saved refiner in every row; an untrained one changes no figure
     args = [*TINY, "--models-from", str(tmp_path), "--settings", "drift:0.05,1"]

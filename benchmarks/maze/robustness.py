@@ -48,7 +48,9 @@ poses, what a perfect heading fit, or a perfect pose fit, would leave of the gai
 same reference) with the seed's learned :class:`hybrid_cdit.memory.SlotPoseRefiner`
 (:func:`hybrid_cdit.memory.refine_poses`), in every row, the exact one included, before any
 ``--refine-headings``; ``python -m benchmarks.maze.pose_refiner`` trains it on the seed's own
-training episodes and saves it beside the models.
+training episodes and saves it beside the models. ``--min-correction XY,DEG`` applies a slot's
+correction only where it moves the slot by at least ``XY`` cells or turns it by at least ``DEG``
+degrees (``refine_poses``' ``min_shift`` and ``min_turn``).
 
 Every other flag is ``python -m benchmarks.maze``'s: the architecture, data and memory flags must
 be those of the run that saved the models (the defaults for the documented run); ``--split``
@@ -216,6 +218,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "benchmarks.maze.pose_refiner)",
     )
     p.add_argument(
+        "--min-correction",
+        type=noise_flag("jitter", "--min-correction"),
+        default=None,
+        metavar="XY,DEG",
+        help="with --refine-poses, apply a slot's correction only where it moves the slot by at "
+        "least XY cells or turns it by at least DEG degrees",
+    )
+    p.add_argument(
         "--shrink-offsets",
         type=float,
         default=None,
@@ -251,6 +261,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if own.true_slot_poses is not None and own.refine_poses:
         p.error("--true-slot-poses and --refine-poses exclude each other")
     args.refine_poses = own.refine_poses
+    if own.min_correction is not None and not own.refine_poses:
+        p.error("--min-correction needs --refine-poses")
+    args.min_correction = own.min_correction
     if own.shrink_offsets is not None and not 0 <= own.shrink_offsets <= 1:
         p.error(f"--shrink-offsets must be in [0, 1], got {own.shrink_offsets}")
     args.shrink_offsets = own.shrink_offsets
@@ -348,14 +361,21 @@ def heading_refinement(data: Data, min_confidence: float, fov_degrees: float) ->
     return transform
 
 
-def pose_refinement(data: Data, refiner: SlotPoseRefiner) -> MemoryTransform:
+def pose_refinement(
+    data: Data, refiner: SlotPoseRefiner, min_correction: PoseNoise | None = None
+) -> MemoryTransform:
     """A memory transform that corrects each slot's pose against the sample's last context frame
     with a learned refiner (:func:`hybrid_cdit.memory.refine_poses`, reference from
-    :func:`last_context_frame`)."""
+    :func:`last_context_frame`); ``min_correction``'s position (cells) and degrees are its
+    ``min_shift`` and ``min_turn`` (None: every correction is applied)."""
+    shift = 0.0 if min_correction is None else min_correction.position
+    turn = 0.0 if min_correction is None else min_correction.radians
 
     def transform(memory: MemoryContext, episode: Tensor, target: Tensor) -> MemoryContext:
         reference, reference_pose = last_context_frame(data, memory, episode, target)
-        return refine_poses(memory, reference, reference_pose, refiner)
+        return refine_poses(
+            memory, reference, reference_pose, refiner, min_shift=shift, min_turn=turn
+        )
 
     return transform
 
@@ -406,7 +426,7 @@ def heading_transform(
     ``then`` (None when there is none of them)."""
     steps: list[MemoryTransform] = []
     if refiner is not None:
-        steps.append(pose_refinement(data, refiner))
+        steps.append(pose_refinement(data, refiner, args.min_correction))
     if args.true_slot_poses is not None:
         steps.append(true_slot_poses(data, args.true_slot_poses))
     elif args.refine_headings is not None:
