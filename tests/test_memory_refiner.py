@@ -253,3 +253,15 @@ def test_corrections_below_the_gate_are_not_applied() -> None:
         refine_poses(memory, reference, reference_pose, refiner, min_shift=-0.1)
     with pytest.raises(ValueError, match="min_turn must be a finite real number"):
         refine_poses(memory, reference, reference_pose, refiner, min_turn=math.inf)
+
+
+def test_the_refiner_refuses_mismatched_inputs() -> None:
+    refiner = SlotPoseRefiner(width=4).eval()
+    ref, frames, prior = torch.zeros(2, 3, 8, 8), torch.zeros(2, 3, 8, 8), torch.zeros(2, 3)
+    assert refiner(ref, frames, prior).shape == (2, 3)
+    with pytest.raises(ValueError, match=r"reference must be a \(N, 3, H, W\) tensor, got"):
+        refiner(torch.zeros(2, 4, 8, 8), frames, prior)
+    with pytest.raises(ValueError, match=r"frames must have reference's shape \(2, 3, 8, 8\)"):
+        refiner(ref, torch.zeros(2, 3, 4, 4), prior)
+    with pytest.raises(ValueError, match=r"prior must have shape \(2, 3\), got \(2, 2\)"):
+        refiner(ref, frames, prior[:, :2])

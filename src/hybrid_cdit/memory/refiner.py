@@ -91,6 +91,24 @@ class SlotPoseRefiner(nn.Module):
         Returns:
             ``(N, 3)`` the corrected relative poses, yaw wrapped to ``[-pi, pi)``.
         """
+        for name, value in (("reference", reference), ("frames", frames)):
+            if (
+                not isinstance(value, Tensor)
+                or value.dim() != 4
+                or value.shape[1] != self.in_channels
+            ):
+                got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise ValueError(
+                    f"{name} must be a (N, {self.in_channels}, H, W) tensor, got {got}"
+                )
+        if frames.shape != reference.shape:
+            raise ValueError(
+                f"frames must have reference's shape {tuple(reference.shape)}, "
+                f"got {tuple(frames.shape)}"
+            )
+        if not isinstance(prior, Tensor) or tuple(prior.shape) != (reference.shape[0], 3):
+            got = tuple(prior.shape) if isinstance(prior, Tensor) else type(prior).__name__
+            raise ValueError(f"prior must have shape {(reference.shape[0], 3)}, got {got}")
         features = self.encoder(torch.cat([reference, frames], dim=1) * self.scale)
         yaw = prior[:, 2]
         code = torch.stack([prior[:, 0], prior[:, 1], yaw.cos(), yaw.sin()], dim=1)
