@@ -515,7 +515,7 @@ def test_refine_poses_hook_and_flag(
     untrained = {k: v.contiguous() for k, v in SlotPoseRefiner().state_dict().items()}
     shifted = {**untrained, "head.4.bias": torch.tensor([0.4, -0.3, 0.3])}
     for moved, state in ((False, untrained), (True, shifted)):
-        save_file(state, str(tmp_path / "models" / "seed0" / pr.FILENAME))
+        save_file(state, str(bench.weights_path(tmp_path, 0, pr.NAME)))
         refined = rb.run(rb.parse_args([*args, "--refine-poses"]), episodes[1:])
         for row, base in zip(refined["rows"], plain["rows"], strict=True):  # type: ignore[call-overload]
             base_psnr = base["revisit_psnr_hybrid"]

@@ -111,6 +111,9 @@ __all__ = [
     "noisy_data",
     "parse_args",
     "run",
+    "save_models",
+    "save_weights",
+    "weights_path",
 ]
 
 SUMMARY_KEYS = (
@@ -547,19 +550,28 @@ def run_seed(
     return result
 
 
+def weights_path(folder: Path, seed: int, name: str) -> Path:
+    """Where a run folder keeps the weights of model ``name`` of training seed ``seed``:
+    ``folder/models/seed{seed}/{name}.safetensors``."""
+    return folder / "models" / f"seed{seed}" / f"{name}.safetensors"
+
+
+def save_weights(module: torch.nn.Module, path: Path) -> None:
+    """Write ``module``'s state dict to the safetensors file ``path`` (folders created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(path))
+
+
 def save_models(out: Path, seed: int, learners: Sequence[Learner]) -> None:
     """Write each learner's weights to ``out/models/seed{seed}/{name}.safetensors``."""
-    folder = out / "models" / f"seed{seed}"
-    folder.mkdir(parents=True, exist_ok=True)
     for learner in learners:
-        state = {k: v.detach().contiguous() for k, v in learner.model.state_dict().items()}
-        save_file(state, str(folder / f"{learner.name}.safetensors"))
+        save_weights(learner.model, weights_path(out, seed, learner.name))
 
 
 def load_models(folder: Path, seed: int, learners: Sequence[Learner]) -> None:
     """Load what :func:`save_models` wrote for ``seed`` into ``learners`` (strict)."""
     for learner in learners:
-        path = folder / "models" / f"seed{seed}" / f"{learner.name}.safetensors"
+        path = weights_path(folder, seed, learner.name)
         if not path.is_file():
             raise FileNotFoundError(f"--models-from: no weights for {learner.name!r} at {path}")
         learner.model.load_state_dict(load_file(str(path)), strict=True)

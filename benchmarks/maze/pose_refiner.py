@@ -7,9 +7,9 @@ beside the run's models (``DIR/models/seed{N}/pose_refiner.safetensors``), where
     python -m benchmarks.maze.pose_refiner --models-from runs/q3 --quick --seeds 0,1,2
     python -m benchmarks.maze.robustness --models-from runs/q3 --quick --seeds 0,1,2 --refine-poses
 
-Training pairs are every two frames of a training episode taken within ``--pair-distance``
-cells and ``--pair-turn`` degrees of each other and more than ``--pair-gap`` frames apart (the
-views a retrieval hands the memory, against the last context frame). Each pair's prior is its
+Training pairs are every two frames of a training episode taken within 1.6 cells and 70 degrees
+of each other and more than 3 frames apart (:func:`training_pairs`: the views a retrieval hands
+the memory, against the last context frame). Each pair's prior is its
 true relative pose plus Gaussian noise of a scale drawn per pair, uniform between zero and
 ``--prior-noise XY,DEG`` (s.d. per position axis in cells, and of the yaw in degrees), so one
 refiner serves poses of any quality up to that; half the pairs are mirrored left to right (both
@@ -34,18 +34,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
 from benchmarks.maze.noise import PoseNoise, noise_flag
-from benchmarks.maze.pipeline import held_out_episodes
+from benchmarks.maze.pipeline import held_out_episodes, save_weights, weights_path
 from benchmarks.maze.pipeline import parse_args as pipeline_args
 from benchmarks.maze.protocol import Data, settings_from
 from benchmarks.maze.worlds import _pairs, load_episodes
 from hybrid_cdit.memory import SlotPoseRefiner, relative_pose, relative_pose_loss, wrap_angle
 
 __all__ = [
-    "FILENAME",
+    "NAME",
     "draw_pairs",
     "load_refiner",
     "main",
@@ -56,8 +56,8 @@ __all__ = [
     "training_pairs",
 ]
 
-FILENAME = "pose_refiner.safetensors"
-"""The refiner's file in a run's ``models/seed{N}`` folder."""
+NAME = "pose_refiner"
+"""The refiner's name in a run's ``models/seed{N}`` folder (:func:`pipeline.weights_path`)."""
 
 
 def training_pairs(
@@ -166,7 +166,7 @@ def pair_errors(
 
 def load_refiner(folder: Path, seed: int, in_channels: int = 3) -> SlotPoseRefiner:
     """The refiner :func:`run` saved for ``seed`` in the run folder ``folder``, in eval mode."""
-    path = folder / "models" / f"seed{seed}" / FILENAME
+    path = weights_path(folder, seed, NAME)
     if not path.is_file():
         raise FileNotFoundError(
             f"--refine-poses: no refiner at {path}; train one with python -m "
@@ -226,10 +226,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             data.frames, data.poses, steps=args.refiner_steps, seed=seed,
             prior_noise=args.prior_noise, log=log,
         )  # fmt: skip
-        target = folder / "models" / f"seed{seed}"
-        target.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous() for k, v in refiner.state_dict().items()}
-        save_file(state, str(target / FILENAME))
+        save_weights(refiner, weights_path(folder, seed, NAME))
         errors = pair_errors(refiner, held_out.frames, held_out.poses, args.prior_noise, seed)
         per_seed[str(seed)] = {**errors, "seconds": time.perf_counter() - start}
         print(f"[refiner seed {seed}] held-out pairs ({args.split}): " + ", ".join(

@@ -527,7 +527,8 @@ def run(
         refiner = None
         if args.refine_poses:
             refiner = load_refiner(Path(args.models_from), seed, data.frames.shape[2])
-            first_refiner = first_refiner or refiner
+            if first_refiner is None:
+                first_refiner = refiner
         exact_transform = heading_transform(args, data, refiner=refiner)
         psnr = one_step_samples(
             learners, data.frames, data.poses, data.schedule, episode, target, diff, settings,
