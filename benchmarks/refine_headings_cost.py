@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -25,7 +26,7 @@ from benchmarks.hybrid_overhead import (
     model_inputs,
     trained_like_hybrid,
 )
-from hybrid_cdit import create_model
+from hybrid_cdit import MemoryContext, create_model
 from hybrid_cdit.memory import SlotPoseRefiner, refine_headings, refine_poses
 
 
@@ -45,45 +46,42 @@ def main(argv: list[str] | None = None) -> None:
 
     refiner = SlotPoseRefiner(in_channels=x.shape[1]).to(device).eval()
 
-    def refine() -> object:
-        memory = memory_context(x, args.k, active=True)
-        return refine_headings(memory, x_cond[:, -1], reference_pose, fov)
+    def headings(memory: MemoryContext) -> MemoryContext:
+        return refine_headings(memory, x_cond[:, -1], reference_pose, fov)[0]
 
-    def refine_pose() -> object:
-        memory = memory_context(x, args.k, active=True)
+    def poses(memory: MemoryContext) -> MemoryContext:
         return refine_poses(memory, x_cond[:, -1], reference_pose, refiner)
 
     def forward() -> object:
         return hybrid(x, t, y, x_cond, rel_t, memory=memory_context(x, args.k, active=True))
 
-    def loop(refined: bool, poses: bool = False) -> object:
+    def loop(refine: Callable[[MemoryContext], MemoryContext] | None) -> object:
         memory = memory_context(x, args.k, active=True)
-        if refined and poses:
-            memory = refine_poses(memory, x_cond[:, -1], reference_pose, refiner)
-        elif refined:
-            memory, _ = refine_headings(memory, x_cond[:, -1], reference_pose, fov)
+        if refine is not None:
+            memory = refine(memory)
         for _ in range(args.loop):
             hybrid(x, t, y, x_cond, rel_t, memory=memory)
         return memory
 
-    with torch.no_grad():
-        refine()
-        forward()
-        *_, one = median_ratio(refine, forward, args.repeats, device)
-        *_, many = median_ratio(lambda: loop(True), lambda: loop(False), args.repeats, device)
-        refine_pose()
-        *_, one_pose = median_ratio(refine_pose, forward, args.repeats, device)
-        *_, many_pose = median_ratio(
-            lambda: loop(True, poses=True), lambda: loop(False), args.repeats, device
+    def measure(refine: Callable[[MemoryContext], MemoryContext]) -> tuple[float, float]:
+        """(one refinement / one forward, the loop with it / without it)."""
+        refine(memory_context(x, args.k, active=True))  # warm-up
+        *_, one = median_ratio(
+            lambda: refine(memory_context(x, args.k, active=True)), forward, args.repeats, device
         )
+        *_, many = median_ratio(lambda: loop(refine), lambda: loop(None), args.repeats, device)
+        return one, many
+
+    with torch.no_grad():
+        forward()
+        ratios = {"refine_headings": measure(headings), "refine_poses": measure(poses)}
     print(
         f"HybridCDiT-{args.variant}, {args.input_size}x{args.input_size} latents, batch "
         f"{args.batch}, k={args.k}, fov {math.degrees(fov):.0f} deg, {device}"
     )
-    print(f"refine_headings / one hybrid forward:             {one:.3f}")
-    print(f"{args.loop} forwards with refine_headings / without:  {many:.3f}")
-    print(f"refine_poses / one hybrid forward:                {one_pose:.3f}")
-    print(f"{args.loop} forwards with refine_poses / without:     {many_pose:.3f}")
+    for name, (one, many) in ratios.items():
+        print(f"{name} / one hybrid forward:".ljust(50) + f"{one:.3f}")
+        print(f"{args.loop} forwards with {name} / without:".ljust(50) + f"{many:.3f}")
 
 
 if __name__ == "__main__":
