@@ -244,6 +244,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=True,
         help="bias memory attention to tokens whose view rays match the query's",
     )
+    p.add_argument(
+        "--memory-mlp-ratio",
+        type=float,
+        default=0.0,
+        help="a memory MLP of this width (x --hidden) after each memory attention, for samples "
+        "with active memory only (0: none)",
+    )
     p.add_argument("--retrieval", choices=("pose", "distance", "fov"), default="pose")
     p.add_argument("--threshold", type=float, default=0.5, help="similarity threshold")
     p.add_argument("--scale", type=float, default=2.0, help="retrieval distance scale, cells")
@@ -482,6 +489,7 @@ def run(
         memory_pose_encoding=args.memory_pose_encoding,
         camera_fov=args.camera_fov,
         memory_ray_alignment=args.memory_ray_alignment,
+        memory_mlp_ratio=args.memory_mlp_ratio,
         retrieval=settings.strategy,
         top_k=settings.top_k,
         threshold=settings.threshold,
