@@ -137,6 +137,7 @@ def test_bad_memory_mlp_ratio_is_refused(bad: object) -> None:
     for build in (
         lambda: HybridCDiT(**TINY, memory_mlp_ratio=bad),
         lambda: HybridCDiTConfig(memory_mlp_ratio=bad),
+        lambda: HybridCDiTBlock(32, 4, enable_memory=True, memory_mlp_ratio=bad),
     ):
         with pytest.raises(ValueError, match="memory_mlp_ratio"):
             build()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import torch
@@ -80,8 +81,14 @@ class HybridCDiTBlock(CDiTBlock):
         memory_mlp_ratio: float = 0.0,
     ) -> None:
         super().__init__(hidden_size, num_heads, mlp_ratio)
-        if not memory_mlp_ratio >= 0.0:
-            raise ValueError(f"memory_mlp_ratio must be >= 0, got {memory_mlp_ratio!r}")
+        if (
+            isinstance(memory_mlp_ratio, bool)
+            or not isinstance(memory_mlp_ratio, int | float)
+            or not 0.0 <= memory_mlp_ratio < math.inf
+        ):
+            raise ValueError(
+                f"memory_mlp_ratio must be a finite number >= 0, got {memory_mlp_ratio!r}"
+            )
         self.enable_memory = enable_memory
         self.memory_mlp_ratio = float(memory_mlp_ratio) if enable_memory else 0.0
         self.memory_mlp_width = round(hidden_size * self.memory_mlp_ratio)
