@@ -12,7 +12,7 @@ from .checkpoint import (
 )
 from .config import HybridCDiTConfig, build_model
 from .memory import MemoryContext
-from .models import CDiT, HybridCDiT, memory_guided_forward
+from .models import CDiT, HybridCDiT, memory_guided_forward, routed_forward
 from .registry import CDiT_models, HybridCDiT_models, create_model, list_models, register_model
 
 __version__ = "0.2.0.dev0"
@@ -36,6 +36,7 @@ __all__ = [
     "memory_guided_forward",
     "read_checkpoint",
     "register_model",
+    "routed_forward",
     "save_pretrained",
     "to_cdit_state_dict",
 ]
