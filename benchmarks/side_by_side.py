@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hybrid_cdit import CDiT, HybridCDiT, MemoryContext, memory_guided_forward
+from hybrid_cdit import CDiT, HybridCDiT, MemoryContext, memory_guided_forward, routed_forward
 
 __all__ = [
     "Diffusion",
@@ -187,12 +187,18 @@ def predict(
     rel_t: Tensor,
     memory: MemoryContext | None,
     guidance: float = 1.0,
+    fallback: CDiT | None = None,
 ) -> Tensor:
     """The network's prediction ``(B, C, H, W)`` (epsilon or v, see :class:`Diffusion`): the
     first ``C`` output channels. A plain CDiT never sees ``memory``; a hybrid given ``memory``
-    and a ``guidance`` other than 1 goes through :func:`memory_guided_forward`."""
+    and a ``guidance`` other than 1 goes through :func:`memory_guided_forward`; a hybrid given a
+    ``fallback`` CDiT through :func:`routed_forward` (the fallback where memory is inactive)."""
     out: Tensor
-    if isinstance(model, HybridCDiT) and memory is not None and guidance != 1.0:
+    if isinstance(model, HybridCDiT) and fallback is not None:
+        if guidance != 1.0:
+            raise ValueError(f"a fallback needs guidance 1, got {guidance!r}")
+        out = routed_forward(model, fallback, x_t, t, y, x_cond, rel_t, memory)
+    elif isinstance(model, HybridCDiT) and memory is not None and guidance != 1.0:
         out = memory_guided_forward(model, x_t, t, y, x_cond, rel_t, memory, guidance)
     elif isinstance(model, HybridCDiT):
         out = model(x_t, t, y, x_cond, rel_t, memory=memory)

@@ -119,18 +119,24 @@ class Learner:
         kind: ``"recent"`` (the recent context only), ``"memory"`` (plus the hybrid's memory),
             ``"long"`` (:attr:`Batch.long_cond`), ``"retrieved"`` (:attr:`Batch.retrieved_cond`)
             or ``"retrieved_pose"`` (that and :attr:`Batch.retrieved_pose`).
+        fallback: for a ``"memory"`` learner, the CDiT that answers where its memory is
+            inactive (:func:`hybrid_cdit.routed_forward`), or None.
     """
 
     name: str
     model: CDiT
     kind: str
+    fallback: CDiT | None = None
 
     def output(self, x_t: Tensor, t: Tensor, batch: Batch, guidance: float = 1.0) -> Tensor:
         """The network's prediction ``(B, C, H, W)`` for the noised targets ``x_t``; a
         ``"memory"`` learner's with memory guidance ``guidance`` (1: none)."""
         if self.kind in ("recent", "memory"):
             memory = batch.memory if self.kind == "memory" else None
-            return predict(self.model, x_t, t, batch.y, batch.x_cond, batch.rel_t, memory, guidance)
+            fallback = self.fallback if self.kind == "memory" else None
+            return predict(
+                self.model, x_t, t, batch.y, batch.x_cond, batch.rel_t, memory, guidance, fallback
+            )
         if self.kind == "long":
             out: Tensor = self.model(x_t, t, batch.y, batch.long_cond, batch.rel_t)
         elif self.kind == "retrieved":

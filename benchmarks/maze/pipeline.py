@@ -245,6 +245,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="bias memory attention to tokens whose view rays match the query's",
     )
     p.add_argument(
+        "--route-inactive",
+        action="store_true",
+        help="at evaluation, samples whose memory is inactive are predicted by the CDiT trained "
+        "beside the hybrid (hybrid_cdit.routed_forward), the rest by the hybrid",
+    )
+    p.add_argument(
         "--memory-mlp-ratio",
         type=float,
         default=0.0,
@@ -351,6 +357,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not (math.isfinite(args.memory_guidance) and args.memory_guidance >= 0):
         p.error(f"--memory-guidance must be a finite number >= 0, got {args.memory_guidance}")
+    if args.route_inactive and args.memory_guidance != 1.0:
+        p.error(f"--route-inactive needs --memory-guidance 1, got {args.memory_guidance}")
+    if not (math.isfinite(args.memory_mlp_ratio) and args.memory_mlp_ratio >= 0):
+        p.error(f"--memory-mlp-ratio must be a finite number >= 0, got {args.memory_mlp_ratio}")
     try:
         for seed in args.seeds or [args.seed]:
             check_training_dataset(seed)
@@ -490,6 +500,7 @@ def run(
         camera_fov=args.camera_fov,
         memory_ray_alignment=args.memory_ray_alignment,
         memory_mlp_ratio=args.memory_mlp_ratio,
+        route_inactive=args.route_inactive,
         retrieval=settings.strategy,
         top_k=settings.top_k,
         threshold=settings.threshold,
