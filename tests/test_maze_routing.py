@@ -25,6 +25,8 @@ def test_routing_gives_inactive_samples_to_the_cdit(
     again = [*TINY, "--models-from", str(tmp_path / "free"), "--route-inactive"]
     routed = bench.run(bench.parse_args(again), None, episodes[1:])
     assert routed["route_inactive"] is True and free["route_inactive"] is False
+    assert routed["params_hybrid_routed"] == routed["params_hybrid"] + routed["params_cdit"]
+    assert "params_hybrid_routed" not in free
     # jointly trained, the hybrid without memory is no longer the CDiT
     assert free["novel_psnr_hybrid"] != free["novel_psnr_cdit"]
     # routed, a novel target (memory never active) is the CDiT's, bit for bit

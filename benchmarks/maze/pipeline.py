@@ -560,9 +560,12 @@ def run_seed(
         if args.out is not None:
             save_models(Path(args.out), args.seed, learners)
     result = evaluate(args, eval_data, cdit, hybrid, diff, settings, baselines, noisy_eval)
+    params = {x.name: sum(p.numel() for p in x.model.parameters()) for x in learners}
     for learner in learners:
-        result[f"params_{learner.name}"] = sum(p.numel() for p in learner.model.parameters())
+        result[f"params_{learner.name}"] = params[learner.name]
         result[f"flops_{learner.name}"] = forward_flops(learner, held_out.batch)
+    if args.route_inactive:  # the routed hybrid holds both networks; one runs per sample
+        result["params_hybrid_routed"] = params["hybrid"] + params["cdit"]
     result["memory_layers"] = list(hybrid.memory_layers)
     result["train_seconds"] = round(float(info["train_seconds"]), 1)  # type: ignore[arg-type]
     result["curve"] = info["curve"]
