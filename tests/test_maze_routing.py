@@ -40,5 +40,3 @@ def test_routing_gives_inactive_samples_to_the_cdit(
 def test_routing_refuses_memory_guidance() -> None:
     with pytest.raises(SystemExit):
         bench.parse_args([*TINY, "--route-inactive", "--memory-guidance", "2"])
-    with pytest.raises(SystemExit):
-        bench.parse_args([*TINY, "--memory-mlp-ratio", "-1"])

@@ -250,13 +250,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="at evaluation, samples whose memory is inactive are predicted by the CDiT trained "
         "beside the hybrid (hybrid_cdit.routed_forward), the rest by the hybrid",
     )
-    p.add_argument(
-        "--memory-mlp-ratio",
-        type=float,
-        default=0.0,
-        help="a memory MLP of this width (x --hidden) after each memory attention, for samples "
-        "with active memory only (0: none)",
-    )
     p.add_argument("--retrieval", choices=("pose", "distance", "fov"), default="pose")
     p.add_argument("--threshold", type=float, default=0.5, help="similarity threshold")
     p.add_argument("--scale", type=float, default=2.0, help="retrieval distance scale, cells")
@@ -359,8 +352,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error(f"--memory-guidance must be a finite number >= 0, got {args.memory_guidance}")
     if args.route_inactive and args.memory_guidance != 1.0:
         p.error(f"--route-inactive needs --memory-guidance 1, got {args.memory_guidance}")
-    if not (math.isfinite(args.memory_mlp_ratio) and args.memory_mlp_ratio >= 0):
-        p.error(f"--memory-mlp-ratio must be a finite number >= 0, got {args.memory_mlp_ratio}")
     try:
         for seed in args.seeds or [args.seed]:
             check_training_dataset(seed)
@@ -499,7 +490,6 @@ def run(
         memory_pose_encoding=args.memory_pose_encoding,
         camera_fov=args.camera_fov,
         memory_ray_alignment=args.memory_ray_alignment,
-        memory_mlp_ratio=args.memory_mlp_ratio,
         route_inactive=args.route_inactive,
         retrieval=settings.strategy,
         top_k=settings.top_k,

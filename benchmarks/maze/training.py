@@ -85,7 +85,6 @@ def build_models(args: argparse.Namespace) -> tuple[CDiT, HybridCDiT]:
         "memory_pose_encoding": args.memory_pose_encoding,
         "camera_fov": math.radians(args.camera_fov),
         "memory_ray_alignment": args.memory_ray_alignment,
-        "memory_mlp_ratio": args.memory_mlp_ratio,
     }
     layers = args.memory_layers
     memory_kwargs["memory_layers"] = layers if layers else list(range(args.depth // 2, args.depth))

@@ -110,8 +110,6 @@ class HybridCDiTConfig:
         camera_fov: horizontal field of view of the camera in radians, in ``(0, pi)``.
         memory_ray_alignment: bias memory attention towards memory tokens whose view rays
             match the query cell's (see :class:`~hybrid_cdit.HybridCDiT`).
-        memory_mlp_ratio: hidden width of a memory MLP in each memory layer, as a multiple of
-            the hidden size; 0 builds none (see :class:`~hybrid_cdit.HybridCDiT`).
 
     Raises:
         ValueError: naming the field, the expected and the received value.
@@ -136,7 +134,6 @@ class HybridCDiTConfig:
     memory_pose_encoding: str = "rays"
     camera_fov: float = DEFAULT_CAMERA_FOV
     memory_ray_alignment: bool = True
-    memory_mlp_ratio: float = 0.0
 
     def __post_init__(self) -> None:
         _, variant = parse_model_name(self.model)
@@ -192,10 +189,6 @@ class HybridCDiTConfig:
         if not 0.0 < fov < math.pi:
             raise ValueError(f"camera_fov must be a number of radians in (0, pi), got {fov!r}")
         object.__setattr__(self, "camera_fov", fov)
-        ratio = check_real("memory_mlp_ratio", self.memory_mlp_ratio)
-        if ratio < 0:
-            raise ValueError(f"memory_mlp_ratio must be a number >= 0, got {ratio!r}")
-        object.__setattr__(self, "memory_mlp_ratio", ratio)
         object.__setattr__(self, "memory_layers", self._checked_layers(spec["depth"]))
         size = self.memory_patch_size
         if size is not None and (
@@ -272,7 +265,6 @@ class HybridCDiTConfig:
                 memory_pose_encoding=self.memory_pose_encoding,
                 camera_fov=self.camera_fov,
                 memory_ray_alignment=self.memory_ray_alignment,
-                memory_mlp_ratio=self.memory_mlp_ratio,
             )
         return kwargs
 

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import torch
-from timm.layers.mlp import Mlp
 from torch import Tensor, nn
 
 from ..attention import KVCache, SelectiveMemoryAttention
 from ..embeddings import gated_residual, linear_at, modulate, zero_linear
-from .cdit import CDiTBlock, TanhGELU
+from .cdit import CDiTBlock
 
 
 class MemoryInputs(NamedTuple):
@@ -42,17 +40,8 @@ class HybridCDiTBlock(CDiTBlock):
         shift, scale, gate = memory_adaLN_modulation(c)        # zero-initialised
         x = x + gate * active * MemAttn(mod(LN(x), shift, scale), memory)
 
-    and, with ``memory_mlp_ratio > 0``, a memory MLP right after it, applied to the samples whose
-    memory is active only::
-
-        shift, scale, gate = memory_mlp_adaLN_modulation(c)    # zero-initialised
-        x = x + gate * active * MemMLP(mod(LN(x), shift, scale))
-
     The CDiT parameters keep NWM's names; the memory branch's parameter names all contain
-    ``memory``. With the gates at zero the block computes exactly the CDiT block, and a sample
-    whose memory is inactive always gets exactly the CDiT block's output: with the CDiT
-    parameters frozen (:meth:`HybridCDiT.freeze_cdit`), the memory MLP is how the frozen
-    layers' processing of memory samples can still adapt.
+    ``memory``. With the gate at zero the block computes exactly the CDiT block.
 
     Args:
         hidden_size, num_heads, mlp_ratio: as :class:`CDiTBlock`.
@@ -63,8 +52,6 @@ class HybridCDiTBlock(CDiTBlock):
         memory_dim: width of the memory attention (``hidden_size`` when None).
         memory_ray_alignment: bias memory attention towards memory tokens whose view rays
             match the query's (see :class:`SelectiveMemoryAttention`).
-        memory_mlp_ratio: hidden width of the memory MLP as a multiple of ``hidden_size``;
-            0 builds none.
     """
 
     def __init__(
@@ -78,20 +65,9 @@ class HybridCDiTBlock(CDiTBlock):
         memory_ratio: int = 1,
         memory_dim: int | None = None,
         memory_ray_alignment: bool = False,
-        memory_mlp_ratio: float = 0.0,
     ) -> None:
         super().__init__(hidden_size, num_heads, mlp_ratio)
-        if (
-            isinstance(memory_mlp_ratio, bool)
-            or not isinstance(memory_mlp_ratio, int | float)
-            or not 0.0 <= memory_mlp_ratio < math.inf
-        ):
-            raise ValueError(
-                f"memory_mlp_ratio must be a finite number >= 0, got {memory_mlp_ratio!r}"
-            )
         self.enable_memory = enable_memory
-        self.memory_mlp_ratio = float(memory_mlp_ratio) if enable_memory else 0.0
-        self.memory_mlp_width = round(hidden_size * self.memory_mlp_ratio)
         if enable_memory:
             self.memory_norm = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
             self.memory_attn = SelectiveMemoryAttention(
@@ -100,19 +76,6 @@ class HybridCDiTBlock(CDiTBlock):
             self.memory_adaLN_modulation = nn.Sequential(
                 nn.SiLU(), nn.Linear(hidden_size, 3 * hidden_size, bias=True)
             )
-            if self.memory_mlp_width:
-                self.memory_mlp_norm = nn.LayerNorm(
-                    hidden_size, elementwise_affine=False, eps=1e-6
-                )
-                self.memory_mlp = Mlp(
-                    in_features=hidden_size,
-                    hidden_features=self.memory_mlp_width,
-                    act_layer=TanhGELU,
-                    drop=0,
-                )
-                self.memory_mlp_adaLN_modulation = nn.Sequential(
-                    nn.SiLU(), nn.Linear(hidden_size, 3 * hidden_size, bias=True)
-                )
             self.reset_memory_parameters()
 
     def reset_memory_parameters(self) -> None:
@@ -120,16 +83,6 @@ class HybridCDiTBlock(CDiTBlock):
         if self.enable_memory:
             self.memory_attn.reset_parameters()
             zero_linear(linear_at(self.memory_adaLN_modulation, -1))
-        self.reset_memory_mlp()
-
-    def reset_memory_mlp(self) -> None:
-        """Xavier MLP weights and a zero modulation: the memory MLP starts switched off."""
-        if self.memory_mlp_width:
-            for layer in (self.memory_mlp.fc1, self.memory_mlp.fc2):
-                assert isinstance(layer, nn.Linear) and layer.bias is not None
-                nn.init.xavier_uniform_(layer.weight)
-                nn.init.zeros_(layer.bias)
-            zero_linear(linear_at(self.memory_mlp_adaLN_modulation, -1))
 
     def memory_keys_values(self, memory: MemoryInputs) -> tuple[Tensor, Tensor]:
         """Keys and values of ``memory.tokens``, from ``memory.cache`` when it holds them."""
@@ -159,7 +112,7 @@ class HybridCDiTBlock(CDiTBlock):
         return mask
 
     def memory_residual(self, x: Tensor, c: Tensor, memory: MemoryInputs) -> Tensor:
-        """``x (N, L, D)`` plus the gated memory attention branch (and memory MLP)."""
+        """``x (N, L, D)`` plus the gated memory attention branch."""
         shift, scale, gate = self.memory_adaLN_modulation(c).chunk(3, dim=1)
         keys, values = self.memory_keys_values(memory)
         query = modulate(self.memory_norm(x), shift, scale)
@@ -167,12 +120,7 @@ class HybridCDiTBlock(CDiTBlock):
         branch = self.memory_attn(
             query, keys, values, memory.key_mask, memory.ray_distance, attn_mask=mask
         )
-        x = gated_residual(x, gate * memory.gate[:, None], branch)
-        if self.memory_mlp_width:
-            shift, scale, gate = self.memory_mlp_adaLN_modulation(c).chunk(3, dim=1)
-            branch = self.memory_mlp(modulate(self.memory_mlp_norm(x), shift, scale))
-            x = gated_residual(x, gate * memory.gate[:, None], branch)
-        return x
+        return gated_residual(x, gate * memory.gate[:, None], branch)
 
     def forward(
         self, x: Tensor, c: Tensor, context: Tensor, memory: MemoryInputs | None = None

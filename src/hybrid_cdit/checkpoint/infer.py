@@ -154,9 +154,7 @@ def infer_memory_config(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
     - ``memory_time_embedding`` and ``memory_pose_encoding`` (``"rays"`` or ``"frame"``): whether
       the embedders those options add are present;
     - ``memory_ray_alignment``: whether the memory layers have ray strengths
-      (``blocks.N.memory_attn.ray_strength``);
-    - ``memory_mlp_ratio``, only when the memory layers have memory MLPs: their hidden width
-      over the hidden size (``blocks.N.memory_mlp.fc1.weight`` is ``(width, hidden_size)``).
+      (``blocks.N.memory_attn.ray_strength``).
 
     Options that shape no tensor (``memory_top_k``, thresholds, ``retrieval``,
     ``memory_buffer_size``, ``camera_fov``...) cannot be read from a state dict: pass them.
@@ -185,17 +183,4 @@ def infer_memory_config(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
         config["memory_dim"] = next(iter(widths.values()))
     for pattern, option, present, absent in _PRESENCE_OPTIONS:
         config[option] = present if any(pattern.search(k) for k in cleaned) else absent
-    mlp = {
-        index: tuple(cleaned[key].shape)
-        for index in layers
-        if (key := f"blocks.{index}.memory_mlp.fc1.weight") in cleaned
-    }
-    if mlp:
-        if len(set(mlp.values())) > 1 or len(mlp) != len(layers):
-            raise CheckpointError(
-                "not a HybridCDiT state dict: memory layers have different memory MLPs "
-                f"(blocks.N.memory_mlp.fc1.weight shapes by layer: {mlp}, memory layers {layers})"
-            )
-        width, hidden = next(iter(mlp.values()))
-        config["memory_mlp_ratio"] = width / hidden
     return config

@@ -109,7 +109,6 @@ FIELD_CHECKS: dict[str, Check] = {
     "memory_pose_encoding": _one_of(POSE_ENCODINGS),
     "camera_fov": _fov,
     "memory_ray_alignment": _flag,
-    "memory_mlp_ratio": _number(0.0, None),
 }
 """The check of each constructor argument that ``config.json`` may hold."""
 
@@ -207,7 +206,7 @@ _DTYPES: dict[str, torch.dtype] = {
     "BOOL": torch.bool,
 }
 
-_SHAPE_FIELDS = ("memory_layers", "memory_dim", "memory_patch_size", "memory_mlp_ratio")
+_SHAPE_FIELDS = ("memory_layers", "memory_dim", "memory_patch_size")
 _MEMORY_FIELDS = (
     "memory_layers",
     "memory_dim",
@@ -215,7 +214,6 @@ _MEMORY_FIELDS = (
     "memory_time_embedding",
     "memory_pose_encoding",
     "memory_ray_alignment",
-    "memory_mlp_ratio",
 )
 
 
@@ -247,9 +245,8 @@ def check_config_fits_weights(
         return
     for key in _MEMORY_FIELDS:
         value = config.get(key)
-        # the memory options (time embedding, pose encoding, ray alignment, a memory MLP over
-        # weights without one) add parameters that start function-preserving over weights
-        # without them: only shapes must agree
+        # the memory options (time embedding, pose encoding, ray alignment) add parameters
+        # that start function-preserving over weights without them: only shapes must agree
         if key not in _SHAPE_FIELDS:
             continue
         if key in memory and value is not None and value != memory[key]:

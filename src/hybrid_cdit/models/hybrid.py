@@ -112,13 +112,6 @@ class HybridCDiT(CDiT):
             query cell looks are preferred, one token spacing off costs 1 at strength 1.
             Strengths (``memory_attn.ray_strength``) are learned and start at 1 in a new
             branch, at 0 when a trained branch without them is loaded.
-        memory_mlp_ratio: with a value ``> 0``, every memory layer also gets a memory MLP of
-            hidden width ``memory_mlp_ratio * hidden_size`` after its memory attention, applied
-            (zero-gated, adaLN-modulated) to the samples whose memory is active only
-            (parameters ``blocks.{i}.memory_mlp*``). With the CDiT parameters frozen
-            (:meth:`freeze_cdit`), it lets the memory branch adapt how the frozen layers
-            process memory samples, while every sample without active memory keeps exactly the
-            CDiT's output. 0 (the default) builds none.
     """
 
     def __init__(
@@ -148,7 +141,6 @@ class HybridCDiT(CDiT):
         memory_pose_encoding: str = "rays",
         camera_fov: float = DEFAULT_CAMERA_FOV,
         memory_ray_alignment: bool = True,
-        memory_mlp_ratio: float = 0.0,
     ) -> None:
         check_positive_int("depth", depth)
         check_positive_int("patch_size", patch_size)
@@ -192,9 +184,6 @@ class HybridCDiT(CDiT):
         if not isinstance(memory_ray_alignment, bool):
             raise ValueError(f"memory_ray_alignment must be a bool, got {memory_ray_alignment!r}")
         self.memory_ray_alignment = memory_ray_alignment
-        self.memory_mlp_ratio = check_real("memory_mlp_ratio", memory_mlp_ratio)
-        if self.memory_mlp_ratio < 0:
-            raise ValueError(f"memory_mlp_ratio must be >= 0, got {memory_mlp_ratio!r}")
         super().__init__(
             input_size,
             context_size,
@@ -246,7 +235,6 @@ class HybridCDiT(CDiT):
                 memory_ratio=self.memory_ratio,
                 memory_dim=self.memory_dim,
                 memory_ray_alignment=self.memory_ray_alignment,
-                memory_mlp_ratio=self.memory_mlp_ratio,
             )
             for i in range(self.depth)
         ]
@@ -273,7 +261,6 @@ class HybridCDiT(CDiT):
             "memory_pose_encoding": self.memory_pose_encoding,
             "camera_fov": self.camera_fov,
             "memory_ray_alignment": self.memory_ray_alignment,
-            "memory_mlp_ratio": self.memory_mlp_ratio,
         }
 
     def memory_parameters(self) -> Iterator[nn.Parameter]:
@@ -313,8 +300,7 @@ class HybridCDiT(CDiT):
         tokens begin in the space of the hidden tokens; output gates start at zero. Called at
         construction and after loading a CDiT checkpoint (then only for the missing ``keys``).
         A loaded branch missing only its ray strengths (trained without ``memory_ray_alignment``)
-        gets strengths of 0, which keep its outputs; one missing only its memory MLPs (trained
-        without ``memory_mlp_ratio``) gets fresh zero-gated ones and keeps the rest.
+        gets strengths of 0, which keep its outputs.
         """
         if not self.memory_enabled:
             return
@@ -325,22 +311,14 @@ class HybridCDiT(CDiT):
 
         for index, block in enumerate(self.hybrid_blocks()):
             prefix = f"blocks.{index}.memory"
-            if not block.enable_memory:
-                continue
-            if wanted is not None:
+            strength = block.memory_attn.ray_strength if block.enable_memory else None
+            if wanted is not None and strength is not None:
                 missing = {k for k in wanted if k.startswith(prefix)}
-                strength_key = f"{prefix}_attn.ray_strength"
-                mlp = {k for k in missing if k.startswith(f"{prefix}_mlp")}
-                if missing and missing <= mlp | {strength_key}:
-                    # a loaded branch trained without ray alignment or a memory MLP keeps its
-                    # function: zero strengths, a fresh zero-gated MLP
-                    strength = block.memory_attn.ray_strength
-                    if strength_key in missing and strength is not None:
-                        strength.zero_()
-                    if mlp:
-                        block.reset_memory_mlp()
+                if missing == {f"{prefix}_attn.ray_strength"}:
+                    # a branch trained without ray alignment keeps its function
+                    strength.zero_()
                     continue
-            if due(prefix):
+            if block.enable_memory and due(prefix):
                 block.reset_memory_parameters()
         r, p = self.memory_ratio, self.patch_size
         if due("memory_pos_embed"):
