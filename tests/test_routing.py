@@ -111,3 +111,13 @@ def test_bad_arguments_are_refused() -> None:
             routed_forward(model, fallback, **INPUTS, memory=memory)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="memory must be a MemoryContext or None"):
         routed_forward(HYBRID, FALLBACK, **INPUTS, memory="memory")  # type: ignore[arg-type]
+
+
+def test_a_sample_whose_poses_are_all_unknown_gets_the_fallback() -> None:
+    memory = make_memory(n=N)
+    ray_std = torch.zeros(N, 4)
+    ray_std[3] = float("inf")  # sample 3: no slot has a known pose
+    with torch.no_grad():
+        out = routed_forward(HYBRID, FALLBACK, **INPUTS, memory=replace(memory, ray_std=ray_std))
+        assert torch.equal(out[3:], FALLBACK(**one(INPUTS, 3)))
+        assert torch.equal(out[:3], HYBRID(**INPUTS, memory=memory)[:3])
