@@ -17,6 +17,7 @@ from benchmarks.maze import pipeline as bench
 from benchmarks.maze import protocol as mmem
 from benchmarks.maze import stats
 from benchmarks.maze import worlds as mt
+from safetensors.torch import load_file
 
 from hybrid_cdit import CDiT
 from tests.maze_helpers import tiny_pair
@@ -366,3 +367,25 @@ def test_init_from_continues_training_from_saved_weights(
     assert first["pretrain_steps"] == 2 and first["init_from"] is None
     with pytest.raises(SystemExit):
         bench.parse_args([*TINY, "--init-from", str(tmp_path), "--models-from", str(tmp_path)])
+
+
+def test_a_subset_of_baselines_trains_as_it_would_beside_the_others(
+    episodes: list[mt.Episode], tmp_path: Path
+) -> None:
+    """--baseline-models keeps some baselines; each has the parameters, training and figures
+    it has in a run with all three (saved weights compared bit for bit)."""
+    train, held_out = episodes[:1], episodes[1:]
+    every = bench.run(bench.parse_args([*TINY, "--out", str(tmp_path / "all")]), train, held_out)
+    flags = [*TINY, "--baseline-models", "ctx_memory_pose", "--out", str(tmp_path / "one")]
+    one = bench.run(bench.parse_args(flags), train, held_out)
+    folder = tmp_path / "one" / "models" / "seed0"
+    assert {p.stem for p in folder.iterdir()} == {"cdit", "hybrid", "ctx_memory_pose"}
+    saved = load_file(str(folder / "ctx_memory_pose.safetensors"))
+    full = tmp_path / "all" / "models" / "seed0"
+    reference = load_file(str(full / "ctx_memory_pose.safetensors"))
+    assert all(torch.equal(saved[k], reference[k]) for k in reference)
+    assert one["revisit_psnr_ctx_memory_pose"] == every["revisit_psnr_ctx_memory_pose"]
+    assert "revisit_psnr_long_context" not in one and "revisit_psnr_ctx_memory" not in one
+    for bad in ("ctx_memory,nope", ""):
+        with pytest.raises(SystemExit):
+            bench.parse_args([*TINY, "--baseline-models", bad])

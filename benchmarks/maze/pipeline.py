@@ -80,7 +80,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from benchmarks.maze.baselines import Learner, build_baselines, forward_flops
+from benchmarks.maze.baselines import BASELINES, Learner, build_baselines, forward_flops
 from benchmarks.maze.evaluation import BANDS, band_scores, band_weights, evaluate, memory_report
 from benchmarks.maze.noise import PoseNoise, corrupt, noise_flag
 from benchmarks.maze.protocol import Data, MemorySettings, settings_from
@@ -183,6 +183,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=True,
         help="train the learned baselines (long context, context as memory with and without "
         "poses) beside the CDiT and the hybrid",
+    )
+    p.add_argument(
+        "--baseline-models",
+        type=lambda v: [name for name in v.split(",") if name],
+        default=list(BASELINES),
+        metavar="NAMES",
+        help="which learned baselines --baselines trains, comma-separated (default: "
+        + ",".join(BASELINES) + "); each trains as it would beside the others",
     )
     p.add_argument(
         "--curve-every", type=int, default=250, help="steps between held-out loss evaluations"
@@ -350,6 +358,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not (math.isfinite(args.memory_guidance) and args.memory_guidance >= 0):
         p.error(f"--memory-guidance must be a finite number >= 0, got {args.memory_guidance}")
+    unknown = sorted(set(args.baseline_models) - set(BASELINES))
+    if unknown or not args.baseline_models:
+        p.error(
+            f"--baseline-models must name some of {', '.join(BASELINES)}, "
+            f"got {','.join(args.baseline_models)!r}"
+        )
     if args.route_inactive and args.memory_guidance != 1.0:
         p.error(f"--route-inactive needs --memory-guidance 1, got {args.memory_guidance}")
     try:
