@@ -121,3 +121,21 @@ def test_a_sample_whose_poses_are_all_unknown_gets_the_fallback() -> None:
         out = routed_forward(HYBRID, FALLBACK, **INPUTS, memory=replace(memory, ray_std=ray_std))
         assert torch.equal(out[3:], FALLBACK(**one(INPUTS, 3)))
         assert torch.equal(out[:3], HYBRID(**INPUTS, memory=memory)[:3])
+
+
+def test_a_batch_without_active_memory_runs_only_the_fallback() -> None:
+    calls: list[int] = []
+    handle = HYBRID.register_forward_hook(lambda m, args, out: calls.append(1))
+    try:
+        memory = make_memory(n=N)
+        with torch.no_grad():
+            out = routed_forward(
+                HYBRID,
+                FALLBACK,
+                **INPUTS,
+                memory=replace(memory, mask=torch.zeros_like(memory.mask)),
+            )
+            assert torch.equal(out, FALLBACK(**INPUTS))
+        assert calls == []
+    finally:
+        handle.remove()

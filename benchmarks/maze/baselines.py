@@ -154,8 +154,8 @@ class Learner:
 def build_baselines(args: argparse.Namespace, arch: dict[str, object]) -> list[Learner]:
     """The learned baselines ``args.baseline_models`` names (untrained;
     :func:`load_wider_context` gives them the CDiT's weights), their own parameters drawn from
-    ``args.seed``: all three are drawn in the same order, so each has the same
-    parameters whichever are kept (:data:`BASELINES` order)."""
+    ``args.seed``: all three are drawn, in :data:`BASELINES` order, so each has the same
+    parameters whichever are kept."""
     wide = {**arch, "context_size": args.context + args.top_k}
     torch.manual_seed(args.seed + 3)
     long_context = CDiT(**wide)
@@ -166,8 +166,7 @@ def build_baselines(args: argparse.Namespace, arch: dict[str, object]) -> list[L
         Learner("ctx_memory", ctx_memory, "retrieved"),
         Learner("ctx_memory_pose", ctx_memory_pose, "retrieved_pose"),
     ]
-    kept = getattr(args, "baseline_models", BASELINES)
-    return [learner for learner in every if learner.name in kept]
+    return [learner for learner in every if learner.name in args.baseline_models]
 
 
 def forward_flops(learner: Learner, batch: Batch) -> int:

@@ -66,6 +66,7 @@ __all__ = [
     "pose_noise_figures",
     "rollout",
     "rollout_starts",
+    "routing_fallback",
     "to_unit",
 ]
 
@@ -532,6 +533,12 @@ def memory_report(data: Data, settings: MemorySettings) -> dict[str, float]:
     }
 
 
+def routing_fallback(args: argparse.Namespace, cdit: CDiT) -> CDiT | None:
+    """The network that answers for the hybrid where its memory is inactive: ``cdit`` with
+    ``--route-inactive`` (:func:`hybrid_cdit.routed_forward`), else None (the hybrid itself)."""
+    return cdit if args.route_inactive else None
+
+
 def evaluate(
     args: argparse.Namespace,
     data: Data,
@@ -551,7 +558,7 @@ def evaluate(
     :func:`pose_noise_figures` is added; everything else uses the exact poses."""
     cdit.eval()
     hybrid.eval()
-    fallback = cdit if args.route_inactive else None
+    fallback = routing_fallback(args, cdit)
     for baseline in baselines:
         baseline.model.eval()
     gen = torch.Generator().manual_seed(20_000)
@@ -771,8 +778,7 @@ def long_rollouts(
 
         generated[name] = rollout(
             hybrid, data.frames, data.poses, episode, start, length, diff, policy,
-            use_memory=True, on_memory=record,
-            fallback=cdit if args.route_inactive else None, **common,
+            use_memory=True, on_memory=record, fallback=routing_fallback(args, cdit), **common,
         )  # fmt: skip
         out[f"long_rollout_hit_rate_{name}"] = float(hits[marked].float().mean())
     for name, frames in generated.items():
@@ -854,8 +860,8 @@ def outback_rollouts(
         ),
         "hybrid": rollout(
             hybrid, data.frames, data.poses, episode, start, length, diff, settings,
-            use_memory=True, generated_only=True,
-            fallback=cdit if args.route_inactive else None, **common,
+            use_memory=True, generated_only=True, fallback=routing_fallback(args, cdit),
+            **common,
         ),
     }  # fmt: skip
     rows = torch.arange(len(episode))[:, None].expand_as(first)

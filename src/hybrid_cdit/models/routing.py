@@ -36,7 +36,8 @@ def routed_forward(
     Samples whose memory is active (:meth:`HybridCDiT.active_samples`) get exactly
     ``model(x, t, y, x_cond, rel_t, memory=memory)``; every other sample (all of them when
     ``memory`` is None) gets exactly ``fallback(x, t, y, x_cond, rel_t)``, the fallback
-    running on those samples only.
+    running on those samples only. The hybrid runs on the whole batch whenever a sample is
+    active, so that what it caches on ``memory`` serves every denoising step that shares it.
 
     Args:
         model: a :class:`HybridCDiT`.
@@ -68,8 +69,11 @@ def routed_forward(
     if memory is None or not model.memory_enabled:
         plain: Tensor = fallback(x, t, y, x_cond, rel_t)
         return plain
-    out: Tensor = model(x, t, y, x_cond, rel_t, memory=memory)
     inactive = ~model.active_samples(memory).to(x.device)
+    if bool(inactive.all()):
+        every: Tensor = fallback(x, t, y, x_cond, rel_t)
+        return every
+    out: Tensor = model(x, t, y, x_cond, rel_t, memory=memory)
     if not bool(inactive.any()):
         return out
     rest: Tensor = fallback(
