@@ -55,6 +55,12 @@ def _memory(b: int, k: int, seed: int, channels: int = 3, size: int = 8) -> Memo
     )
 
 
+def _reference(b: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random reference frames ``(b, 3, 8, 8)`` and their poses ``(b, 3)``."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(b, 3, 8, 8, generator=gen), torch.randn(b, 3, generator=gen)
+
+
 def _trained_like(seed: int, channels: int = 3) -> SlotPoseRefiner:
     """A refiner whose output layer is not zero (so it moves poses), in eval mode."""
     torch.manual_seed(seed)
@@ -81,9 +87,7 @@ def test_an_untrained_refiner_returns_the_prior() -> None:
 def test_refine_poses_matches_a_per_slot_reference() -> None:
     b, k = 3, 4
     memory = _memory(b, k, seed=2)
-    gen = torch.Generator().manual_seed(3)
-    reference = torch.randn(b, 3, 8, 8, generator=gen)
-    reference_pose = torch.randn(b, 3, generator=gen)
+    reference, reference_pose = _reference(b, seed=3)
     refiner = _trained_like(0)
     out = refine_poses(memory, reference, reference_pose, refiner)
     moved = 0
@@ -108,9 +112,7 @@ def test_refine_poses_matches_a_per_slot_reference() -> None:
 @given(seed=st.integers(0, 2**16), b=st.integers(2, 4), k=st.integers(1, 3))
 def test_samples_do_not_see_each_other(seed: int, b: int, k: int) -> None:
     memory = _memory(b, k, seed=seed)
-    gen = torch.Generator().manual_seed(seed + 1)
-    reference = torch.randn(b, 3, 8, 8, generator=gen)
-    reference_pose = torch.randn(b, 3, generator=gen)
+    reference, reference_pose = _reference(b, seed=seed + 1)
     refiner = _trained_like(seed % 7)
     out = refine_poses(memory, reference, reference_pose, refiner)
     other = _memory(b, k, seed=seed + 99)
@@ -120,8 +122,9 @@ def test_samples_do_not_see_each_other(seed: int, b: int, k: int) -> None:
         poses=torch.cat([memory.poses[:1], other.poses[1:]]),
         mask=torch.cat([memory.mask[:1], other.mask[1:]]),
     )
-    reference2 = torch.cat([reference[:1], torch.randn(b - 1, 3, 8, 8, generator=gen)])
-    pose2 = torch.cat([reference_pose[:1], torch.randn(b - 1, 3, generator=gen)])
+    other_reference, other_pose = _reference(b, seed=seed + 2)
+    reference2 = torch.cat([reference[:1], other_reference[1:]])
+    pose2 = torch.cat([reference_pose[:1], other_pose[1:]])
     out2 = refine_poses(changed, reference2, pose2, refiner)
     torch.testing.assert_close(out2.poses[0], out.poses[0], atol=1e-6, rtol=0)
 
@@ -225,9 +228,7 @@ def test_bad_arguments_raise_naming_them() -> None:
 def test_corrections_below_the_gate_are_not_applied() -> None:
     b, k = 3, 4
     memory = _memory(b, k, seed=8)
-    gen = torch.Generator().manual_seed(9)
-    reference = torch.randn(b, 3, 8, 8, generator=gen)
-    reference_pose = torch.randn(b, 3, generator=gen)
+    reference, reference_pose = _reference(b, seed=9)
     refiner = _trained_like(2)
     full = refine_poses(memory, reference, reference_pose, refiner)
     min_shift, min_turn = 0.2, 0.15
