@@ -389,3 +389,36 @@ def test_a_subset_of_baselines_trains_as_it_would_beside_the_others(
     for bad in ("ctx_memory,nope", ""):
         with pytest.raises(SystemExit):
             bench.parse_args([*TINY, "--baseline-models", bad])
+
+
+def test_baselines_only_trains_them_as_beside_the_saved_models(
+    episodes: list[mt.Episode], tmp_path: Path
+) -> None:
+    """--baselines-only with --models-from pretrains the CDiT, trains only the named baselines
+    (their saved weights bit for bit those of the full run) and scores them beside the saved
+    CDiT and hybrid (the full run's figures); it needs --models-from and --baselines."""
+    train, held_out = episodes[:1], episodes[1:]
+    every = bench.run(bench.parse_args([*TINY, "--out", str(tmp_path / "all")]), train, held_out)
+    flags = [
+        *TINY, "--baseline-models", "ctx_memory_pose", "--baselines-only",
+        "--models-from", str(tmp_path / "all"), "--out", str(tmp_path / "one"),
+    ]  # fmt: skip
+    one = bench.run(bench.parse_args(flags), train, held_out)
+    full, folder = tmp_path / "all" / "models" / "seed0", tmp_path / "one" / "models" / "seed0"
+    assert {p.stem for p in folder.iterdir()} == {"cdit", "hybrid", "ctx_memory_pose"}
+    for name in ("cdit", "hybrid", "ctx_memory_pose"):
+        saved = load_file(str(folder / f"{name}.safetensors"))
+        reference = load_file(str(full / f"{name}.safetensors"))
+        assert saved.keys() == reference.keys(), name
+        assert all(torch.equal(saved[k], reference[k]) for k in reference), name
+    for key in ("revisit_psnr_cdit", "revisit_psnr_hybrid", "revisit_psnr_ctx_memory_pose"):
+        assert one[key] == every[key], key
+    curve = one["curve"]
+    assert [set(row) for row in curve] == [{"step", "ctx_memory_pose"}] * len(curve)  # type: ignore[union-attr]
+    for bad in (
+        [*TINY, "--baselines-only"],
+        [*TINY, "--baselines-only", "--no-baselines", "--models-from", str(tmp_path / "all")],
+        [*TINY, "--baselines-only", "--init-from", str(tmp_path / "all")],
+    ):
+        with pytest.raises(SystemExit):
+            bench.parse_args(bad)

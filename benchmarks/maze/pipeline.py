@@ -190,7 +190,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=list(BASELINES),
         metavar="NAMES",
         help="which learned baselines --baselines trains, comma-separated (default: "
-        + ",".join(BASELINES) + "); each trains as it would beside the others",
+        + ",".join(BASELINES)
+        + "); each trains as it would beside the others",
     )
     p.add_argument(
         "--curve-every", type=int, default=250, help="steps between held-out loss evaluations"
@@ -351,6 +352,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "(a longer run, or a fine-tune with --train-pose-jitter / --train-pose-drift)",
     )
     p.add_argument(
+        "--baselines-only",
+        action="store_true",
+        help="with --models-from: train only the learned baselines (after the same CDiT "
+        "pretraining, on the same batches and noise as beside the CDiT and the hybrid) and "
+        "evaluate them beside the saved CDiT and hybrid",
+    )
+    p.add_argument(
         "--memory-report-only",
         action="store_true",
         help="only the retrieval and informativeness report on the held-out episodes (no training)",
@@ -363,6 +371,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error(
             f"--baseline-models must name some of {', '.join(BASELINES)}, "
             f"got {','.join(args.baseline_models)!r}"
+        )
+    if args.baselines_only and (args.models_from is None or not args.baselines):
+        p.error(
+            "--baselines-only needs --models-from and --baselines, got "
+            f"--models-from {args.models_from} and --baselines {args.baselines}"
         )
     if args.route_inactive and args.memory_guidance != 1.0:
         p.error(f"--route-inactive needs --memory-guidance 1, got {args.memory_guidance}")
@@ -551,7 +564,7 @@ def run_seed(
     curve = eval_data if curve_data is None else curve_data
     held_out = HeldOutBatch.draw(curve, args.curve_samples, diff, settings, seed=10_000)
     learners = [Learner("cdit", cdit, "recent"), Learner("hybrid", hybrid, "memory"), *baselines]
-    if args.models_from is not None:
+    if args.models_from is not None and not args.baselines_only:
         load_models(Path(args.models_from), args.seed, learners)
         info: dict[str, object] = {"train_seconds": 0.0, "curve": []}
     else:
@@ -559,8 +572,10 @@ def run_seed(
             load_models(Path(args.init_from), args.seed, learners)
         info = train(
             args, train_data, cdit, hybrid, diff, settings, baselines, held_out,
-            initialised=args.init_from is not None,
+            initialised=args.init_from is not None, train_core=not args.baselines_only,
         )  # fmt: skip
+        if args.baselines_only:
+            load_models(Path(args.models_from), args.seed, learners[:2])
         if args.out is not None:
             save_models(Path(args.out), args.seed, learners)
     result = evaluate(args, eval_data, cdit, hybrid, diff, settings, baselines, noisy_eval)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
+from statistics import mean
 
 import torch
 from torch import Tensor
@@ -198,12 +199,17 @@ def train(
     held_out: HeldOutBatch | None = None,
     *,
     initialised: bool = False,
+    train_core: bool = True,
 ) -> dict[str, object]:
     """Side-by-side training of the CDiT, the hybrid and the learned ``baselines`` on the same
     batches, timesteps and noise (after ``--pretrain-steps`` of the CDiT alone, whose weights
     every model then starts from); prints progress with the revisit losses and an ETA.
     ``initialised`` models (``--init-from``: weights of an earlier run) skip pretraining and
-    keep their own weights; their optimisers start afresh, with the warm-up.
+    keep their own weights; their optimisers start afresh, with the warm-up. Without
+    ``train_core`` (``--baselines-only``) the CDiT is pretrained and then only the ``baselines``
+    train, on the batches, timesteps and noise they get beside the CDiT and the hybrid (no
+    model's forward draws random numbers, so each learner's updates do not depend on the
+    others).
 
     With ``--train-pose-jitter`` / ``--train-pose-drift``, the memory of the training batches
     (retrieval, memory and query poses, the retrieved-context poses) sees the training poses
@@ -221,14 +227,19 @@ def train(
             load_cdit_weights(hybrid, cdit)
         for baseline in baselines:
             load_wider_context(baseline.model, cdit)
-    if args.tie_backbone:
+    tied = args.tie_backbone and train_core
+    if tied:
         hybrid.freeze_cdit()
         follow_cdit(hybrid, cdit)
-    learners = [Learner("cdit", cdit, "recent"), Learner("hybrid", hybrid, "memory"), *baselines]
+    core = [Learner("cdit", cdit, "recent"), Learner("hybrid", hybrid, "memory")]
+    learners = [*(core if train_core else []), *baselines]
     gen = torch.Generator().manual_seed(args.seed + 100)
-    opts = [
+    core_opts = [
         optimizer(cdit, args.lr, args.lr),
         optimizer(hybrid, args.lr, args.lr * args.memory_lr),
+    ]
+    opts = [
+        *(core_opts if train_core else []),
         *(optimizer(b.model, args.lr, args.lr) for b in baselines),
     ]
     n, t_len = data.frames.shape[:2]
@@ -261,8 +272,23 @@ def train(
             loss_target,
             clip=args.clip,
         )
-        if args.tie_backbone:
+        if tied:
             follow_cdit(hybrid, cdit)
+        if held_out is not None and (step % args.curve_every == 0 or step == args.steps):
+            curve.append({"step": step, **held_out.losses(learners)})
+        if not train_core:
+            for learner, per_sample in zip(learners, losses, strict=True):
+                window.setdefault(learner.name, []).append(float(per_sample.mean()))
+            if step % args.log_every == 0 or step == args.steps:
+                elapsed = time.perf_counter() - start
+                means = " ".join(f"{b.name} {mean(window.pop(b.name)):.4f}" for b in learners)
+                print(
+                    f"[train {step:5d}/{args.steps} {100 * step / args.steps:3.0f}%] loss "
+                    f"{means} | {duration(elapsed)} eta "
+                    f"{duration(elapsed / step * (args.steps - step))}",
+                    flush=True,
+                )
+            continue
         rev = data.revisit[episode, target]
         for name, per_sample in zip(("cdit", "hybrid"), losses, strict=False):
             window[name].append(float(per_sample.mean()))
@@ -270,8 +296,6 @@ def train(
                 window[name + "_rev"].append(float(per_sample[rev & ~withheld].mean()))
         if bool((rev & withheld).any()):
             window["hybrid_rev_withheld"].append(float(losses[1][rev & withheld].mean()))
-        if held_out is not None and (step % args.curve_every == 0 or step == args.steps):
-            curve.append({"step": step, **held_out.losses(learners)})
         if step % args.log_every == 0 or step == args.steps:
             m = {k: sum(v) / max(1, len(v)) for k, v in window.items()}
             elapsed = time.perf_counter() - start
