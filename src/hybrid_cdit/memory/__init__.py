@@ -9,6 +9,7 @@ from .context import MemoryContext
 from .fov import FovParams, fov_scores, fov_select
 from .fusion import fuse_odometry
 from .headings import heading_offsets, refine_headings
+from .loops import close_loops, measure_loops
 from .policies import (
     WRITE_POLICIES,
     CoveragePolicy,
@@ -16,6 +17,7 @@ from .policies import (
     check_write_policy,
     view_distance,
 )
+from .posegraph import pose_graph
 from .poses import (
     POSE_DIMS,
     check_pose,
@@ -58,6 +60,7 @@ __all__ = [
     "check_pose",
     "check_strategy",
     "check_write_policy",
+    "close_loops",
     "compose_pose",
     "distance_scores",
     "fov_scores",
@@ -66,9 +69,11 @@ __all__ = [
     "gather_slots",
     "heading_offsets",
     "heading_vector",
+    "measure_loops",
     "minecraft_to_pose5",
     "patch_directions",
     "plucker_rays",
+    "pose_graph",
     "pose_positions",
     "pose_scores",
     "poses_from_actions",
