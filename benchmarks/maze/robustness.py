@@ -83,6 +83,7 @@ from benchmarks.maze.evaluation import (
     one_step_samples,
     pose_noise_figures,
 )
+from benchmarks.maze.loops import loop_closed
 from benchmarks.maze.noise import PoseNoise, causal_fused, noise_flag, nominal_std, with_ray_std
 from benchmarks.maze.pipeline import held_out_episodes, load_models, noisy_data
 from benchmarks.maze.pipeline import parse_args as pipeline_args
@@ -203,6 +204,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "F,DEG (hybrid_cdit.memory.fuse_odometry)",
     )
     p.add_argument(
+        "--close-loops",
+        type=int,
+        default=None,
+        metavar="PASSES",
+        help="in the drift rows, close loops: the seed's learned refiner measures every "
+        "retrieved pair, and a pose graph (hybrid_cdit.memory.pose_graph) solves the odometry "
+        "with them at each frame, PASSES rounds (benchmarks.maze.loops)",
+    )
+    p.add_argument(
+        "--loop-std",
+        type=noise_flag("jitter", "--loop-std"),
+        default=None,
+        metavar="XY,DEG",
+        help="with --close-loops, the standard deviation of a measured loop (default 0.2,4)",
+    )
+    p.add_argument(
         "--refine-headings",
         type=float,
         default=None,
@@ -251,6 +268,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if own.fuse_odometry is not None and any(s.kind != "jitter" for s in args.settings):
         p.error("--fuse-odometry applies to jitter rows only (drift poses are odometry already)")
     args.fuse_odometry = own.fuse_odometry
+    if own.close_loops is not None:
+        if own.close_loops < 1:
+            p.error(f"--close-loops must be >= 1, got {own.close_loops}")
+        if any(s.kind != "drift" for s in args.settings):
+            p.error("--close-loops applies to drift rows only (loops correct odometry)")
+    elif own.loop_std is not None:
+        p.error("--loop-std needs --close-loops")
+    args.close_loops = own.close_loops
+    args.loop_std = own.loop_std or PoseNoise("jitter", 0.2, 4.0)
     args.pose_uncertainty = own.pose_uncertainty
     if own.refine_headings is not None and not 1 <= own.refine_headings < float("inf"):
         p.error(f"--refine-headings must be a finite number >= 1, got {own.refine_headings}")
@@ -485,6 +511,38 @@ def _learners(args: argparse.Namespace) -> list[Learner]:
     return learners
 
 
+def noisy_rows(
+    args: argparse.Namespace,
+    data: Data,
+    settings: MemorySettings,
+    refiner: SlotPoseRefiner | None = None,
+) -> list[Row]:
+    """The exact row and one row per ``--settings`` noise model: the poses as seen, fused with
+    odometry (``--fuse-odometry``), or with loops closed by ``refiner`` (``--close-loops``)."""
+    rows: list[Row] = [("exact", None, data, None)]
+    for noise in args.settings:
+        generator = torch.Generator().manual_seed(args.pose_noise_seed)
+        if args.close_loops:
+            assert refiner is not None
+            per_time = loop_closed(
+                data.poses, data.frames, noise, generator, refiner, settings,
+                passes=args.close_loops, loop_std=args.loop_std,
+            )  # fmt: skip
+            noisy, closed_slots = per_frame_poses(data, per_time, settings)
+            label = f"{noise.label()}, {args.close_loops} passes of loops closed"
+            rows.append((label, noise, noisy, closed_slots))
+        elif args.fuse_odometry is None:
+            seen = noisy_data(data, noise, args.pose_noise_seed, settings)
+            assert seen is not None
+            rows.append((noise.label(), noise, seen, None))
+        else:
+            per_time = causal_fused(data.poses, noise, args.fuse_odometry, generator)
+            noisy, fused_slots = per_frame_poses(data, per_time, settings)
+            odometry = args.fuse_odometry.label().replace("drift", "odometry")
+            rows.append((f"{noise.label()} + {odometry}, fused", noise, noisy, fused_slots))
+    return rows
+
+
 def run(
     args: argparse.Namespace, eval_episodes: Sequence[Episode] | None = None
 ) -> dict[str, object]:
@@ -502,33 +560,26 @@ def run(
     )  # the run's one-step targets; the middle band is left out here
     keep = data.revisit[all_episode, all_target] | data.novel[all_episode, all_target]
     episode, target = all_episode[keep], all_target[keep]
-    rows: list[Row] = [("exact", None, data, None)]
-    for noise in args.settings:
-        if args.fuse_odometry is None:
-            noisy = noisy_data(data, noise, args.pose_noise_seed, settings)
-            assert noisy is not None
-            rows.append((noise.label(), noise, noisy, None))
-            continue
-        generator = torch.Generator().manual_seed(args.pose_noise_seed)
-        per_time = causal_fused(data.poses, noise, args.fuse_odometry, generator)
-        noisy, fused_slots = per_frame_poses(data, per_time, settings)
-        odometry = args.fuse_odometry.label().replace("drift", "odometry")
-        rows.append((f"{noise.label()} + {odometry}, fused", noise, noisy, fused_slots))
     diff = Diffusion(prediction=args.prediction)
     seeds = args.seeds or [args.seed]
     per_seed: list[dict[str, Tensor]] = []
     first_refiner: SlotPoseRefiner | None = None
+    first_rows: list[Row] | None = None
     for seed in seeds:
         seed_args = argparse.Namespace(**{**vars(args), "seed": seed, "seeds": None})
         learners = _learners(seed_args)
         noise = one_step_noise(all_episode.shape[0], data.frames.shape[2:], seed + 40_000)[keep]
         common = {"ddim_steps": args.ddim_steps, "seed": seed + 40_000, "noise": noise}
-        print(f"[robustness] seed {seed}: exact poses, {len(episode)} targets", flush=True)
         refiner = None
-        if args.refine_poses:
+        if args.refine_poses or args.close_loops:
             refiner = load_refiner(Path(args.models_from), seed, data.frames.shape[2])
-            if first_refiner is None:
-                first_refiner = refiner
+        if args.refine_poses and first_refiner is None:
+            first_refiner = refiner
+        if first_rows is None or args.close_loops:  # loops are measured by the seed's refiner
+            rows = noisy_rows(args, data, settings, refiner)
+            first_rows = first_rows or rows
+        print(f"[robustness] seed {seed}: exact poses, {len(episode)} targets", flush=True)
+        refiner = refiner if args.refine_poses else None
         exact_transform = heading_transform(args, data, refiner=refiner)
         psnr = one_step_samples(
             learners, data.frames, data.poses, data.schedule, episode, target, diff, settings,
@@ -550,7 +601,8 @@ def run(
             psnr.update({f"{name}@{i}": value for name, value in scores.items()})
         per_seed.append(psnr)
     mean = {name: torch.stack([p[name] for p in per_seed]).mean(0) for name in per_seed[0]}
-    summary = _summary(args, data, rows, mean, episode, target, first_refiner)
+    assert first_rows is not None
+    summary = _summary(args, data, first_rows, mean, episode, target, first_refiner)
     summary.update(
         revisit_targets=int(data.revisit[episode, target].sum()),
         novel_targets=int(data.novel[episode, target].sum()),
