@@ -42,8 +42,8 @@ def loop_closed(
     *,
     passes: int,
     loop_std: PoseNoise,
-    max_distance: float = 1.2,
-    max_turn: float = 50.0,
+    max_distance: float = 0.7,
+    max_turn: float = 25.0,
     chunk: int = 25,
 ) -> Tensor:
     """The trajectory as known at each frame: ``(N, T, T, 3)`` in ``poses``' dtype (see the

@@ -217,7 +217,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=noise_flag("jitter", "--loop-std"),
         default=None,
         metavar="XY,DEG",
-        help="with --close-loops, the standard deviation of a measured loop (default 0.2,4)",
+        help="with --close-loops, the standard deviation of a measured loop (default 0.1,2)",
     )
     p.add_argument(
         "--refine-headings",
@@ -276,7 +276,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     elif own.loop_std is not None:
         p.error("--loop-std needs --close-loops")
     args.close_loops = own.close_loops
-    args.loop_std = own.loop_std or PoseNoise("jitter", 0.2, 4.0)
+    args.loop_std = own.loop_std or PoseNoise("jitter", 0.1, 2.0)
     args.pose_uncertainty = own.pose_uncertainty
     if own.refine_headings is not None and not 1 <= own.refine_headings < float("inf"):
         p.error(f"--refine-headings must be a finite number >= 1, got {own.refine_headings}")

@@ -82,11 +82,11 @@ def close_loops(
     *,
     step_position_std: float | Tensor,
     step_heading_std: float | Tensor,
-    loop_position_std: float = 0.2,
-    loop_heading_std: float = math.radians(4),
+    loop_position_std: float = 0.1,
+    loop_heading_std: float = math.radians(2),
     passes: int = 4,
-    max_distance: float = 1.2,
-    max_turn: float = math.radians(50),
+    max_distance: float = 0.7,
+    max_turn: float = math.radians(25),
     loop_mask: Tensor | None = None,
 ) -> Tensor:
     """Poses of a trajectory from odometry and loops that ``refiner`` measures.
@@ -107,12 +107,15 @@ def close_loops(
         step_position_std: each step's displacement error per axis (pose units), a number or
             broadcastable to ``(B, T - 1)``.
         step_heading_std: each step's turn error (radians).
-        loop_position_std: a measured loop's position error per axis; the default is the
-            Memory Maze refiner's (cells).
+        loop_position_std: a measured loop's position error per axis (pose units).
         loop_heading_std: its heading error (radians).
         passes: rounds of measuring and solving, >= 1.
         max_distance: :func:`measure_loops`' (pose units).
         max_turn: :func:`measure_loops`' (radians).
+
+    The defaults of ``loop_position_std``, ``loop_heading_std``, ``passes``, ``max_distance``
+    and ``max_turn`` were chosen on Memory Maze's validation mazes (pose units are its cells;
+    docs/memory.md); scale the lengths to your world's.
         loop_mask: ``(B, E)`` bool, the candidate pairs to use (default all).
 
     Returns:
