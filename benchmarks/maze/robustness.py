@@ -52,6 +52,12 @@ training episodes and saves it beside the models. ``--min-correction XY,DEG`` ap
 correction only where it moves the slot by at least ``XY`` cells or turns it by at least ``DEG``
 degrees (``refine_poses``' ``min_shift`` and ``min_turn``).
 
+``--close-loops PASSES`` closes loops in the drift rows (:mod:`benchmarks.maze.loops`): the
+seed's refiner measures every retrieved pair of frames, and a pose graph
+(:func:`hybrid_cdit.memory.pose_graph`) solves the odometry with those loops at each frame,
+causally as ``--fuse-odometry``; ``--loop-std XY,DEG`` is a loop's standard deviation (default
+0.1 cell, 2 degrees). With ``--refine-poses`` each slot is then refined as above.
+
 Every other flag is ``python -m benchmarks.maze``'s: the architecture, data and memory flags must
 be those of the run that saved the models (the defaults for the documented run); ``--split``
 (test by default), ``--seeds``, ``--max-revisit-targets``, ``--ddim-steps`` and
