@@ -141,9 +141,10 @@ def test_cost_benchmark_prints_its_ratios(capsys: pytest.CaptureFixture[str]) ->
 
     refine_headings_cost.main(
         ["--variant", "S/2", "--input-size", "8", "--batch", "1", "--k", "2", "--repeats", "1",
-         "--loop", "2"]
+         "--loop", "2", "--trajectory", "12"]
     )  # fmt: skip
     lines = capsys.readouterr().out.strip().splitlines()
     ratios = [float(line.rsplit(maxsplit=1)[-1]) for line in lines[1:]]
-    assert len(ratios) == 4 and all(r > 0 for r in ratios)
+    assert len(ratios) == 5 and all(r > 0 for r in ratios)
     assert "refine_poses / one hybrid forward" in lines[3]
+    assert lines[5].startswith("close_loops (12 frames, 2 pairs a frame, 4 passes)")
