@@ -109,6 +109,28 @@ def test_headline_intervals_name_the_gain_and_weight_all() -> None:
     assert "revisit_psnr_gain_hybrid_vs_copy_top" not in out  # no such predictor given
 
 
+def test_outback_intervals_over_windows_by_hand() -> None:
+    # window 0 has two return frames, window 1 one; self-consistency gains 1, 1 and 3 dB,
+    # against the truth -1 everywhere
+    outback = {
+        "window": torch.tensor([0, 0, 1]),
+        "windows": 2,
+        "self_hybrid": torch.tensor([18.0, 19.0, 20.0]),
+        "self_cdit": torch.tensor([17.0, 18.0, 17.0]),
+        "truth_hybrid": torch.tensor([15.0, 15.0, 16.0]),
+        "truth_cdit": torch.tensor([16.0, 16.0, 17.0]),
+    }
+    out = bench.outback_intervals(outback, draws=4000)
+    assert out["outback_self_gain"] == pytest.approx(5 / 3)
+    assert (out["outback_self_gain_ci_low"], out["outback_self_gain_ci_high"]) == (
+        pytest.approx(1.0),
+        pytest.approx(3.0),
+    )
+    assert out["outback_gain"] == pytest.approx(-1.0)
+    assert out["outback_gain_ci_low"] == pytest.approx(-1.0)
+    assert out["outback_gain_ci_high"] == pytest.approx(-1.0)
+
+
 def test_mean_tables_by_hand() -> None:
     a = {"revisit_cdit": {"t=500": 1.0, "mean": 2.0}, "novel_cdit": {"mean": 4.0}}
     b = {"revisit_cdit": {"t=500": 3.0, "mean": 6.0}, "novel_cdit": {"mean": 0.0}}
@@ -274,6 +296,14 @@ def test_seeds_aggregate_on_the_same_targets(episodes: list[mt.Episode]) -> None
     assert summary["flops_ctx_memory"] > summary["flops_cdit"] > 0  # type: ignore[operator]
     assert summary["outback_rollouts"] >= 1  # type: ignore[operator]
     assert summary["outback_frames"] > 0  # type: ignore[operator]
+    # the out-and-back gains are the seed means' differences, inside their intervals
+    for key, a, b in (
+        ("outback_self_gain", "outback_self_psnr_hybrid", "outback_self_psnr_cdit"),
+        ("outback_gain", "outback_psnr_hybrid", "outback_psnr_cdit"),
+    ):
+        assert summary[key] == pytest.approx(summary[a] - summary[b], abs=1e-4)  # type: ignore[operator]
+        assert summary[f"{key}_ci_low"] <= summary[key] <= summary[f"{key}_ci_high"]  # type: ignore[operator]
+    assert not any(key.startswith("_") for key in summary)
 
 
 def test_outback_windows_by_hand() -> None:

@@ -839,7 +839,9 @@ def outback_rollouts(
     it). On the return frames: PSNR against the truth (``outback_psnr_{model}``) and against
     the model's own first-visit frame (``outback_self_psnr_{model}``, self-consistency), and
     the truth's own first-visit PSNR (``outback_self_psnr_truth``: how alike the two views
-    really are)."""
+    really are). ``_outback`` holds the per-frame scores for intervals over windows: ``window
+    (F,)`` long, each return frame's window in ``[0, windows)``, and ``{truth,self}_{model}
+    (F,)`` PSNR against the truth and against the model's own first visit."""
     length = args.outback_length
     episode, start, returns, first = outback_windows(data.gap, length, settings.context)
     out: dict[str, object] = {"outback_rollouts": int(episode.numel())}
@@ -867,10 +869,14 @@ def outback_rollouts(
     rows = torch.arange(len(episode))[:, None].expand_as(first)
     truth = to_unit(generated["truth"][returns])
     out["outback_frames"] = int(returns.sum())
+    per_frame: dict[str, Tensor] = {}
     for name, frames in generated.items():
         at_return = to_unit(frames[returns])
         at_first = to_unit(frames[rows[returns], first[returns]])
         if name != "truth":
-            out[f"outback_psnr_{name}"] = float(psnr(at_return, truth).mean())
-        out[f"outback_self_psnr_{name}"] = float(psnr(at_return, at_first).mean())
+            per_frame[f"truth_{name}"] = psnr(at_return, truth)
+            out[f"outback_psnr_{name}"] = float(per_frame[f"truth_{name}"].mean())
+        per_frame[f"self_{name}"] = psnr(at_return, at_first)
+        out[f"outback_self_psnr_{name}"] = float(per_frame[f"self_{name}"].mean())
+    out["_outback"] = {"window": rows[returns], "windows": len(episode), **per_frame}
     return out

@@ -85,7 +85,7 @@ from benchmarks.maze.evaluation import BANDS, band_scores, band_weights, evaluat
 from benchmarks.maze.noise import PoseNoise, corrupt, noise_flag
 from benchmarks.maze.protocol import Data, MemorySettings, settings_from
 from benchmarks.maze.report import print_tables, rollout_figure
-from benchmarks.maze.stats import headline_intervals, mean_tables
+from benchmarks.maze.stats import bootstrap_interval, headline_intervals, mean_tables
 from benchmarks.maze.training import (
     HeldOutBatch,
     architecture,
@@ -478,6 +478,9 @@ def run(
     result = runs[0] if len(runs) == 1 else aggregate(runs, eval_data, settings)
     targets = cast(dict[str, object], result.pop("_targets"))
     result.update(intervals(targets, eval_data, args.bootstrap_draws))
+    if "_outback" in result:
+        outback = cast(dict[str, object], result.pop("_outback"))
+        result.update(outback_intervals(outback, args.bootstrap_draws))
     figure = result.pop("_figure")
     result.update(
         pose_noise=_noise_label(eval_pose_noise(args)),
@@ -641,6 +644,28 @@ def intervals(targets: dict[str, object], data: Data, draws: int) -> dict[str, f
     return out
 
 
+def outback_intervals(outback: dict[str, object], draws: int) -> dict[str, float]:
+    """The hybrid minus the CDiT on the out-and-back return frames, with 95% bootstrap
+    intervals over windows (each window is a different held-out episode):
+    ``outback_self_gain`` (self-consistency, against the model's own first visit) and
+    ``outback_gain`` (against the truth), each with ``_ci_low`` / ``_ci_high``.
+
+    Args:
+        outback: ``_outback`` of :func:`~benchmarks.maze.evaluation.outback_rollouts` (or its
+            seed average).
+        draws: bootstrap draws.
+    """
+    window = cast(Tensor, outback["window"])
+    windows = cast(int, outback["windows"])
+    out: dict[str, float] = {}
+    for key, against in (("outback_self_gain", "self"), ("outback_gain", "truth")):
+        diff = cast(Tensor, outback[f"{against}_hybrid"]) - cast(Tensor, outback[f"{against}_cdit"])
+        low, high = bootstrap_interval(diff, window, windows, draws=draws, seed=0)
+        out[key] = float(diff.mean())
+        out[f"{key}_ci_low"], out[f"{key}_ci_high"] = low, high
+    return out
+
+
 def held_out_episodes(args: argparse.Namespace) -> list[Episode]:
     """The held-out Memory Maze episodes of ``--split`` (loaded from the cache or generated)."""
     return load_episodes(
@@ -687,8 +712,16 @@ def aggregate(
             out[key] = sum(values) / len(values)
             if key.split("_")[0] in (*BANDS, "all"):
                 out[f"{key}_seeds"] = values
-        elif key not in ("_targets",):
+        elif key not in ("_targets", "_outback"):
             out[key] = value
+    if "_outback" in first:
+        # the windows depend on the held-out data only: the same for every seed
+        outback = [cast(dict[str, object], r["_outback"]) for r in runs]
+        out["_outback"] = {
+            key: torch.stack([cast(Tensor, o[key]) for o in outback]).mean(0)
+            if key.startswith(("self_", "truth_")) else value
+            for key, value in outback[0].items()
+        }  # fmt: skip
     out["curve"] = [r["curve"] for r in runs]
     out["eps_mse"] = mean_tables([cast(dict[str, dict[str, float]], r["eps_mse"]) for r in runs])
     targets = [cast(dict[str, object], r["_targets"]) for r in runs]
